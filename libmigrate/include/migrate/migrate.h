@@ -1,0 +1,255 @@
+/*
+ * libmigrate: iterative pre-copy live migration of KVM guests.
+ *
+ * One public header. Conventions, as in libuv and zstd:
+ *  - Functions returning int return 0 (or a count) on success and a
+ *    negative errno on failure; mig_strerror() names the code.
+ *  - Functions that can fail for a reason a human must read take a
+ *    `mig_error *` (may be NULL) that receives the errno and a message naming
+ *    the thing and the cause.
+ *  - Handles are opaque, made by *_create() and released by *_destroy(),
+ *    which accepts NULL.
+ *  - The library never exits the process and never prints: it reports
+ *    through return values, mig_error and the log callback.
+ *  - When a function that takes a callback returns an error, the callback is
+ *    never called.
+ */
+#ifndef MIGRATE_MIGRATE_H
+#define MIGRATE_MIGRATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define MIG_API __attribute__((visibility("default")))
+#else
+#define MIG_API
+#endif
+
+/* ---- Version --------------------------------------------------------- */
+
+#define MIG_VERSION_MAJOR 0
+#define MIG_VERSION_MINOR 1
+#define MIG_VERSION_PATCH 0
+#define MIG_VERSION_HEX \
+	((MIG_VERSION_MAJOR << 16) | (MIG_VERSION_MINOR << 8) | MIG_VERSION_PATCH)
+
+/* Wire protocol version spoken by this library (see proto/README.md). */
+#define MIG_PROTOCOL_VERSION 1
+
+/* The version of the library actually loaded, as MIG_VERSION_HEX. */
+MIG_API unsigned int mig_version(void);
+/* The same as "MAJOR.MINOR.PATCH"; static storage, never NULL. */
+MIG_API const char *mig_version_string(void);
+
+/* ---- Errors ---------------------------------------------------------- */
+
+/* Library-specific error codes, below the errno range. */
+#define MIG_E_PROTOCOL   (-4001) /* peer broke the protocol */
+#define MIG_E_VERSION    (-4002) /* incompatible protocol version */
+#define MIG_E_AUTH       (-4003) /* authentication token rejected */
+#define MIG_E_INCOMPAT   (-4004) /* VM configuration does not match */
+#define MIG_E_CANCELED   (-4005) /* canceled by the caller */
+#define MIG_E_PEER       (-4006) /* the peer aborted the migration */
+#define MIG_E_NOCONVERGE (-4007) /* pre-copy did not converge in limits */
+
+#define MIG_ERROR_MSG_MAX 256
+
+/* An error as a code and a message for humans. Zero-initialize it. */
+typedef struct mig_error {
+	int code;                      /* 0 or negative errno / MIG_E_* */
+	char msg[MIG_ERROR_MSG_MAX];   /* NUL-terminated, "" when code == 0 */
+} mig_error;
+
+/*
+ * A short description of `err` (negative errno or MIG_E_*), e.g.
+ * "connection reset by peer". Static storage, never NULL; unknown codes give
+ * "unknown error".
+ */
+MIG_API const char *mig_strerror(int err);
+/* The symbolic name of `err`, e.g. "ECONNRESET"; "UNKNOWN" if unknown. */
+MIG_API const char *mig_err_name(int err);
+
+/* ---- Guest memory ---------------------------------------------------- */
+
+/*
+ * One KVM memory slot as the VMM registered it with
+ * KVM_SET_USER_MEMORY_REGION. The VMM keeps the mapping alive for as long as
+ * any handle that was given it exists.
+ */
+typedef struct mig_region {
+	uint32_t slot;     /* KVM slot id (with address space in bits 16..31) */
+	uint64_t gpa;      /* guest physical address, page aligned */
+	uint64_t size;     /* bytes, page aligned, > 0 */
+	void *hva;         /* host mapping of the slot, page aligned */
+} mig_region;
+
+/* ---- Parameters ------------------------------------------------------ */
+
+typedef enum mig_compress {
+	MIG_COMPRESS_OFF = 0,   /* never compress (zero pages still skipped) */
+	MIG_COMPRESS_ON = 1,    /* always zstd */
+	MIG_COMPRESS_AUTO = 2,  /* zstd only while it makes the transfer faster */
+} mig_compress;
+
+typedef enum mig_dirty_log {
+	MIG_DIRTY_LOG_AUTO = 0,   /* the best the kernel offers */
+	MIG_DIRTY_LOG_BITMAP = 1, /* KVM_GET_DIRTY_LOG */
+	MIG_DIRTY_LOG_CLEAR = 2,  /* + KVM_CLEAR_DIRTY_LOG (MANUAL_PROTECT2) */
+	MIG_DIRTY_LOG_RING = 3,   /* per-vCPU dirty ring */
+} mig_dirty_log;
+
+/*
+ * Migration parameters. Always start from mig_params_init(): fields added
+ * later get their defaults there.
+ */
+typedef struct mig_params {
+	uint32_t downtime_ms;     /* target downtime; default 300, 1..60000 */
+	uint64_t max_bandwidth;   /* bytes/s cap, 0 = unlimited (default) */
+	mig_compress compress;    /* default MIG_COMPRESS_AUTO */
+	int compress_level;       /* zstd level 1..19, default 1 */
+	uint32_t connections;     /* TCP connections 1..16, default 1 */
+	uint32_t max_rounds;      /* pre-copy rounds before forcing, 1..1000,
+	                             default 30 */
+	uint32_t timeout_ms;      /* whole migration, 0 = none; default 0 */
+	int throttle;             /* slow a guest that dirties faster than the
+	                             link (auto-converge); default 1 */
+	mig_dirty_log dirty_log;  /* default MIG_DIRTY_LOG_AUTO */
+} mig_params;
+
+/* Fill `p` with the defaults above. */
+MIG_API void mig_params_init(mig_params *p);
+
+/*
+ * Check every field of `p` against its range. Returns 0, or -EINVAL with
+ * err->msg naming the field, its value and the allowed range.
+ */
+MIG_API int mig_params_validate(const mig_params *p, mig_error *err);
+
+/*
+ * Set one parameter from text, as a command line or config file gives it:
+ * "downtime_ms" "300", "max_bandwidth" "1G" (bytes/s; K/M/G suffixes are
+ * powers of 1024), "compress" "off|on|auto", "compress_level",
+ * "connections", "max_rounds", "timeout_ms", "throttle" "0|1|on|off",
+ * "dirty_log" "auto|bitmap|clear|ring". Dashes in `name` count as
+ * underscores. Returns 0, -ENOENT for an unknown name, -EINVAL for a bad or
+ * out-of-range value (err says which); `p` is unchanged on failure.
+ */
+MIG_API int mig_params_set(mig_params *p, const char *name, const char *value,
+			   mig_error *err);
+
+/* ---- What the VMM provides ------------------------------------------- */
+
+/*
+ * A named collection of state blobs ("x86.vcpu.0", "serial", ...), owned by
+ * the library; the VMM adds to it in save_state and reads it in load_state.
+ */
+typedef struct mig_state mig_state;
+
+
+/*
+ * Callbacks into the VMM. All are called from the library's migration
+ * thread, never concurrently with each other for one handle. Each returns 0
+ * or a negative errno; on failure it may fill `err`.
+ */
+typedef struct mig_vm_ops {
+	/* Stop every vCPU (out of KVM_RUN, will not re-enter) and devices. */
+	int (*pause)(void *opaque, mig_error *err);
+	/* Let vCPUs and devices run again. */
+	int (*resume)(void *opaque, mig_error *err);
+	/*
+	 * Source, VM paused: append the VMM's state (vCPUs, devices) to `out`
+	 * with mig_state_add(). The library sends it as is.
+	 */
+	int (*save_state)(void *opaque, mig_state *out, mig_error *err);
+	/*
+	 * Destination, before resume: load the state saved by the source's
+	 * save_state (look items up with mig_state_get()).
+	 */
+	int (*load_state)(void *opaque, const mig_state *in,
+			  mig_error *err);
+} mig_vm_ops;
+
+/* Copy `len` bytes under `name` (at most 63 chars; replaces an old item). */
+MIG_API int mig_state_add(mig_state *st, const char *name, const void *data,
+			  size_t len);
+/*
+ * Find `name`: returns 0 and sets *data / *len (valid until the state is
+ * released) or -ENOENT.
+ */
+MIG_API int mig_state_get(const mig_state *st, const char *name,
+			  const void **data, size_t *len);
+
+/* ---- Progress and statistics ----------------------------------------- */
+
+typedef enum mig_phase {
+	MIG_PHASE_NONE = 0,
+	MIG_PHASE_SETUP,        /* connecting, hello, config check */
+	MIG_PHASE_PRECOPY,      /* iterative rounds, VM running */
+	MIG_PHASE_STOPCOPY,     /* VM paused, last pages and state */
+	MIG_PHASE_COMMIT,       /* waiting for the destination's commit */
+	MIG_PHASE_DONE,         /* committed (source) / running (destination) */
+	MIG_PHASE_FAILED,       /* source VM resumed, or destination discarded */
+} mig_phase;
+
+#define MIG_MAX_ROUNDS_STATS 1000
+
+typedef struct mig_round_stats {
+	uint32_t round;
+	uint64_t pages;          /* pages sent */
+	uint64_t zero_pages;     /* of which sent as zero markers */
+	uint64_t bytes;          /* bytes on the wire, framing included */
+	uint64_t raw_bytes;      /* pages * page size */
+	uint64_t dirty_pages;    /* pages dirtied during the round */
+	uint64_t duration_us;
+	double dirty_rate;       /* pages/s dirtied during the round */
+	double throughput;       /* bytes/s on the wire */
+} mig_round_stats;
+
+typedef struct mig_stats {
+	mig_phase phase;
+	int status;               /* 0 while running/done, else the error */
+	uint32_t rounds;
+	uint64_t setup_time_us;   /* start until round 1 begins */
+	uint64_t total_time_us;   /* start until committed */
+	uint64_t downtime_us;     /* source pause until destination resume */
+	uint64_t pages_sent;
+	uint64_t zero_pages;
+	uint64_t bytes_on_wire;
+	uint64_t raw_bytes;
+	uint64_t expected_downtime_us; /* live estimate during pre-copy */
+	uint32_t throttle_pct;    /* current vCPU throttle, 0 = none */
+	uint32_t nr_round_stats;  /* entries valid in round[] */
+	mig_round_stats round[MIG_MAX_ROUNDS_STATS];
+} mig_stats;
+
+typedef void (*mig_progress_cb)(const mig_stats *st, void *opaque);
+/* Called once when the migration ends; `err->code` is 0 on success. */
+typedef void (*mig_done_cb)(const mig_error *err, void *opaque);
+
+typedef enum mig_log_level {
+	MIG_LOG_ERROR = 0, MIG_LOG_WARN, MIG_LOG_INFO, MIG_LOG_DEBUG,
+} mig_log_level;
+typedef void (*mig_log_cb)(mig_log_level lvl, const char *msg, void *opaque);
+
+
+/*
+ * Write `st` as one JSON object into buf (NUL-terminated). Returns the
+ * length it needs without the NUL (like snprintf): a result >= len means
+ * truncated. `status`/`error` are added when err is not NULL.
+ */
+MIG_API int mig_stats_json(const mig_stats *st, const mig_error *err,
+			   char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* Helpers for the standard KVM x86 vCPU and VM state. */
+#include "migrate/kvm_x86.h"
+
+#endif /* MIGRATE_MIGRATE_H */

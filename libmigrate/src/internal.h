@@ -1,0 +1,53 @@
+/*
+ * libmigrate internals shared between the library's modules. Nothing here
+ * is part of the public API: names are mig__*, visibility hidden.
+ */
+#ifndef MIG_INTERNAL_H
+#define MIG_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migrate/migrate.h"
+
+#define MIG_PAGE_SIZE 4096u
+#define MIG_PAGE_SHIFT 12
+
+#define MIG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIG_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MIG_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#if defined(__GNUC__)
+#define MIG_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define MIG_PRINTF(f, a)
+#endif
+
+/*
+ * Record `code` and a formatted message in `err` (which may be NULL) and
+ * return `code`, so that failures read `return mig__err(err, -EINVAL, ...)`.
+ */
+int mig__err(mig_error *err, int code, const char *fmt, ...) MIG_PRINTF(3, 4);
+/* Prefix err->msg with more context ("round 3: " + old message). */
+void mig__err_prefix(mig_error *err, const char *fmt, ...) MIG_PRINTF(2, 3);
+
+/* A growable byte buffer. Zero-initialized is empty and valid. */
+typedef struct mig_buf {
+	uint8_t *data;
+	size_t len;
+	size_t cap;
+} mig_buf;
+
+int mig__buf_reserve(mig_buf *b, size_t extra);
+int mig__buf_append(mig_buf *b, const void *p, size_t n);
+void mig__buf_free(mig_buf *b);
+
+/* CLOCK_MONOTONIC in microseconds / nanoseconds. */
+uint64_t mig__now_us(void);
+uint64_t mig__now_ns(void);
+
+/* Parse "123", "64K", "1M", "2G" (powers of 1024) into *out. */
+int mig__parse_size(const char *s, uint64_t *out);
+
+#endif /* MIG_INTERNAL_H */

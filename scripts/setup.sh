@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install exactly the Debian packages that building, testing and the demo
+# need. Idempotent: when everything is there it only checks and returns.
+#   scripts/setup.sh          build + tests + demo
+#   scripts/setup.sh --bench  also QEMU and gnuplot for experiments/
+set -euo pipefail
+
+pkgs=(
+	build-essential cmake pkg-config       # toolchain
+	libuv1-dev libzstd-dev                 # transport, page codec
+	libprotobuf-c-dev protobuf-c-compiler  # wire protocol
+	libcmocka-dev                          # unit tests
+	iproute2                               # network namespaces, tc
+	binutils                               # nm for the export test
+	qemu-system-x86                        # the test guest under QEMU
+	clang libclang-rt-14-dev               # fuzz targets (libFuzzer)
+)
+if [ "${1:-}" = "--bench" ]; then
+	pkgs+=(gnuplot-nox)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "setup: all ${#pkgs[@]} packages present"
+	exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null || {
+		echo "setup: need root (or sudo) to install: ${missing[*]}" >&2
+		exit 1
+	}
+	sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $sudo apt-get update -q >/tmp/mig-setup-apt.log 2>&1; then
+	echo "setup: apt-get update failed, see /tmp/mig-setup-apt.log" >&2
+	tail -n 5 /tmp/mig-setup-apt.log >&2
+	exit 1
+fi
+if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" \
+	>>/tmp/mig-setup-apt.log 2>&1; then
+	echo "setup: could not install: ${missing[*]} (log: /tmp/mig-setup-apt.log)" >&2
+	tail -n 10 /tmp/mig-setup-apt.log >&2
+	exit 1
+fi
+echo "setup: done"

@@ -245,6 +245,59 @@ typedef void (*mig_log_cb)(mig_log_level lvl, const char *msg, void *opaque);
 MIG_API int mig_stats_json(const mig_stats *st, const mig_error *err,
 			   char *buf, size_t len);
 
+/* ---- Dirty ring -------------------------------------------------------- */
+
+/*
+ * KVM's per-vCPU dirty ring (KVM_CAP_DIRTY_LOG_RING) is the dirty tracking
+ * whose cost grows with the pages the guest dirties, not with its size
+ * (mig_params.dirty_log = MIG_DIRTY_LOG_RING, or AUTO, which picks it when it
+ * is enabled). KVM accepts it only before the VM's first vCPU exists, and a
+ * vCPU whose ring fills up stops with KVM_EXIT_DIRTY_RING_FULL until the ring
+ * is emptied, so the VMM takes part through the three calls below. While the
+ * ring is enabled, KVM_GET_DIRTY_LOG is unavailable on that VM (for the VMM
+ * too), and libmigrate harvests the rings: the VMM must not read them.
+ */
+
+/*
+ * Enable the dirty ring on a VM, with `entries` entries per vCPU (0: 4096,
+ * i.e. 64 KiB per vCPU; rounded up to a power of two and to what KVM
+ * accepts, at most KVM's maximum).
+ * Who and when: the VMM, once, after KVM_CREATE_VM and before the first
+ * KVM_CREATE_VCPU. Any thread.
+ * Returns the number of entries actually set (> 0; the same number again if
+ * libmigrate already enabled it on this VM), or -ENOTSUP (this KVM has no
+ * dirty ring), -EINVAL (vCPUs already exist), -EEXIST (the ring was
+ * enabled without libmigrate, so its size is unknown), -EBADF.
+ * libmigrate remembers vm_fd until mig_dirty_ring_forget().
+ */
+MIG_API int mig_dirty_ring_enable(int vm_fd, uint32_t entries, mig_error *err);
+
+/*
+ * Empty the ring of vCPU `vcpu_fd` so that it can run again.
+ * Who and when: the vCPU's own thread, whenever KVM_RUN returns with
+ * exit_reason KVM_EXIT_DIRTY_RING_FULL; then re-enter KVM_RUN. Thread-safe,
+ * any number of vCPU threads at once.
+ * The entries go to the migration in progress on this VM, if one is
+ * tracking, and are dropped otherwise (nothing needs them then). May block
+ * while the migration thread collects the rings (tens of microseconds to a
+ * few milliseconds); the thread is out of KVM_RUN meanwhile, so a pause may
+ * count it as stopped, as long as it does not re-enter KVM_RUN until resumed.
+ * Returns 0, -ENOENT if the ring was not enabled with mig_dirty_ring_enable()
+ * on vm_fd, -EBADF or -ENXIO if vcpu_fd is not a vCPU of that VM, -ENOMEM,
+ * or the errno of KVM_RESET_DIRTY_RINGS: then the vCPU cannot make progress
+ * and the VMM should stop the VM.
+ */
+MIG_API int mig_dirty_ring_full(int vm_fd, int vcpu_fd);
+
+/*
+ * Forget vm_fd's ring. Who and when: the VMM, when it destroys a VM whose
+ * ring it enabled, after its vCPU threads have stopped and before it closes
+ * vm_fd (so that a new VM reusing the fd number is not mistaken for it).
+ * Migration handles of the VM should be destroyed first. No-op for an
+ * unknown fd.
+ */
+MIG_API void mig_dirty_ring_forget(int vm_fd);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,872 @@
+/*
+ * Dirty tracking against real KVM, after the kernel's dirty_log_test: a tiny
+ * guest (tvm.c) writes its iteration number into random pages; the host plays
+ * the migration source with each backend (sync, rearm, copy the reported
+ * pages into a "destination" copy) and checks that every page that changed
+ * was reported: no false negatives (false positives are fine).
+ *
+ *   lockstep:   the host steps the guest, so it can compare memory with the
+ *               copy right after each sync (exact check), and lets the guest
+ *               run one more iteration between each sync and the copying
+ *               (writes between collection and rearm, for the clear mode).
+ *   concurrent: vCPU threads run freely during rounds of sync+copy; after
+ *               they stop, a last sync+copy must make the copy identical.
+ *   ring full:  a tiny ring, so vCPUs stop with KVM_EXIT_DIRTY_RING_FULL
+ *               (and mig_dirty_ring_full() runs) many times per iteration.
+ *
+ * Run one test: test_dirty <name>. Exit 77 when /dev/kvm is absent.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include "../unit/mig_test.h"
+#include "dirty.h"
+#include "tvm.h"
+
+#define PAGE 4096u
+
+/* ---- The host side of a migration, minus the network ---------------------- */
+
+struct model {
+	struct tvm *t;
+	mig_dirty *d;
+	uint8_t *copy[2];     /* the destination's memory */
+	uint64_t *bits[2];    /* the engine's to-send bitmaps */
+	uint64_t npages[2];
+	uint64_t sent, reported, syncs;
+};
+
+static uint8_t *region_mem(struct model *m, int r)
+{
+	return r == 0 ? m->t->low : m->t->area;
+}
+
+static void model_init(struct model *m, struct tvm *t, mig_dirty *d)
+{
+	memset(m, 0, sizeof(*m));
+	m->t = t;
+	m->d = d;
+	for (int r = 0; r < 2; r++) {
+		m->npages[r] = t->regions[r].size / PAGE;
+		m->copy[r] = calloc(m->npages[r], PAGE);
+		m->bits[r] = calloc(mig__bitmap_words(m->npages[r]), 8);
+		assert_non_null(m->copy[r]);
+		assert_non_null(m->bits[r]);
+	}
+}
+
+static void model_fini(struct model *m)
+{
+	for (int r = 0; r < 2; r++) {
+		free(m->copy[r]);
+		free(m->bits[r]);
+	}
+}
+
+static bool bit(const uint64_t *b, uint64_t p)
+{
+	return b[p / 64] >> (p % 64) & 1;
+}
+
+static long model_sync(struct model *m)
+{
+	mig_error err = { 0 };
+	long n = mig__dirty_sync(m->d, m->bits, &err);
+
+	if (n < 0)
+		fail_msg("sync: %s", err.msg);
+	m->reported += (uint64_t)n;
+	m->syncs++;
+	return n;
+}
+
+/* Send what is reported, `chunk` pages at a time: rearm, then read. The
+ * rearm covers the whole chunk, reported or not, as an engine may. */
+static void model_send(struct model *m, uint64_t chunk)
+{
+	mig_error err = { 0 };
+
+	for (uint32_t r = 0; r < 2; r++) {
+		uint8_t *mem = region_mem(m, (int)r);
+		for (uint64_t p = 0; p < m->npages[r]; p += chunk) {
+			uint64_t n = m->npages[r] - p < chunk ?
+				m->npages[r] - p : chunk;
+			if (mig__dirty_rearm(m->d, r, p, n, &err) < 0)
+				fail_msg("rearm: %s", err.msg);
+			for (uint64_t q = p; q < p + n; q++) {
+				if (!bit(m->bits[r], q))
+					continue;
+				memcpy(m->copy[r] + q * PAGE, mem + q * PAGE,
+				       PAGE);
+				m->bits[r][q / 64] &= ~(UINT64_C(1) << (q % 64));
+				m->sent++;
+			}
+		}
+	}
+}
+
+/* Every page that differs from the copy must be reported. Only valid while
+ * no vCPU runs. Returns the number of pages differing. */
+static uint64_t model_check(struct model *m, const char *when)
+{
+	uint64_t differ = 0, missed = 0;
+
+	for (int r = 0; r < 2; r++) {
+		uint8_t *mem = region_mem(m, r);
+		for (uint64_t p = 0; p < m->npages[r]; p++) {
+			if (!memcmp(m->copy[r] + p * PAGE, mem + p * PAGE, PAGE))
+				continue;
+			differ++;
+			if (bit(m->bits[r], p))
+				continue;
+			if (missed++ < 5)
+				print_error("%s: slot %d page %llu changed (now %llu, copy %llu) but was not reported\n",
+					    when, r, (unsigned long long)p,
+					    (unsigned long long)*(uint64_t *)(mem + p * PAGE),
+					    (unsigned long long)*(uint64_t *)(m->copy[r] + p * PAGE));
+		}
+	}
+	if (missed)
+		fail_msg("%s: %llu pages changed without being reported (%s mode)",
+			 when, (unsigned long long)missed, mig__dirty_name(m->d));
+	return differ;
+}
+
+static void must_create_tvm(struct tvm *t, const struct tvm_opts *o)
+{
+	char why[256] = "";
+	int r = tvm_create(t, o, why, sizeof(why));
+
+	if (r == 77)
+		skip();
+	if (r != 0)
+		fail_msg("tvm_create: %s", why);
+}
+
+static mig_dirty *must_create(struct tvm *t, mig_dirty_log mode)
+{
+	mig_dirty *d = NULL;
+	mig_error err = { 0 };
+
+	if (mig__dirty_create(&d, mode, t->vm_fd, t->regions, 2, t->vcpu_fds,
+			      t->nr_vcpus, &err) < 0)
+		fail_msg("mig__dirty_create(%d): %s", (int)mode, err.msg);
+	return d;
+}
+
+static void must_start(mig_dirty *d)
+{
+	mig_error err = { 0 };
+
+	if (mig__dirty_start(d, &err) < 0)
+		fail_msg("mig__dirty_start: %s", err.msg);
+}
+
+static void must_step_all(struct tvm *t)
+{
+	for (uint32_t i = 0; i < t->nr_vcpus; i++)
+		if (tvm_step(t, i) < 0)
+			fail_msg("vCPU %u: %s", i, t->vcpu[i].why);
+}
+
+static uint64_t ring_full_exits(const struct tvm *t)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < t->nr_vcpus; i++)
+		n += t->vcpu[i].ring_full;
+	return n;
+}
+
+/* Round 1 (everything), then `iters` lockstep rounds, then the final one. */
+static void lockstep_rounds(struct model *m, int iters, uint64_t chunk)
+{
+	uint64_t total = m->npages[0] + m->npages[1];
+	char when[64];
+
+	assert_int_equal(model_sync(m), (long)total);
+	model_send(m, chunk);
+	assert_int_equal(model_check(m, "round 1"), 0);
+	for (int k = 0; k < iters; k++) {
+		must_step_all(m->t);
+		model_sync(m);
+		snprintf(when, sizeof(when), "iteration %d", k);
+		model_check(m, when);
+		/* The guest writes again between the sync and the copy,
+		 * partly into pages just reported but not yet rearmed. */
+		must_step_all(m->t);
+		model_send(m, chunk);
+	}
+	/* Stop-and-copy: the vCPUs are out of KVM_RUN. */
+	{
+		mig_error err = { 0 };
+		long n = mig__dirty_sync_final(m->d, m->bits, &err);
+		if (n < 0)
+			fail_msg("final sync: %s", err.msg);
+		m->reported += (uint64_t)n;
+		assert_int_equal(mig__dirty_sync(m->d, m->bits, &err), -EINVAL);
+	}
+	model_check(m, "final");
+	model_send(m, chunk);
+	assert_int_equal(model_check(m, "after final copy"), 0);
+}
+
+static void lockstep(mig_dirty_log mode, uint32_t ring_entries,
+		     uint32_t nr_vcpus, const char *want)
+{
+	struct tvm_opts o = { .area_pages = 4096, .nr_vcpus = nr_vcpus,
+			      .writes_per_iter = 700,
+			      .ring_entries = ring_entries };
+	struct tvm t;
+	struct model m;
+	mig_dirty *d;
+
+	must_create_tvm(&t, &o);
+	d = must_create(&t, mode);
+	assert_string_equal(mig__dirty_name(d), want);
+	must_start(d);
+	model_init(&m, &t, d);
+	lockstep_rounds(&m, 8, 37);
+	print_message("%s: %llu syncs, %llu pages reported, %llu sent, %llu ring-full exits\n",
+		      want, (unsigned long long)m.syncs,
+		      (unsigned long long)m.reported,
+		      (unsigned long long)m.sent,
+		      (unsigned long long)ring_full_exits(&t));
+	if (ring_entries && ring_entries < 1024)
+		assert_true(ring_full_exits(&t) > 0);
+	model_fini(&m);
+	mig__dirty_destroy(d);
+	tvm_destroy(&t);
+}
+
+static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
+		       uint32_t nr_vcpus, const char *want)
+{
+	struct tvm_opts o = { .area_pages = 8192, .nr_vcpus = nr_vcpus,
+			      .writes_per_iter = 300,
+			      .ring_entries = ring_entries };
+	uint64_t iters = 0;
+	struct tvm t;
+	struct model m;
+	mig_dirty *d;
+	int r;
+
+	must_create_tvm(&t, &o);
+	d = must_create(&t, mode);
+	assert_string_equal(mig__dirty_name(d), want);
+	must_start(d);
+	model_init(&m, &t, d);
+	assert_int_equal(model_sync(&m), (long)(m.npages[0] + m.npages[1]));
+	model_send(&m, 64);
+	assert_int_equal(tvm_start_threads(&t), 0);
+	for (int round = 0; round < 40; round++) {
+		usleep(2000);
+		model_sync(&m);
+		model_send(&m, 100 + (uint64_t)round);
+	}
+	r = tvm_stop(&t);
+	if (r < 0)
+		fail_msg("vCPU: %s", t.vcpu[0].error ? t.vcpu[0].why : t.vcpu[1].why);
+	for (uint32_t i = 0; i < t.nr_vcpus; i++)
+		iters += t.vcpu[i].iter;
+	model_sync(&m);
+	model_check(&m, "after the vCPUs stopped");
+	model_send(&m, 64);
+	assert_int_equal(model_check(&m, "final"), 0);
+	print_message("%s: %llu guest iterations, %llu syncs, %llu reported, %llu sent, %llu ring-full exits\n",
+		      want, (unsigned long long)iters,
+		      (unsigned long long)m.syncs,
+		      (unsigned long long)m.reported,
+		      (unsigned long long)m.sent,
+		      (unsigned long long)ring_full_exits(&t));
+	assert_true(iters > 10);
+	if (ring_entries && ring_entries < 1024)
+		assert_true(ring_full_exits(&t) > 0);
+	model_fini(&m);
+	mig__dirty_destroy(d);
+	tvm_destroy(&t);
+}
+
+static void lockstep_bitmap(void **s) { lockstep(MIG_DIRTY_LOG_BITMAP, 0, 1, "bitmap"); }
+static void lockstep_clear(void **s) { lockstep(MIG_DIRTY_LOG_CLEAR, 0, 1, "clear"); }
+static void lockstep_ring(void **s) { lockstep(MIG_DIRTY_LOG_RING, 4096, 1, "ring"); }
+static void lockstep_auto_ring(void **s) { lockstep(MIG_DIRTY_LOG_AUTO, 4096, 2, "ring"); }
+static void lockstep_ring_full(void **s) { lockstep(MIG_DIRTY_LOG_RING, 256, 2, "ring"); }
+static void concurrent_bitmap(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap"); }
+static void concurrent_clear(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear"); }
+static void concurrent_ring(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring"); }
+static void concurrent_ring_full(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring"); }
+
+static void lockstep_auto(void **s)
+{
+	struct tvm t;
+	struct tvm_opts o = { .area_pages = 64, .writes_per_iter = 1 };
+	const char *want;
+
+	must_create_tvm(&t, &o);
+	want = mig__kvm_check(t.vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) ?
+		"clear" : "bitmap";
+	tvm_destroy(&t);
+	lockstep(MIG_DIRTY_LOG_AUTO, 0, 1, want);
+}
+
+/* A vCPU stuck on a full ring when no tracker runs must still get going,
+ * and a new tracker must then pick up the ring where it stands. */
+static void ring_full_without_tracker(void **s)
+{
+	struct tvm_opts o = { .area_pages = 4096, .writes_per_iter = 700,
+			      .ring_entries = 256 };
+	struct tvm t;
+	struct model m;
+	mig_dirty *d;
+	struct tvm_vcpu *v;
+	int exits = 0;
+
+	must_create_tvm(&t, &o);
+	v = &t.vcpu[0];
+	d = must_create(&t, MIG_DIRTY_LOG_RING);
+	must_start(d);
+	while (exits++ < 100) {
+		assert_int_equal(ioctl(v->fd, KVM_RUN, 0), 0);
+		if (v->run->exit_reason == KVM_EXIT_DIRTY_RING_FULL)
+			break;
+		assert_int_equal(v->run->exit_reason, KVM_EXIT_MMIO);
+	}
+	assert_int_equal(v->run->exit_reason, KVM_EXIT_DIRTY_RING_FULL);
+	mig__dirty_destroy(d); /* the ring is still full */
+	assert_int_equal(mig_dirty_ring_full(t.vm_fd, v->fd), 0);
+	/* Without the reset, KVM_RUN would exit again at once. */
+	assert_int_equal(ioctl(v->fd, KVM_RUN, 0), 0);
+	assert_int_equal(v->run->exit_reason, KVM_EXIT_MMIO);
+	must_step_all(&t);
+
+	/* Twice more, a new tracker on the same VM. */
+	for (int again = 0; again < 2; again++) {
+		d = must_create(&t, MIG_DIRTY_LOG_RING);
+		must_start(d);
+		model_init(&m, &t, d);
+		lockstep_rounds(&m, 3, 64);
+		model_fini(&m);
+		mig__dirty_destroy(d);
+	}
+	assert_true(ring_full_exits(&t) > 0);
+	tvm_destroy(&t);
+}
+
+/* A vCPU stopped on a full ring while the final sync harvested its ring
+ * (without resetting it): mig_dirty_ring_full() must still free it. */
+static void ring_full_after_final_sync(void **s)
+{
+	struct tvm_opts o = { .area_pages = 4096, .writes_per_iter = 700,
+			      .ring_entries = 256 };
+	struct tvm t;
+	struct model m;
+	struct tvm_vcpu *v;
+	mig_error err = { 0 };
+	mig_dirty *d;
+	int exits = 0;
+
+	must_create_tvm(&t, &o);
+	v = &t.vcpu[0];
+	d = must_create(&t, MIG_DIRTY_LOG_RING);
+	must_start(d);
+	model_init(&m, &t, d);
+	model_sync(&m);
+	model_send(&m, 64);
+	do {
+		assert_int_equal(ioctl(v->fd, KVM_RUN, 0), 0);
+	} while (v->run->exit_reason == KVM_EXIT_MMIO && exits++ < 100);
+	assert_int_equal(v->run->exit_reason, KVM_EXIT_DIRTY_RING_FULL);
+	assert_true(mig__dirty_sync_final(d, m.bits, &err) > 0);
+	model_check(&m, "final");
+	/* The guest may fill its ring again at once, but it must get to the
+	 * end of its iteration. */
+	exits = 0;
+	do {
+		assert_int_equal(mig_dirty_ring_full(t.vm_fd, v->fd), 0);
+		assert_int_equal(ioctl(v->fd, KVM_RUN, 0), 0);
+	} while (v->run->exit_reason == KVM_EXIT_DIRTY_RING_FULL &&
+		 exits++ < 20);
+	assert_int_equal(v->run->exit_reason, KVM_EXIT_MMIO);
+	model_fini(&m);
+	mig__dirty_destroy(d);
+	tvm_destroy(&t);
+}
+
+/* Stop then start again on one tracker, the guest running on in between
+ * (a migration that failed after its final sync: the source resumes). */
+static void restart(void **s)
+{
+	static const mig_dirty_log modes[] = {
+		MIG_DIRTY_LOG_BITMAP, MIG_DIRTY_LOG_CLEAR, MIG_DIRTY_LOG_RING,
+	};
+
+	for (size_t i = 0; i < 3; i++) {
+		struct tvm_opts o = { .area_pages = 1024,
+				      .writes_per_iter = 300,
+				      .ring_entries = modes[i] == MIG_DIRTY_LOG_RING ? 512 : 0 };
+		struct tvm t;
+		struct model m;
+		mig_dirty *d;
+
+		must_create_tvm(&t, &o);
+		d = must_create(&t, modes[i]);
+		for (int k = 0; k < 2; k++) {
+			must_start(d);
+			model_init(&m, &t, d);
+			lockstep_rounds(&m, 2, 50);
+			model_fini(&m);
+			for (int j = 0; j < 3; j++)
+				must_step_all(&t); /* still tracking */
+			assert_int_equal(mig__dirty_stop(d), 0);
+			assert_int_equal(mig__dirty_stop(d), 0);
+			must_step_all(&t); /* untracked writes */
+		}
+		if (modes[i] == MIG_DIRTY_LOG_RING)
+			assert_true(ring_full_exits(&t) > 0);
+		mig__dirty_destroy(d);
+		tvm_destroy(&t);
+	}
+}
+
+/* ---- Errors ------------------------------------------------------------ */
+
+static int create_err(struct tvm *t, mig_dirty_log mode, const mig_region *r,
+		      uint32_t nr, mig_error *err)
+{
+	mig_dirty *d = (mig_dirty *)1;
+	int rc;
+
+	memset(err, 0, sizeof(*err));
+	rc = mig__dirty_create(&d, mode, t->vm_fd, r, nr, t->vcpu_fds,
+			       t->nr_vcpus, err);
+	if (rc == 0)
+		mig__dirty_destroy(d);
+	else
+		assert_null(d);
+	if (rc < 0) {
+		assert_int_equal(err->code, rc);
+		assert_true(err->msg[0] != '\0');
+	}
+	return rc;
+}
+
+static void create_errors(void **s)
+{
+	struct tvm_opts o = { .area_pages = 64, .writes_per_iter = 1 };
+	struct tvm t;
+	mig_region bad[2];
+	mig_error err;
+	mig_dirty *d;
+	int devnull;
+
+	must_create_tvm(&t, &o);
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, t.regions, 0, &err), -EINVAL);
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, NULL, 2, &err), -EINVAL);
+
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].size = 0;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "slot 1"));
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].size = 100;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].gpa += 8;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "gpa"));
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[0].hva = NULL;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "hva"));
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[0].hva = (uint8_t *)bad[0].hva + 16;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].gpa = bad[0].gpa + PAGE;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "overlap"));
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].slot = 0;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "slot 0"));
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].slot = 0x8000;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), -EINVAL);
+	/* The same gpa in another address space is no overlap. */
+	memcpy(bad, t.regions, sizeof(bad));
+	bad[1].slot = 1u << 16;
+	bad[1].gpa = 0;
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, bad, 2, &err), 0);
+
+	assert_int_equal(create_err(&t, (mig_dirty_log)42, t.regions, 2, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "42"));
+
+	/* The ring was not enabled: say so, and what to do. */
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_RING, t.regions, 2, &err), -ENOTSUP);
+	print_message("ring not enabled: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "dirty_log=ring"));
+	assert_true(strstr(err.msg, "mig_dirty_ring_enable") ||
+		    strstr(err.msg, "no dirty ring"));
+
+	/* Not a VM. */
+	memset(&err, 0, sizeof(err));
+	d = (mig_dirty *)1;
+	assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_AUTO, -1, t.regions, 2,
+					   NULL, 0, &err), -EBADF);
+	assert_null(d);
+	devnull = open("/dev/null", O_RDWR);
+	assert_true(mig__dirty_create(&d, MIG_DIRTY_LOG_AUTO, devnull, t.regions,
+				      2, NULL, 0, &err) < 0);
+	print_message("not a VM: %s\n", err.msg);
+	close(devnull);
+
+	/* Lifecycle misuse. */
+	d = must_create(&t, MIG_DIRTY_LOG_BITMAP);
+	{
+		uint64_t b0[512] = { 0 }, b1[1] = { 0 };
+		uint64_t *const bm[2] = { b0, b1 };
+		mig_dirty *d2 = must_create(&t, MIG_DIRTY_LOG_CLEAR);
+
+		memset(&err, 0, sizeof(err));
+		assert_int_equal(mig__dirty_sync(d, bm, &err), -EINVAL);
+		must_start(d);
+		assert_int_equal(mig__dirty_start(d, &err), -EALREADY);
+		assert_int_equal(mig__dirty_start(d2, &err), -EBUSY);
+		assert_int_equal(mig__dirty_rearm(d, 2, 0, 1, &err), -EINVAL);
+		assert_int_equal(mig__dirty_rearm(d, 1, 60, 5, &err), -EINVAL);
+		assert_int_equal(mig__dirty_rearm(d, 1, 0, 64, &err), 0);
+		assert_int_equal(mig__dirty_sync(d, bm, &err), 512 + 64);
+		mig__dirty_destroy(d);
+		must_start(d2); /* free again */
+		mig__dirty_destroy(d2);
+	}
+	mig__dirty_destroy(NULL);
+	tvm_destroy(&t);
+}
+
+/* A read-only slot cannot get the log flag: start fails, names the cause,
+ * and leaves no slot logging. */
+static void start_readonly_slot(void **s)
+{
+	struct tvm_opts o = { .area_pages = 64, .writes_per_iter = 1 };
+	struct tvm t;
+	mig_region r[3];
+	mig_error err = { 0 };
+	mig_dirty *d = NULL;
+	struct kvm_userspace_memory_region m;
+	uint64_t bm[64];
+	struct kvm_dirty_log log = { .slot = 0, .dirty_bitmap = bm };
+	void *rom;
+
+	must_create_tvm(&t, &o);
+	rom = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE,
+		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(rom != MAP_FAILED);
+	m = (struct kvm_userspace_memory_region){
+		.slot = 2, .flags = KVM_MEM_READONLY,
+		.guest_phys_addr = 0x80000000ull, .memory_size = 16 * PAGE,
+		.userspace_addr = (uintptr_t)rom,
+	};
+	if (ioctl(t.vm_fd, KVM_SET_USER_MEMORY_REGION, &m) < 0) {
+		print_message("no read-only slots here: %s\n", strerror(errno));
+		tvm_destroy(&t);
+		skip();
+	}
+	memcpy(r, t.regions, sizeof(t.regions));
+	r[2] = (mig_region){ .slot = 2, .gpa = 0x80000000ull,
+			     .size = 16 * PAGE, .hva = rom };
+	assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_BITMAP, t.vm_fd, r,
+					   3, NULL, 0, &err), 0);
+	assert_int_equal(mig__dirty_start(d, &err), -EINVAL);
+	print_message("read-only slot: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "slot 2"));
+	assert_non_null(strstr(err.msg, "READONLY"));
+	/* Rolled back: slot 0 does not log. */
+	assert_int_equal(ioctl(t.vm_fd, KVM_GET_DIRTY_LOG, &log), -1);
+	assert_int_equal(errno, ENOENT);
+	mig__dirty_destroy(d);
+	munmap(rom, 16 * PAGE);
+	tvm_destroy(&t);
+}
+
+/* What the public ring calls do at their edges. */
+static void ring_enable(void **s)
+{
+	struct tvm_opts o = { .area_pages = 64, .writes_per_iter = 1 };
+	struct tvm t;
+	mig_error err = { 0 };
+	int kvm, vm, vcpu, n;
+	mig_dirty *d = NULL;
+
+	must_create_tvm(&t, &o);
+	kvm = t.kvm_fd;
+	if (!mig__kvm_check(t.vm_fd, KVM_CAP_DIRTY_LOG_RING)) {
+		assert_int_equal(mig_dirty_ring_enable(t.vm_fd, 0, &err), -ENOTSUP);
+		tvm_destroy(&t);
+		skip();
+	}
+
+	vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm >= 0);
+	n = mig_dirty_ring_enable(vm, 1000, &err);
+	assert_int_equal(n, 1024);
+	assert_int_equal(mig_dirty_ring_enable(vm, 4096, &err), 1024);
+	assert_int_equal(mig__dirty_ring_known(vm), 1024);
+	assert_int_equal(mig__kvm_ring_enabled(vm), 1);
+	/* Forgotten but still enabled: the size is unknown now. */
+	mig_dirty_ring_forget(vm);
+	assert_int_equal(mig_dirty_ring_enable(vm, 0, &err), -EEXIST);
+	print_message("enabled behind our back: %s\n", err.msg);
+	assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_AUTO, vm, t.regions,
+					   2, NULL, 0, &err), -ENOTSUP);
+	print_message("auto on an unknown ring: %s\n", err.msg);
+	close(vm);
+
+	vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	n = mig_dirty_ring_enable(vm, 1, &err);
+	assert_true(n >= 256 && (n & (n - 1)) == 0);
+	mig_dirty_ring_forget(vm);
+	close(vm);
+
+	vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	n = mig_dirty_ring_enable(vm, UINT32_MAX, &err);
+	print_message("largest ring: %d entries\n", n);
+	assert_int_equal((long)n * 16,
+			 mig__kvm_check(vm, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) ?
+			 mig__kvm_check(vm, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) :
+			 mig__kvm_check(vm, KVM_CAP_DIRTY_LOG_RING));
+	mig_dirty_ring_forget(vm);
+	close(vm);
+
+	/* Too late: a vCPU exists. */
+	vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+	assert_true(vcpu >= 0);
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(mig_dirty_ring_enable(vm, 0, &err), -EINVAL);
+	print_message("after a vCPU: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "before the first vCPU"));
+	assert_int_equal(mig_dirty_ring_full(vm, vcpu), -ENOENT);
+	close(vcpu);
+	close(vm);
+
+	assert_int_equal(mig_dirty_ring_enable(-1, 0, &err), -EBADF);
+	mig_dirty_ring_forget(12345); /* unknown: no-op */
+	tvm_destroy(&t);
+
+	/* With the ring on, the bitmap modes are refused, AUTO takes it,
+	 * and ring mode wants the vCPUs. */
+	o.ring_entries = 512;
+	must_create_tvm(&t, &o);
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_BITMAP, t.regions, 2, &err), -ENOTSUP);
+	print_message("bitmap on a ring VM: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "dirty ring is enabled"));
+	assert_int_equal(create_err(&t, MIG_DIRTY_LOG_CLEAR, t.regions, 2, &err), -ENOTSUP);
+	assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_RING, t.vm_fd,
+					   t.regions, 2, NULL, 0, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "vCPU"));
+	/* fds that are not vCPUs of this VM: errors, not SIGBUS. */
+	{
+		struct tvm other;
+		struct tvm_opts oo = { .area_pages = 64, .writes_per_iter = 1 };
+		int fds[2] = { t.vcpu_fds[0], t.vm_fd };
+
+		assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_RING, t.vm_fd,
+						   t.regions, 2, fds, 2, &err), -EBADF);
+		print_message("VM fd as a vCPU: %s\n", err.msg);
+		must_create_tvm(&other, &oo); /* no ring there */
+		fds[1] = other.vcpu_fds[0];
+		assert_int_equal(mig__dirty_create(&d, MIG_DIRTY_LOG_RING, t.vm_fd,
+						   t.regions, 2, fds, 2, &err), -ENXIO);
+		print_message("vCPU of a VM without a ring: %s\n", err.msg);
+		assert_int_equal(mig_dirty_ring_full(t.vm_fd, other.vcpu_fds[0]), -ENXIO);
+		assert_int_equal(mig_dirty_ring_full(t.vm_fd, t.vm_fd), -EBADF);
+		tvm_destroy(&other);
+	}
+	d = must_create(&t, MIG_DIRTY_LOG_AUTO);
+	assert_string_equal(mig__dirty_name(d), "ring");
+	{
+		mig_dirty *d2 = NULL;
+		assert_int_equal(mig__dirty_create(&d2, MIG_DIRTY_LOG_RING, t.vm_fd,
+						   t.regions, 2, t.vcpu_fds, 1, &err), -EBUSY);
+	}
+	mig__dirty_destroy(d);
+	tvm_destroy(&t);
+}
+
+/* ---- mig__mem_resident ------------------------------------------------------- */
+
+static const uint64_t touched[] = { 0, 1, 63, 64, 65, 200, 255 };
+
+/* all: every page must be reported; loose: at least the touched ones
+ * (huge pages may bring their neighbours); else exactly the touched ones. */
+static void expect_resident(void *mem, uint64_t npages, bool all, bool loose)
+{
+	mig_region r = { .slot = 7, .gpa = 0, .size = npages * PAGE, .hva = mem };
+	uint64_t bm[4] = { 0 };
+	mig_error err = { 0 };
+	long n;
+
+	n = mig__mem_resident(&r, 0, npages, bm, &err);
+	if (all) {
+		assert_int_equal(n, (long)npages);
+		return;
+	}
+	if (loose) {
+		for (size_t k = 0; k < MIG_ARRAY_SIZE(touched); k++)
+			assert_true(bit(bm, touched[k]));
+		return;
+	}
+	assert_int_equal(n, (long)MIG_ARRAY_SIZE(touched));
+	for (uint64_t p = 0, k = 0; p < npages; p++) {
+		bool want = k < MIG_ARRAY_SIZE(touched) && touched[k] == p;
+		if (bit(bm, p) != want)
+			fail_msg("page %llu: resident %d, expected %d",
+				 (unsigned long long)p, bit(bm, p), want);
+		k += want;
+	}
+	/* A sub-range touches only its own bits. */
+	memset(bm, 0, sizeof(bm));
+	n = mig__mem_resident(&r, 60, 10, bm, &err);
+	assert_int_equal(n, 3);
+	assert_int_equal(bm[0], UINT64_C(1) << 63);
+	assert_int_equal(bm[1], 3);
+	assert_int_equal(bm[2] | bm[3], 0);
+	assert_int_equal(mig__mem_resident(&r, 250, 7, bm, &err), -EINVAL);
+}
+
+static bool host_swapping(void)
+{
+	struct sysinfo si;
+	return sysinfo(&si) != 0 || si.totalswap != si.freeswap;
+}
+
+/* May shmem (shared anonymous, memfd) use huge pages regardless of
+ * MADV_NOHUGEPAGE? */
+static bool shmem_thp_forced(void)
+{
+	char buf[256] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	return strstr(buf, "[force]") || strstr(buf, "[always]") ||
+	       strstr(buf, "[within_size]");
+}
+
+static void touch(uint8_t *mem)
+{
+	for (size_t k = 0; k < MIG_ARRAY_SIZE(touched); k++)
+		mem[touched[k] * PAGE + 100] = 1;
+}
+
+static void resident_anon(void **s)
+{
+	for (int shared = 0; shared < 2; shared++) {
+		uint8_t *mem = mmap(NULL, 256 * PAGE, PROT_READ | PROT_WRITE,
+				    (shared ? MAP_SHARED : MAP_PRIVATE) |
+				    MAP_ANONYMOUS, -1, 0);
+		assert_true(mem != MAP_FAILED);
+		madvise(mem, 256 * PAGE, MADV_NOHUGEPAGE);
+		touch(mem);
+		expect_resident(mem, 256, host_swapping(),
+				shared && shmem_thp_forced());
+		munmap(mem, 256 * PAGE);
+	}
+}
+
+static void resident_memfd(void **s)
+{
+	int fd = memfd_create("mig-test", MFD_CLOEXEC);
+	uint8_t *mem, one = 1;
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 256 * PAGE), 0);
+	mem = mmap(NULL, 256 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(mem != MAP_FAILED);
+	madvise(mem, 256 * PAGE, MADV_NOHUGEPAGE);
+	/* Some through the mapping, some through the fd only: mincore sees
+	 * the page cache, not just this process's page tables. */
+	for (size_t k = 0; k < MIG_ARRAY_SIZE(touched); k++) {
+		if (k % 2)
+			mem[touched[k] * PAGE] = 1;
+		else
+			assert_int_equal(pwrite(fd, &one, 1, (off_t)(touched[k] * PAGE)), 1);
+	}
+	expect_resident(mem, 256, host_swapping(), shmem_thp_forced());
+	munmap(mem, 256 * PAGE);
+	close(fd);
+}
+
+/* Regular files: absent from memory is not empty, so all count. And a hole
+ * in the mapping is an error. */
+static void resident_file_and_hole(void **s)
+{
+	char path[] = "/tmp/mig-resident-XXXXXX";
+	int fd = mkstemp(path);
+	uint8_t *mem;
+	mig_region r;
+	uint64_t bm[4] = { 0 };
+	mig_error err = { 0 };
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 256 * PAGE), 0);
+	mem = mmap(NULL, 256 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(mem != MAP_FAILED);
+	unlink(path);
+	touch(mem);
+	expect_resident(mem, 256, true, false);
+	close(fd);
+
+	/* Unmap the middle: -EFAULT. */
+	munmap(mem + 100 * PAGE, PAGE);
+	r = (mig_region){ .slot = 3, .size = 256 * PAGE, .hva = mem };
+	assert_int_equal(mig__mem_resident(&r, 0, 256, bm, &err), -EFAULT);
+	print_message("hole: %s\n", err.msg);
+	munmap(mem, 256 * PAGE);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(lockstep_bitmap),
+		cmocka_unit_test(lockstep_clear),
+		cmocka_unit_test(lockstep_ring),
+		cmocka_unit_test(lockstep_auto),
+		cmocka_unit_test(lockstep_auto_ring),
+		cmocka_unit_test(lockstep_ring_full),
+		cmocka_unit_test(concurrent_bitmap),
+		cmocka_unit_test(concurrent_clear),
+		cmocka_unit_test(concurrent_ring),
+		cmocka_unit_test(concurrent_ring_full),
+		cmocka_unit_test(ring_full_without_tracker),
+		cmocka_unit_test(ring_full_after_final_sync),
+		cmocka_unit_test(restart),
+		cmocka_unit_test(create_errors),
+		cmocka_unit_test(start_readonly_slot),
+		cmocka_unit_test(ring_enable),
+		cmocka_unit_test(resident_anon),
+		cmocka_unit_test(resident_memfd),
+		cmocka_unit_test(resident_file_and_hole),
+	};
+
+	if (!tvm_available()) {
+		fprintf(stderr, "no usable /dev/kvm: skipped\n");
+		return 77;
+	}
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
+	return cmocka_run_group_tests_name("dirty", tests, NULL, NULL);
+}

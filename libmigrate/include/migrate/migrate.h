@@ -119,6 +119,10 @@ typedef struct mig_params {
 	int throttle;             /* slow a guest that dirties faster than the
 	                             link (auto-converge); default 1 */
 	mig_dirty_log dirty_log;  /* default MIG_DIRTY_LOG_AUTO */
+	int verify;               /* hash guest memory at pause and after the
+	                             last page on the destination, and refuse to
+	                             commit when they differ; costs downtime
+	                             (about 0.1 s per GiB); default 0 */
 } mig_params;
 
 /* Fill `p` with the defaults above. */
@@ -135,7 +139,7 @@ MIG_API int mig_params_validate(const mig_params *p, mig_error *err);
  * "downtime_ms" "300", "max_bandwidth" "1G" (bytes/s; K/M/G suffixes are
  * powers of 1024), "compress" "off|on|auto", "compress_level",
  * "connections", "max_rounds", "timeout_ms", "throttle" "0|1|on|off",
- * "dirty_log" "auto|bitmap|clear|ring". Dashes in `name` count as
+ * "dirty_log" "auto|bitmap|clear|ring", "verify" "0|1". Dashes in `name` count as
  * underscores. Returns 0, -ENOENT for an unknown name, -EINVAL for a bad or
  * out-of-range value (err says which); `p` is unchanged on failure.
  */
@@ -172,6 +176,13 @@ typedef struct mig_vm_ops {
 	 */
 	int (*load_state)(void *opaque, const mig_state *in,
 			  mig_error *err);
+	/*
+	 * Optional (may be NULL): keep the vCPUs out of the guest for `pct`
+	 * percent of the time (0 = full speed, at most 99), so that a guest
+	 * that dirties memory faster than the link converges (QEMU calls this
+	 * auto-converge). Without it the source cannot throttle.
+	 */
+	int (*throttle)(void *opaque, unsigned int pct, mig_error *err);
 } mig_vm_ops;
 
 /* Copy `len` bytes under `name` (at most 63 chars; replaces an old item). */
@@ -236,6 +247,93 @@ typedef enum mig_log_level {
 } mig_log_level;
 typedef void (*mig_log_cb)(mig_log_level lvl, const char *msg, void *opaque);
 
+
+/* ---- Migration sessions ---------------------------------------------- */
+
+/* The VM as the library sees it, on either side. */
+typedef struct mig_vm {
+	int vm_fd;                   /* from KVM_CREATE_VM */
+	const mig_region *regions;   /* copied at create */
+	uint32_t nr_regions;
+	const int *vcpu_fds;         /* copied at create; used by the dirty ring */
+	uint32_t nr_vcpus;
+	const void *cpuid;           /* opaque fingerprint both sides must share */
+	size_t cpuid_len;            /* (e.g. the kvm_cpuid2 set on the vCPUs) */
+	const mig_vm_ops *ops;
+	void *opaque;                /* passed to ops and callbacks */
+} mig_vm;
+
+typedef struct mig_callbacks {
+	mig_progress_cb progress;    /* optional, after every round */
+	mig_done_cb done;            /* optional, once at the end */
+	mig_log_cb log;              /* optional */
+} mig_callbacks;
+
+/* Source side. */
+typedef struct mig_source mig_source;
+
+typedef struct mig_source_config {
+	mig_vm vm;
+	mig_params params;
+	const char *uri;             /* "tcp:HOST:PORT" of the destination */
+	const char *token;           /* the token the destination expects */
+	mig_callbacks cb;
+} mig_source_config;
+
+/*
+ * Validate `cfg` and make a source handle; nothing touches the VM yet.
+ * Returns 0 and sets *out, or a negative errno with `err` filled.
+ */
+MIG_API int mig_source_create(mig_source **out, const mig_source_config *cfg,
+			      mig_error *err);
+/*
+ * Start migrating in the library's own thread. The VM keeps running during
+ * pre-copy. Returns at once: 0, or an error (then no callback is called).
+ */
+MIG_API int mig_source_start(mig_source *src, mig_error *err);
+/*
+ * Block until the migration ends. Returns 0 when the destination committed
+ * (the VMM must now destroy its VM and never resume it), or the error; on an
+ * error the library has already resumed the VM (ops->resume).
+ */
+MIG_API int mig_source_wait(mig_source *src, mig_error *err);
+/* Ask a running migration to stop; it ends with MIG_E_CANCELED unless it
+ * had already committed. Safe from any thread. */
+MIG_API int mig_source_cancel(mig_source *src);
+/* Snapshot of the statistics so far. Safe from any thread. */
+MIG_API int mig_source_stats(mig_source *src, mig_stats *out);
+/* Waits for the migration thread if needed; accepts NULL. */
+MIG_API void mig_source_destroy(mig_source *src);
+
+/* Destination side. */
+typedef struct mig_dest mig_dest;
+
+typedef struct mig_dest_config {
+	mig_vm vm;                   /* created with the same layout, not run */
+	const char *uri;             /* "tcp:HOST:PORT" to listen on; port 0 =
+	                                any, see mig_dest_port() */
+	const char *token;           /* accept only a source that presents it */
+	uint32_t timeout_ms;         /* idle limit while migrating, 0 = 30000 */
+	mig_callbacks cb;
+} mig_dest_config;
+
+/* Validate, bind and listen (so the port is known). Nothing is accepted
+ * until mig_dest_start(). */
+MIG_API int mig_dest_create(mig_dest **out, const mig_dest_config *cfg,
+			    mig_error *err);
+/* The TCP port actually bound. */
+MIG_API int mig_dest_port(const mig_dest *dst);
+/* Accept one migration in the library's thread. */
+MIG_API int mig_dest_start(mig_dest *dst, mig_error *err);
+/*
+ * Block until the incoming migration ends. 0: the image is complete, the
+ * state loaded, COMMIT sent and ops->resume called: the VM now runs here.
+ * Otherwise the error; the VM was never resumed and must be discarded.
+ */
+MIG_API int mig_dest_wait(mig_dest *dst, mig_error *err);
+MIG_API int mig_dest_cancel(mig_dest *dst);
+MIG_API int mig_dest_stats(mig_dest *dst, mig_stats *out);
+MIG_API void mig_dest_destroy(mig_dest *dst);
 
 /*
  * Write `st` as one JSON object into buf (NUL-terminated). Returns the

@@ -67,6 +67,8 @@ MIG_API int mig_params_validate(const mig_params *p, mig_error *err)
 	if (p->throttle != 0 && p->throttle != 1)
 		return mig__err(err, -EINVAL, "throttle %d is not 0 or 1",
 				p->throttle);
+	if (p->verify != 0 && p->verify != 1)
+		return mig__err(err, -EINVAL, "verify %d is not 0 or 1", p->verify);
 	if (p->dirty_log < MIG_DIRTY_LOG_AUTO || p->dirty_log > MIG_DIRTY_LOG_RING)
 		return mig__err(err, -EINVAL,
 				"dirty_log %d is not auto, bitmap, clear or ring",
@@ -158,11 +160,14 @@ MIG_API int mig_params_set(mig_params *p, const char *name, const char *value,
 			return mig__err(err, -EINVAL,
 					"compress: '%s' is not off, on or auto", value);
 		t.compress = (mig_compress)i;
-	} else if (name_eq(name, "throttle")) {
+	} else if (name_eq(name, "throttle") || name_eq(name, "verify")) {
 		if (parse_bool(value, &i) < 0)
 			return mig__err(err, -EINVAL,
-					"throttle: '%s' is not on or off", value);
-		t.throttle = i;
+					"%s: '%s' is not on or off", name, value);
+		if (name_eq(name, "throttle"))
+			t.throttle = i;
+		else
+			t.verify = i;
 	} else if (name_eq(name, "dirty_log")) {
 		if (parse_enum(value, dirty_names, 4, &i) < 0)
 			return mig__err(err, -EINVAL,

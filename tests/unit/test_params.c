@@ -35,6 +35,7 @@ static const char *break_field(mig_params *p, int i)
 	case 9: p->timeout_ms = 100; return "timeout_ms";
 	case 10: p->throttle = 2; return "throttle";
 	case 11: p->dirty_log = (mig_dirty_log)9; return "dirty_log";
+	case 12: p->verify = 3; return "verify";
 	}
 	return NULL;
 }
@@ -77,6 +78,8 @@ static void test_set_from_text(void **state)
 	assert_int_equal(p.connections, 4);
 	assert_int_equal(mig_params_set(&p, "max_bandwidth", "0", &e), 0);
 	assert_int_equal(p.max_bandwidth, 0);
+	assert_int_equal(mig_params_set(&p, "verify", "on", &e), 0);
+	assert_int_equal(p.verify, 1);
 }
 
 /* A refused value names itself and leaves the parameters untouched. */

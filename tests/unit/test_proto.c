@@ -134,13 +134,23 @@ static void test_every_message(void **state)
 	ENV(stats, STATS, &st);
 	assert_int_equal(got->stats->dirty_pages, 9);
 	mig__msg_free(got);
+
+	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+	ENV(activate, ACTIVATE, &act);
+	mig__msg_free(got);
+
+	Mig__Wire__Activated acd = MIG__WIRE__ACTIVATED__INIT;
+	acd.resume_us = 77;
+	ENV(activated, ACTIVATED, &acd);
+	assert_int_equal(got->activated->resume_us, 77);
+	mig__msg_free(got);
 }
 
 /* Every case of the oneof was exercised above: catch new ones added later. */
 static void test_oneof_covered(void **state)
 {
 	(void)state;
-	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 12);
+	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 14);
 }
 
 static void test_vmstate_roundtrip(void **state)

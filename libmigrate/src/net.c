@@ -1,0 +1,201 @@
+/* URI parsing, name resolution, frame reassembly, memory hash. */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "dirty.h"
+#include "net.h"
+
+int mig__parse_uri(const char *uri, char *host, size_t hostlen, int *port,
+		   mig_error *err)
+{
+	const char *h, *colon, *end;
+	char *pend;
+	long p;
+	size_t n;
+
+	if (!uri || strncmp(uri, "tcp:", 4) != 0)
+		return mig__err(err, -EINVAL,
+				"address '%s': expected tcp:HOST:PORT",
+				uri ? uri : "(null)");
+	h = uri + 4;
+	if (*h == '[') {
+		end = strchr(h, ']');
+		if (!end || end[1] != ':')
+			return mig__err(err, -EINVAL,
+					"address '%s': bad [IPv6]:PORT", uri);
+		h++;
+		n = (size_t)(end - h);
+		colon = end + 1;
+	} else {
+		colon = strrchr(h, ':');
+		if (!colon)
+			return mig__err(err, -EINVAL,
+					"address '%s': no port (tcp:HOST:PORT)", uri);
+		n = (size_t)(colon - h);
+	}
+	if (n == 0 || n >= hostlen)
+		return mig__err(err, -EINVAL, "address '%s': bad host", uri);
+	memcpy(host, h, n);
+	host[n] = '\0';
+	errno = 0;
+	p = strtol(colon + 1, &pend, 10);
+	if (errno || *pend || pend == colon + 1 || p < 0 || p > 65535)
+		return mig__err(err, -EINVAL, "address '%s': bad port", uri);
+	*port = (int)p;
+	return 0;
+}
+
+int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
+		 mig_error *err)
+{
+	struct addrinfo hints, *res = NULL;
+	char ports[16];
+	int r;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(ports, sizeof(ports), "%d", port);
+	r = getaddrinfo(host, ports, &hints, &res);
+	if (r != 0 || !res)
+		return mig__err(err, -EHOSTUNREACH, "cannot resolve '%s': %s",
+				host, gai_strerror(r));
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	freeaddrinfo(res);
+	return 0;
+}
+
+int mig__reader_append(mig_reader *r, const void *p, size_t n)
+{
+	if (r->off && r->off == r->len)
+		r->off = r->len = 0;
+	if (r->len + n > r->cap) {
+		/* Compact first; grow only by what a frame may need. */
+		if (r->off) {
+			memmove(r->buf, r->buf + r->off, r->len - r->off);
+			r->len -= r->off;
+			r->off = 0;
+		}
+		if (r->len + n > r->cap) {
+			size_t cap = r->cap ? r->cap : 65536;
+			while (cap < r->len + n)
+				cap *= 2;
+			if (cap > (size_t)r->limit + MIG_FRAME_HDR + 65536 &&
+			    r->len + n > (size_t)r->limit + MIG_FRAME_HDR + 65536)
+				return -EMSGSIZE;
+			uint8_t *b = realloc(r->buf, cap);
+			if (!b)
+				return -ENOMEM;
+			r->buf = b;
+			r->cap = cap;
+		}
+	}
+	memcpy(r->buf + r->len, p, n);
+	r->len += n;
+	return 0;
+}
+
+long mig__reader_next(mig_reader *r, mig_frame *f)
+{
+	long n;
+	const uint8_t *p = r->buf + r->off;
+	size_t avail = r->len - r->off;
+
+	if (avail >= 4) {
+		uint32_t blen = (uint32_t)p[0] | (uint32_t)p[1] << 8 |
+				(uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+		if (blen > r->limit)
+			return -EMSGSIZE;
+	}
+	n = mig__frame_parse(p, avail, f);
+	if (n > 0)
+		r->off += (size_t)n;
+	return n;
+}
+
+void mig__reader_free(mig_reader *r)
+{
+	free(r->buf);
+	memset(r, 0, sizeof(*r));
+}
+
+void mig__uv_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)h;
+	(void)suggested;
+	buf->base = malloc(65536);
+	buf->len = buf->base ? 65536 : 0;
+}
+
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+int mig__hash_regions(const mig_region *regions, uint32_t nr, uint8_t out[16],
+		      mig_error *err)
+{
+	/*
+	 * Hash (page index, content) of every non-zero page. Only resident
+	 * pages are read (mincore), so untouched memory is neither read nor
+	 * allocated, and a page that is absent on one side and zero on the
+	 * other hashes the same. Four multiply-rotate lanes keep the CPU busy;
+	 * this is a consistency check between two copies, not cryptography.
+	 */
+	uint64_t l[4] = { 0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full,
+			  0x165667b19e3779f9ull, 0x27d4eb2f165667c5ull };
+	const uint64_t m = 0x9ddfea08eb382d69ull;
+
+	for (uint32_t i = 0; i < nr; i++) {
+		uint64_t npages = regions[i].size / MIG_PAGE_SIZE;
+		uint64_t *bm = calloc((npages + 63) / 64, 8);
+		long r;
+
+		if (!bm)
+			return mig__err(err, -ENOMEM, "memory hash: out of memory");
+		r = mig__mem_resident(&regions[i], 0, npages, bm, err);
+		if (r < 0) {
+			free(bm);
+			return (int)r;
+		}
+		for (uint64_t p = 0; p < npages; p++) {
+			if (!(bm[p / 64] & (1ull << (p % 64))))
+				continue;
+			const uint8_t *page = (const uint8_t *)regions[i].hva +
+					      p * MIG_PAGE_SIZE;
+			if (mig__page_is_zero(page))
+				continue;
+			const uint64_t *w = (const uint64_t *)page;
+			uint64_t id = (regions[i].gpa >> MIG_PAGE_SHIFT) + p;
+			l[0] ^= id * m;
+			for (size_t j = 0; j < MIG_PAGE_SIZE / 8; j += 4) {
+				l[0] = rotl64(l[0] ^ (w[j] * m), 29) * m;
+				l[1] = rotl64(l[1] ^ (w[j + 1] * m), 31) * m;
+				l[2] = rotl64(l[2] ^ (w[j + 2] * m), 27) * m;
+				l[3] = rotl64(l[3] ^ (w[j + 3] * m), 33) * m;
+			}
+		}
+		free(bm);
+	}
+	uint64_t a = l[0] ^ rotl64(l[2], 17), b = l[1] ^ rotl64(l[3], 23);
+	a = (a ^ (a >> 33)) * m;
+	b = (b ^ (b >> 29)) * m;
+	memcpy(out, &a, 8);
+	memcpy(out + 8, &b, 8);
+	return 0;
+}
+
+int mig__secret_eq(const void *a, size_t alen, const void *b, size_t blen)
+{
+	const uint8_t *x = a, *y = b;
+	uint8_t d = alen != blen;
+	size_t n = alen < blen ? alen : blen;
+
+	for (size_t i = 0; i < n; i++)
+		d |= x[i] ^ y[i];
+	return d == 0;
+}

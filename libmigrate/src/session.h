@@ -1,0 +1,46 @@
+/* Pieces shared by the source and destination sessions. */
+#ifndef MIG_SESSION_H
+#define MIG_SESSION_H
+
+#include <pthread.h>
+
+#include "frame.h"
+#include "internal.h"
+
+/* Pages per chunk: the unit of work queued to a connection. A page always
+ * travels on connection (page / MIG_CHUNK_PAGES) % connections. */
+#define MIG_CHUNK_PAGES 1024u
+
+/* Before the hello is authenticated a peer may send only small frames. */
+#define MIG_PREAUTH_FRAME_MAX (64u << 10)
+
+/* Features this library implements. */
+#define MIG_FEATURES_SUPPORTED \
+	(MIG__WIRE__FEATURE__FEATURE_ZSTD | MIG__WIRE__FEATURE__FEATURE_MULTICONN)
+
+/* A private copy of the mig_vm a handle was created with. */
+typedef struct mig_vm_copy {
+	mig_vm vm;            /* pointers below point into this copy */
+	mig_region *regions;
+	int *vcpu_fds;
+	void *cpuid;
+	uint64_t total_pages;
+} mig_vm_copy;
+
+int mig__vm_copy(mig_vm_copy *dst, const mig_vm *src, mig_error *err);
+void mig__vm_copy_free(mig_vm_copy *c);
+
+/* Log through the embedder's callback, if any. */
+void mig__log(const mig_callbacks *cb, void *opaque, mig_log_level lvl,
+	      const char *fmt, ...) MIG_PRINTF(4, 5);
+
+/* An absolute CLOCK_REALTIME deadline `ms` from now, for cond waits. */
+void mig__deadline(struct timespec *ts, uint64_t ms);
+
+/* Bitmap helpers over 64-bit words. */
+static inline int mig__test_bit(const uint64_t *bm, uint64_t i)
+{
+	return (bm[i / 64] >> (i % 64)) & 1;
+}
+
+#endif /* MIG_SESSION_H */

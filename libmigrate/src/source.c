@@ -1,0 +1,1392 @@
+/*
+ * The source side of a migration: Clark et al.'s stages in one engine
+ * thread (set-up, iterative pre-copy, stop-and-copy, commitment), and one
+ * libuv thread per TCP connection that encodes and writes the pages queued
+ * to it, with back-pressure and an optional bandwidth cap.
+ *
+ * Locking: s->lock protects every field marked "locked" below, the
+ * connections' queues and counters, and the mailbox. The engine thread owns
+ * the bitmaps between rounds; during a round each connection thread owns
+ * the chunks queued to it (chunks never overlap).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "codec.h"
+#include "dirty.h"
+#include "frame.h"
+#include "net.h"
+#include "session.h"
+#include "state.h"
+
+#define SRC_HWM (8u << 20)          /* bytes in flight per connection */
+#define HELLO_TIMEOUT_MS 10000u
+#define COMMIT_TIMEOUT_MS 30000u
+#define ACTIVATED_TIMEOUT_MS 10000u
+/* A round's acknowledgement may take as long as the round's data needs to
+ * cross a slow link: no fixed limit is right, so this is generous and
+ * params.timeout_ms takes over when set. */
+#define ROUND_ACK_TIMEOUT_MS 600000u
+#define THROTTLE_INITIAL 20u
+#define THROTTLE_STEP 10u
+#define THROTTLE_MAX 99u
+
+struct item {
+	struct item *next;
+	int is_chunk;
+	int resident_only;
+	int final;          /* stop-and-copy: the log is closed, no rearm */
+	uint32_t region;
+	uint64_t first;
+	uint32_t count;
+	mig_buf frame;
+};
+
+struct msg {
+	struct msg *next;
+	uint32_t conn;
+	Mig__Wire__Envelope *env;
+};
+
+struct src_conn;
+
+struct wreq {
+	uv_write_t req;
+	struct src_conn *c;
+	mig_buf buf;
+};
+
+struct src_conn {
+	mig_source *s;
+	uint32_t index;
+	pthread_t thread;
+	int thread_ok;
+	uv_loop_t loop;
+	uv_tcp_t tcp;
+	uv_connect_t creq;
+	uv_async_t async;
+	uv_timer_t timer;
+	mig_enc *enc;
+	mig_reader rd;
+	struct sockaddr_storage addr;
+	int loop_ok;
+	/* locked */
+	struct item *head, *tail;
+	unsigned writes;        /* uv_write requests outstanding */
+	int connected;
+	int closing;
+	int error;
+	char errmsg[160];
+	uint64_t bytes, pages, zero_pages, raw_bytes;
+	/* connection thread only */
+	size_t inflight;
+	uint64_t bw_t0_us, bw_bytes;
+	int timer_armed;
+};
+
+struct mig_source {
+	mig_vm_copy vm;
+	mig_params params;
+	mig_callbacks cb;
+	char uri[300];
+	char host[256];
+	int port;
+	uint8_t *token;
+	size_t token_len;
+	uint8_t session_id[16];
+
+	pthread_t thread;
+	int started;
+	int joined;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	/* locked */
+	int cancel;
+	int finished;
+	mig_stats *stats;
+	struct msg *mbox_head, *mbox_tail;
+
+	/* engine thread */
+	struct src_conn *conns;
+	uint32_t nconns;
+	mig_dirty *dirty;
+	uint64_t **send_bm;
+	uint64_t **resident_bm;     /* round 1 only */
+	uint32_t round;
+	int paused;
+	int committed;
+	unsigned throttle_pct;
+	uint64_t rtt_us;
+	mig_error result;
+	uint64_t t_start_us;
+};
+
+/* ---- connection thread -------------------------------------------------- */
+
+static void conn_fail(struct src_conn *c, int code, const char *what)
+{
+	mig_source *s = c->s;
+	pthread_mutex_lock(&s->lock);
+	if (!c->error) {
+		c->error = code;
+		snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", what,
+			 mig_strerror(code));
+	}
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void pump(struct src_conn *c);
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct src_conn *c = w->c;
+	mig_source *s = c->s;
+
+	c->inflight -= w->buf.len;
+	pthread_mutex_lock(&s->lock);
+	c->writes--;
+	if (status == 0)
+		c->bytes += w->buf.len;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	mig__buf_free(&w->buf);
+	free(w);
+	if (status < 0)
+		conn_fail(c, status, "write");
+	else
+		pump(c);
+}
+
+/* Hand `b` to libuv; takes ownership of its memory. */
+static int conn_write(struct src_conn *c, mig_buf *b)
+{
+	struct wreq *w = calloc(1, sizeof(*w));
+	uv_buf_t ub;
+	int r;
+
+	if (!w) {
+		mig__buf_free(b);
+		return -ENOMEM;
+	}
+	w->c = c;
+	w->buf = *b;
+	memset(b, 0, sizeof(*b));
+	ub = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
+	pthread_mutex_lock(&c->s->lock);
+	c->writes++;
+	pthread_mutex_unlock(&c->s->lock);
+	c->inflight += w->buf.len;
+	r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+	if (r < 0) {
+		c->inflight -= w->buf.len;
+		pthread_mutex_lock(&c->s->lock);
+		c->writes--;
+		pthread_mutex_unlock(&c->s->lock);
+		mig__buf_free(&w->buf);
+		free(w);
+	}
+	return r;
+}
+
+/* Encode the pages of a chunk that are still marked in the send bitmap. */
+static int encode_chunk(struct src_conn *c, const struct item *it, mig_buf *out)
+{
+	mig_source *s = c->s;
+	const mig_region *r = &s->vm.regions[it->region];
+	uint64_t *bm = s->send_bm[it->region];
+	uint64_t idx[MIG_CHUNK_PAGES];
+	const uint8_t *data[MIG_CHUNK_PAGES];
+	size_t n = 0;
+	mig_enc_stats st = { 0 };
+	mig_error err = { 0 };
+	int ret;
+
+	/* Re-arm write tracking just before reading, so a write that lands
+	 * after this point is seen by the next sync (clear-log mode). */
+	if (!it->final) {
+		ret = mig__dirty_rearm(s->dirty, it->region, it->first, it->count,
+				       &err);
+		if (ret < 0)
+			return ret;
+	}
+	if (it->resident_only) {
+		/* Round 1: memory the guest never touched reads as zeros; skip
+		 * it without reading (reading would allocate it). */
+		long k = mig__mem_resident(r, it->first, it->count,
+					   s->resident_bm[it->region], &err);
+		if (k < 0)
+			return (int)k;
+	}
+	for (uint64_t p = it->first; p < it->first + it->count; p++) {
+		if (!mig__test_bit(bm, p))
+			continue;
+		bm[p / 64] &= ~(1ull << (p % 64));
+		if (it->resident_only && !mig__test_bit(s->resident_bm[it->region], p))
+			continue;
+		idx[n] = p;
+		data[n] = (const uint8_t *)r->hva + p * MIG_PAGE_SIZE;
+		n++;
+	}
+	if (!n)
+		return 0;
+	ret = mig__enc_batch(c->enc, it->region, idx, data, n, out, &st);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&s->lock);
+	c->pages += st.pages;
+	c->zero_pages += st.zero_pages;
+	c->raw_bytes += st.raw_bytes;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	struct src_conn *c = t->data;
+	c->timer_armed = 0;
+	pump(c);
+}
+
+/* Bandwidth cap: microseconds to wait before `bytes` more may go out. */
+static uint64_t bw_delay_us(struct src_conn *c)
+{
+	uint64_t cap = c->s->params.max_bandwidth / c->s->nconns;
+	uint64_t now = mig__now_us(), allowed;
+
+	if (!cap)
+		return 0;
+	if (now - c->bw_t0_us > 1000000u) {
+		/* A fresh window each second keeps idle time from banking. */
+		c->bw_t0_us = now;
+		c->bw_bytes = 0;
+	}
+	allowed = (now - c->bw_t0_us) * cap / 1000000u + cap / 20;
+	if (c->bw_bytes <= allowed)
+		return 0;
+	return (c->bw_bytes - allowed) * 1000000u / cap + 1;
+}
+
+static void pump(struct src_conn *c)
+{
+	mig_source *s = c->s;
+
+	while (c->inflight < SRC_HWM) {
+		struct item *it;
+		mig_buf out = { 0 };
+		uint64_t wait;
+		int r;
+
+		wait = bw_delay_us(c);
+		if (wait) {
+			if (!c->timer_armed) {
+				c->timer_armed = 1;
+				uv_timer_start(&c->timer, on_timer,
+					       (wait + 999) / 1000, 0);
+			}
+			return;
+		}
+		pthread_mutex_lock(&s->lock);
+		it = c->head;
+		if (it && !c->error && !c->closing && c->connected) {
+			c->head = it->next;
+			if (!c->head)
+				c->tail = NULL;
+			/* Counted as a write until encoded, so a drain waiter
+			 * never sees an empty queue with work still in hand. */
+			c->writes++;
+		} else {
+			it = NULL;
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (!it)
+			return;
+		if (it->is_chunk) {
+			r = encode_chunk(c, it, &out);
+		} else {
+			out = it->frame;
+			memset(&it->frame, 0, sizeof(it->frame));
+			r = 0;
+		}
+		free(it);
+		if (r == 0 && out.len) {
+			c->bw_bytes += out.len;
+			r = conn_write(c, &out);
+		}
+		pthread_mutex_lock(&s->lock);
+		c->writes--;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		mig__buf_free(&out);
+		if (r < 0) {
+			conn_fail(c, r, "encode/write");
+			return;
+		}
+	}
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct src_conn *c = st->data;
+	mig_source *s = c->s;
+	mig_frame f;
+	long n;
+	int r;
+
+	if (nread < 0) {
+		free(buf->base);
+		conn_fail(c, nread == UV_EOF ? -ECONNRESET : (int)nread,
+			  nread == UV_EOF ? "connection closed by peer" : "read");
+		return;
+	}
+	r = nread ? mig__reader_append(&c->rd, buf->base, (size_t)nread) : 0;
+	free(buf->base);
+	if (r < 0) {
+		conn_fail(c, r, "read buffer");
+		return;
+	}
+	while ((n = mig__reader_next(&c->rd, &f)) > 0) {
+		Mig__Wire__Envelope *env;
+		struct msg *m;
+		int e;
+
+		if (f.type != MIG_FRAME_MSG) {
+			conn_fail(c, MIG_E_PROTOCOL, "destination sent pages");
+			return;
+		}
+		env = mig__msg_unpack(f.body, f.len, &e);
+		if (!env) {
+			conn_fail(c, MIG_E_PROTOCOL, "undecodable message");
+			return;
+		}
+		m = calloc(1, sizeof(*m));
+		if (!m) {
+			mig__msg_free(env);
+			conn_fail(c, -ENOMEM, "read");
+			return;
+		}
+		m->conn = c->index;
+		m->env = env;
+		pthread_mutex_lock(&s->lock);
+		if (s->mbox_tail)
+			s->mbox_tail->next = m;
+		else
+			s->mbox_head = m;
+		s->mbox_tail = m;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (n < 0)
+		conn_fail(c, MIG_E_PROTOCOL, "bad frame from destination");
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+	struct src_conn *c = req->data;
+	mig_source *s = c->s;
+
+	if (status < 0) {
+		conn_fail(c, status, "connect");
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_read_start((uv_stream_t *)&c->tcp, mig__uv_alloc, on_read);
+	pthread_mutex_lock(&s->lock);
+	c->connected = 1;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	pump(c);
+}
+
+static void on_async(uv_async_t *a)
+{
+	struct src_conn *c = a->data;
+	int closing;
+
+	pthread_mutex_lock(&c->s->lock);
+	closing = c->closing;
+	pthread_mutex_unlock(&c->s->lock);
+	if (closing) {
+		uv_close((uv_handle_t *)&c->tcp, NULL);
+		uv_close((uv_handle_t *)&c->async, NULL);
+		uv_close((uv_handle_t *)&c->timer, NULL);
+		return;
+	}
+	pump(c);
+}
+
+static void *conn_main(void *arg)
+{
+	struct src_conn *c = arg;
+	int r;
+
+	c->creq.data = c;
+	r = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&c->addr,
+			   on_connect);
+	if (r < 0)
+		conn_fail(c, r, "connect");
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	return NULL;
+}
+
+/* ---- engine helpers ----------------------------------------------------- */
+
+static void conn_kick(struct src_conn *c)
+{
+	uv_async_send(&c->async);
+}
+
+static int queue_item(mig_source *s, uint32_t conn, struct item *it)
+{
+	struct src_conn *c = &s->conns[conn];
+	pthread_mutex_lock(&s->lock);
+	if (c->tail)
+		c->tail->next = it;
+	else
+		c->head = it;
+	c->tail = it;
+	pthread_mutex_unlock(&s->lock);
+	conn_kick(c);
+	return 0;
+}
+
+static int send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
+{
+	struct item *it = calloc(1, sizeof(*it));
+	int r;
+
+	if (!it)
+		return -ENOMEM;
+	r = mig__msg_pack(env, &it->frame);
+	if (r < 0) {
+		free(it);
+		return r;
+	}
+	return queue_item(s, conn, it);
+}
+
+/* A connection error or cancel, as an error code with s->result filled.
+ * Called with s->lock held. */
+static int check_failed_locked(mig_source *s)
+{
+	if (s->cancel)
+		return mig__err(&s->result, MIG_E_CANCELED, "canceled");
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		if (c->error)
+			return mig__err(&s->result, c->error, "connection %u: %s",
+					i, c->errmsg);
+	}
+	if (s->params.timeout_ms &&
+	    mig__now_us() - s->t_start_us > (uint64_t)s->params.timeout_ms * 1000)
+		return mig__err(&s->result, -ETIMEDOUT,
+				"took longer than timeout_ms %" PRIu32,
+				s->params.timeout_ms);
+	return 0;
+}
+
+/* Wait until every connection has written all it was given. */
+static int wait_drained(mig_source *s)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		int busy = 0;
+		if ((r = check_failed_locked(s)) < 0)
+			break;
+		for (uint32_t i = 0; i < s->nconns; i++)
+			busy |= s->conns[i].head != NULL || s->conns[i].writes;
+		if (!busy)
+			break;
+		struct timespec ts;
+		mig__deadline(&ts, 100);
+		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+/*
+ * Wait for a message of kind `want` from connection `conn`. An Abort from the
+ * destination, any other message, a connection error, cancel or the
+ * timeout ends the wait with an error in s->result.
+ */
+static int wait_msg(mig_source *s, uint32_t conn,
+		    Mig__Wire__Envelope__MsgCase want, uint64_t timeout_ms,
+		    Mig__Wire__Envelope **out)
+{
+	uint64_t until = mig__now_us() + timeout_ms * 1000;
+	int r = 0;
+
+	*out = NULL;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct msg *m = s->mbox_head;
+		if (m) {
+			s->mbox_head = m->next;
+			if (!s->mbox_head)
+				s->mbox_tail = NULL;
+			pthread_mutex_unlock(&s->lock);
+			Mig__Wire__Envelope *env = m->env;
+			uint32_t from = m->conn;
+			free(m);
+			if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT) {
+				r = mig__err(&s->result, MIG_E_PEER,
+					     "destination aborted: %s",
+					     env->abort->reason);
+				mig__msg_free(env);
+				return r;
+			}
+			if (env->msg_case != want || from != conn) {
+				r = mig__err(&s->result, MIG_E_PROTOCOL,
+					     "unexpected message %d on connection %u",
+					     (int)env->msg_case, from);
+				mig__msg_free(env);
+				return r;
+			}
+			*out = env;
+			return 0;
+		}
+		if ((r = check_failed_locked(s)) < 0)
+			break;
+		if (mig__now_us() > until) {
+			r = mig__err(&s->result, -ETIMEDOUT,
+				     "no answer from the destination in %" PRIu64 " ms",
+				     timeout_ms);
+			break;
+		}
+		struct timespec ts;
+		mig__deadline(&ts, 50);
+		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+static void set_phase(mig_source *s, mig_phase ph)
+{
+	pthread_mutex_lock(&s->lock);
+	s->stats->phase = ph;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void conn_counters(mig_source *s, uint64_t *bytes, uint64_t *pages,
+			  uint64_t *zero, uint64_t *raw)
+{
+	*bytes = *pages = *zero = *raw = 0;
+	pthread_mutex_lock(&s->lock);
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		*bytes += s->conns[i].bytes;
+		*pages += s->conns[i].pages;
+		*zero += s->conns[i].zero_pages;
+		*raw += s->conns[i].raw_bytes;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Queue every marked chunk of the send bitmaps. Returns pages queued. */
+static uint64_t queue_round(mig_source *s, int *err)
+{
+	uint64_t queued = 0;
+
+	*err = 0;
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+		uint64_t npages = s->vm.regions[r].size / MIG_PAGE_SIZE;
+		uint64_t *bm = s->send_bm[r];
+		for (uint64_t first = 0; first < npages; first += MIG_CHUNK_PAGES) {
+			uint32_t count = (uint32_t)MIG_MIN(MIG_CHUNK_PAGES, npages - first);
+			uint64_t marked = 0;
+			for (uint64_t w = first / 64; w < (first + count + 63) / 64; w++)
+				marked += (uint64_t)__builtin_popcountll(bm[w]);
+			if (!marked)
+				continue;
+			struct item *it = calloc(1, sizeof(*it));
+			if (!it) {
+				*err = -ENOMEM;
+				return queued;
+			}
+			it->is_chunk = 1;
+			it->resident_only = s->round == 1;
+			it->final = s->paused;
+			it->region = r;
+			it->first = first;
+			it->count = count;
+			/* A page always goes on the same connection, so a newer
+			 * copy can never overtake an older one. */
+			queue_item(s, (uint32_t)((first / MIG_CHUNK_PAGES + r) % s->nconns), it);
+			queued += marked;
+		}
+	}
+	return queued;
+}
+
+static int connect_all(mig_source *s)
+{
+	struct sockaddr_storage ss;
+	int r;
+
+	r = mig__resolve(s->host, s->port, &ss, &s->result);
+	if (r < 0)
+		return r;
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		c->s = s;
+		c->index = i;
+		c->addr = ss;
+		c->rd.limit = MIG_PREAUTH_FRAME_MAX;
+		r = mig__enc_create(&c->enc, s->params.compress,
+				    s->params.compress_level);
+		if (r < 0)
+			return mig__err(&s->result, r, "zstd encoder: %s",
+					mig_strerror(r));
+		if ((r = uv_loop_init(&c->loop)) < 0)
+			return mig__err(&s->result, r, "event loop: %s",
+					mig_strerror(r));
+		uv_tcp_init(&c->loop, &c->tcp);
+		uv_async_init(&c->loop, &c->async, on_async);
+		uv_timer_init(&c->loop, &c->timer);
+		c->loop_ok = 1;
+		c->tcp.data = c;
+		c->async.data = c;
+		c->timer.data = c;
+
+		Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
+		Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+		h.version_major = MIG_PROTOCOL_VERSION;
+		h.version_minor = 0;
+		h.features = MIG_FEATURES_SUPPORTED;
+		h.token.data = s->token;
+		h.token.len = s->token_len;
+		h.connection_index = i;
+		h.connection_count = s->nconns;
+		h.session_id.data = s->session_id;
+		h.session_id.len = sizeof(s->session_id);
+		env.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
+		env.hello = &h;
+		struct item *it = calloc(1, sizeof(*it));
+		if (!it || mig__msg_pack(&env, &it->frame) < 0) {
+			free(it);
+			return mig__err(&s->result, -ENOMEM, "out of memory");
+		}
+		c->head = c->tail = it;
+		if (pthread_create(&c->thread, NULL, conn_main, c) != 0)
+			return mig__err(&s->result, -EAGAIN,
+					"cannot start connection thread");
+		c->thread_ok = 1;
+	}
+	uint64_t t0 = mig__now_us();
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		Mig__Wire__Envelope *env;
+		r = wait_msg(s, i, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK,
+			     HELLO_TIMEOUT_MS, &env);
+		if (r < 0)
+			return r;
+		if (i == 0)
+			s->rtt_us = mig__now_us() - t0;
+		if (!env->hello_ack->ok) {
+			int code = env->hello_ack->error;
+			if (code != MIG_E_AUTH && code != MIG_E_VERSION)
+				code = MIG_E_PEER;
+			r = mig__err(&s->result, code, "destination refused hello: %s",
+				     env->hello_ack->message);
+			mig__msg_free(env);
+			return r;
+		}
+		if (env->hello_ack->version_major != MIG_PROTOCOL_VERSION) {
+			mig__msg_free(env);
+			return mig__err(&s->result, MIG_E_VERSION,
+					"destination speaks protocol %u, we speak %u",
+					env->hello_ack->version_major,
+					MIG_PROTOCOL_VERSION);
+		}
+		mig__msg_free(env);
+		/* Authenticated: full-size frames from now on. */
+		pthread_mutex_lock(&s->lock);
+		s->conns[i].rd.limit = MIG_FRAME_MAX;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return 0;
+}
+
+static int send_config(mig_source *s)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT, *ack;
+	Mig__Wire__VmConfig cfg = MIG__WIRE__VM_CONFIG__INIT;
+	Mig__Wire__Region *regs, **rp;
+	uint32_t n = s->vm.vm.nr_regions;
+	int r;
+
+	regs = calloc(n, sizeof(*regs));
+	rp = calloc(n, sizeof(*rp));
+	if (!regs || !rp) {
+		free(regs);
+		free(rp);
+		return mig__err(&s->result, -ENOMEM, "out of memory");
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		mig__wire__region__init(&regs[i]);
+		regs[i].slot = s->vm.regions[i].slot;
+		regs[i].gpa = s->vm.regions[i].gpa;
+		regs[i].size = s->vm.regions[i].size;
+		rp[i] = &regs[i];
+	}
+	cfg.n_regions = n;
+	cfg.regions = rp;
+	cfg.vcpus = s->vm.vm.nr_vcpus;
+	cfg.page_size = MIG_PAGE_SIZE;
+	cfg.cpuid.data = s->vm.cpuid;
+	cfg.cpuid.len = s->vm.vm.cpuid_len;
+	cfg.vmm = "libmigrate";
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_VM_CONFIG;
+	env.vm_config = &cfg;
+	r = send_msg(s, 0, &env);
+	free(regs);
+	free(rp);
+	if (r < 0)
+		return mig__err(&s->result, r, "sending VM config");
+	r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK, HELLO_TIMEOUT_MS,
+		     &ack);
+	if (r < 0)
+		return r;
+	if (!ack->config_ack->ok) {
+		r = mig__err(&s->result, MIG_E_INCOMPAT,
+			     "destination refused the VM configuration: %s",
+			     ack->config_ack->message);
+		mig__msg_free(ack);
+		return r;
+	}
+	mig__msg_free(ack);
+	return 0;
+}
+
+static int send_simple(mig_source *s, uint32_t conn,
+		       Mig__Wire__Envelope__MsgCase kind, void *msg)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	env.msg_case = kind;
+	/* Every member of the oneof sits at the same place in the union. */
+	env.hello = msg;
+	return send_msg(s, conn, &env);
+}
+
+static void set_throttle(mig_source *s, unsigned pct)
+{
+	mig_error e = { 0 };
+	if (!s->vm.vm.ops->throttle || pct == s->throttle_pct)
+		return;
+	if (s->vm.vm.ops->throttle(s->vm.vm.opaque, pct, &e) < 0) {
+		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_WARN,
+			 "throttle to %u%% failed: %s", pct, e.msg);
+		return;
+	}
+	s->throttle_pct = pct;
+	pthread_mutex_lock(&s->lock);
+	s->stats->throttle_pct = pct;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void report_progress(mig_source *s)
+{
+	if (!s->cb.progress)
+		return;
+	mig_stats *copy = malloc(sizeof(*copy));
+	if (!copy)
+		return;
+	pthread_mutex_lock(&s->lock);
+	*copy = *s->stats;
+	pthread_mutex_unlock(&s->lock);
+	s->cb.progress(copy, s->vm.vm.opaque);
+	free(copy);
+}
+
+/* Sync the dirty log into the send bitmaps; returns pages newly marked. */
+static long sync_dirty(mig_source *s)
+{
+	long n = mig__dirty_sync(s->dirty, s->send_bm, &s->result);
+	if (n < 0)
+		mig__err_prefix(&s->result, "dirty log (%s): ",
+				mig__dirty_name(s->dirty));
+	return n;
+}
+
+/*
+ * One round: queue everything marked, wait until it is on the wire, then
+ * collect what the guest dirtied meanwhile. Fills the round's stats.
+ */
+static int run_round(mig_source *s, uint64_t *dirtied)
+{
+	uint64_t t0 = mig__now_us(), b0, p0, z0, raw0, b1, p1, z1, raw1;
+	int r;
+	long d;
+
+	s->round++;
+	conn_counters(s, &b0, &p0, &z0, &raw0);
+	Mig__Wire__RoundStart rs = MIG__WIRE__ROUND_START__INIT;
+	rs.round = s->round;
+	if ((r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ROUND_START, &rs)) < 0)
+		return mig__err(&s->result, r, "queueing round start");
+	uint64_t queued = queue_round(s, &r);
+	if (r < 0)
+		return mig__err(&s->result, r, "out of memory queueing pages");
+	(void)queued;
+	if ((r = wait_drained(s)) < 0)
+		return r;
+	/* A round ends on every connection; before the switchover the
+	 * destination acknowledges once it has written all of it, so the next
+	 * decision sees the real end-to-end rate and no backlog is left in
+	 * socket buffers to lengthen the downtime. */
+	Mig__Wire__RoundEnd re = MIG__WIRE__ROUND_END__INIT;
+	re.round = s->round;
+	for (uint32_t i = 0; i < s->nconns && r == 0; i++)
+		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_ROUND_END, &re);
+	if (r < 0)
+		return mig__err(&s->result, r, "queueing round end");
+	if (!s->paused) {
+		Mig__Wire__Envelope *ack;
+		uint64_t limit = s->params.timeout_ms ? s->params.timeout_ms
+						      : ROUND_ACK_TIMEOUT_MS;
+		r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_STATS, limit, &ack);
+		if (r < 0)
+			return r;
+		if (ack->stats->round != s->round) {
+			r = mig__err(&s->result, MIG_E_PROTOCOL,
+				     "destination acknowledged round %u during round %u",
+				     ack->stats->round, s->round);
+			mig__msg_free(ack);
+			return r;
+		}
+		mig__msg_free(ack);
+	}
+	conn_counters(s, &b1, &p1, &z1, &raw1);
+	d = s->paused ? 0 : sync_dirty(s);
+	if (d < 0)
+		return (int)d;
+	*dirtied = (uint64_t)d;
+
+	uint64_t dur = mig__now_us() - t0;
+	pthread_mutex_lock(&s->lock);
+	mig_stats *st = s->stats;
+	st->rounds = s->round;
+	st->pages_sent = p1;
+	st->zero_pages = z1;
+	st->raw_bytes = p1 * MIG_PAGE_SIZE;
+	st->bytes_on_wire = b1;
+	if (st->nr_round_stats < MIG_MAX_ROUNDS_STATS) {
+		mig_round_stats *rs2 = &st->round[st->nr_round_stats++];
+		rs2->round = s->round;
+		rs2->pages = p1 - p0;
+		rs2->zero_pages = z1 - z0;
+		rs2->bytes = b1 - b0;
+		rs2->raw_bytes = (p1 - p0) * MIG_PAGE_SIZE;
+		rs2->dirty_pages = (uint64_t)d;
+		rs2->duration_us = dur;
+		rs2->dirty_rate = dur ? (double)d * 1e6 / (double)dur : 0;
+		rs2->throughput = dur ? (double)(b1 - b0) * 1e6 / (double)dur : 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static uint64_t count_marked(mig_source *s)
+{
+	uint64_t n = 0;
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+		uint64_t words = mig__bitmap_words(s->vm.regions[r].size / MIG_PAGE_SIZE);
+		for (uint64_t w = 0; w < words; w++)
+			n += (uint64_t)__builtin_popcountll(s->send_bm[r][w]);
+	}
+	return n;
+}
+
+/* ---- the engine ---------------------------------------------------------- */
+
+/*
+ * Decide after a pre-copy round whether to stop and copy. Updates the
+ * expected downtime and the throttle.
+ */
+static int should_switch(mig_source *s, uint64_t remaining, double *bytes_per_page,
+			 double throughput, uint64_t *prev_remaining,
+			 unsigned *stalled)
+{
+	/* State and the commit handshake: a few round trips and small blobs. */
+	uint64_t fixed_us = 3 * s->rtt_us + 2000;
+	uint64_t expect_us;
+
+	if (throughput < 1)
+		throughput = 1;
+	expect_us = (uint64_t)((double)remaining * *bytes_per_page * 1e6 /
+			       throughput) + fixed_us;
+	pthread_mutex_lock(&s->lock);
+	s->stats->expected_downtime_us = expect_us;
+	pthread_mutex_unlock(&s->lock);
+
+	if (expect_us <= (uint64_t)s->params.downtime_ms * 1000)
+		return 1;
+	if (s->round >= s->params.max_rounds)
+		return 1;
+	/* Progress means the dirty set shrinks by a tenth round over round. */
+	if (*prev_remaining && remaining * 10 > *prev_remaining * 9)
+		(*stalled)++;
+	else
+		*stalled = 0;
+	*prev_remaining = remaining;
+	if (*stalled >= 2) {
+		if (s->params.throttle && s->vm.vm.ops->throttle &&
+		    s->throttle_pct < THROTTLE_MAX) {
+			unsigned pct = s->throttle_pct ? s->throttle_pct + THROTTLE_STEP
+						       : THROTTLE_INITIAL;
+			set_throttle(s, MIG_MIN(pct, THROTTLE_MAX));
+			*stalled = 0;
+			return 0;
+		}
+		if (!s->params.throttle || !s->vm.vm.ops->throttle)
+			return 1; /* no way to do better: stop and copy now */
+	}
+	return 0;
+}
+
+static int stop_and_copy(mig_source *s)
+{
+	mig_state st;
+	uint64_t dirtied;
+	uint8_t hash[16];
+	int r;
+	long d;
+
+	set_phase(s, MIG_PHASE_STOPCOPY);
+	r = s->vm.vm.ops->pause(s->vm.vm.opaque, &s->result);
+	if (r < 0) {
+		mig__err_prefix(&s->result, "pausing the VM: ");
+		return r;
+	}
+	s->paused = 1;
+	uint64_t t_pause = mig__now_us();
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: VM paused");
+	pthread_mutex_lock(&s->lock);
+	s->stats->downtime_us = 0;
+	pthread_mutex_unlock(&s->lock);
+
+	Mig__Wire__Switchover sw = MIG__WIRE__SWITCHOVER__INIT;
+	sw.round = s->round + 1;
+	sw.paused_at_ns = t_pause * 1000;
+	if ((r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw)) < 0)
+		return mig__err(&s->result, r, "queueing switchover");
+	/* The last look at the dirty log, with every vCPU out of KVM_RUN. */
+	d = mig__dirty_sync_final(s->dirty, s->send_bm, &s->result);
+	if (d < 0) {
+		mig__err_prefix(&s->result, "dirty log (%s): ",
+				mig__dirty_name(s->dirty));
+		return (int)d;
+	}
+	if ((r = run_round(s, &dirtied)) < 0)
+		return r;
+
+	mig__state_init(&st);
+	r = s->vm.vm.ops->save_state(s->vm.vm.opaque, &st, &s->result);
+	if (r < 0) {
+		mig__err_prefix(&s->result, "saving VM state: ");
+		mig__state_clear(&st);
+		return r;
+	}
+	for (size_t i = 0; i < st.nr_items && r == 0; i++) {
+		Mig__Wire__StateBlob b = MIG__WIRE__STATE_BLOB__INIT;
+		b.name = st.items[i].name;
+		b.data.data = st.items[i].data;
+		b.data.len = st.items[i].len;
+		r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_STATE, &b);
+	}
+	mig__state_clear(&st);
+	if (r < 0)
+		return mig__err(&s->result, r, "queueing VM state");
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: last pages sent, state queued");
+
+	Mig__Wire__Complete comp = MIG__WIRE__COMPLETE__INIT;
+	if (s->params.verify) {
+		r = mig__hash_regions(s->vm.regions, s->vm.vm.nr_regions, hash,
+				      &s->result);
+		if (r < 0)
+			return r;
+		comp.memory_hash.data = hash;
+		comp.memory_hash.len = sizeof(hash);
+	}
+	for (uint32_t i = 0; i < s->nconns && r == 0; i++) {
+		/* Each connection says how many pages it carried. */
+		pthread_mutex_lock(&s->lock);
+		comp.pages_total = s->conns[i].pages;
+		pthread_mutex_unlock(&s->lock);
+		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_COMPLETE, &comp);
+	}
+	if (r < 0)
+		return mig__err(&s->result, r, "queueing completion");
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: all sent, waiting for commit");
+	if ((r = wait_drained(s)) < 0)
+		return r;
+
+	/* Commitment: once Commit is read, this copy must never run again. */
+	set_phase(s, MIG_PHASE_COMMIT);
+	Mig__Wire__Envelope *env;
+	r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_COMMIT, COMMIT_TIMEOUT_MS, &env);
+	if (r < 0)
+		return r;
+	mig__msg_free(env);
+	s->committed = 1;
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "committed");
+
+	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+	r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act);
+	uint64_t t_act = mig__now_us();
+	uint64_t resume_us = 0;
+	if (r == 0)
+		r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATED,
+			     ACTIVATED_TIMEOUT_MS, &env);
+	if (r < 0) {
+		/* Committed: the image is the destination's now. Say that the
+		 * activation was not confirmed, but never resume here. */
+		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_WARN,
+			 "destination committed but did not confirm activation: %s",
+			 s->result.msg);
+		memset(&s->result, 0, sizeof(s->result));
+		t_act = mig__now_us();
+	} else {
+		resume_us = env->activated->resume_us;
+		t_act = mig__now_us();
+		mig__msg_free(env);
+	}
+	/* Downtime: pause until the destination's vCPUs run. The Activated
+	 * message arrives half a round trip after that. */
+	uint64_t half_rtt = s->rtt_us / 2;
+	uint64_t down = t_act - t_pause;
+	down = down > half_rtt ? down - half_rtt : down;
+	(void)resume_us;
+	pthread_mutex_lock(&s->lock);
+	s->stats->downtime_us = down;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static void free_bitmaps(mig_source *s, uint64_t **bms)
+{
+	if (!bms)
+		return;
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++)
+		free(bms[r]);
+	free(bms);
+}
+
+static uint64_t **alloc_bitmaps(mig_source *s)
+{
+	uint64_t **bms = calloc(s->vm.vm.nr_regions, sizeof(*bms));
+	if (!bms)
+		return NULL;
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+		bms[r] = calloc(mig__bitmap_words(s->vm.regions[r].size / MIG_PAGE_SIZE), 8);
+		if (!bms[r]) {
+			free_bitmaps(s, bms);
+			return NULL;
+		}
+	}
+	return bms;
+}
+
+static int precopy(mig_source *s)
+{
+	uint64_t dirtied = 0, prev_remaining = 0;
+	unsigned stalled = 0;
+	int r;
+
+	r = mig__dirty_create(&s->dirty, s->params.dirty_log, s->vm.vm.vm_fd,
+			      s->vm.regions, s->vm.vm.nr_regions, s->vm.vcpu_fds,
+			      s->vm.vm.nr_vcpus, &s->result);
+	if (r < 0)
+		return r;
+	s->send_bm = alloc_bitmaps(s);
+	s->resident_bm = alloc_bitmaps(s);
+	if (!s->send_bm || !s->resident_bm)
+		return mig__err(&s->result, -ENOMEM, "out of memory for dirty bitmaps");
+	/* Start logging before reading anything: a write from now on is seen.
+	 * The first sync reports all of memory: that is round 1. */
+	if ((r = mig__dirty_start(s->dirty, &s->result)) < 0)
+		return r;
+	long n = sync_dirty(s);
+	if (n < 0)
+		return (int)n;
+	pthread_mutex_lock(&s->lock);
+	s->stats->setup_time_us = mig__now_us() - s->t_start_us;
+	s->stats->phase = MIG_PHASE_PRECOPY;
+	pthread_mutex_unlock(&s->lock);
+
+	for (;;) {
+		if ((r = run_round(s, &dirtied)) < 0)
+			return r;
+		uint64_t remaining = count_marked(s);
+		mig_round_stats last;
+		pthread_mutex_lock(&s->lock);
+		last = s->stats->round[s->stats->nr_round_stats - 1];
+		pthread_mutex_unlock(&s->lock);
+		double bpp = last.pages ? (double)last.bytes / (double)last.pages
+					: MIG_PAGE_SIZE;
+		report_progress(s);
+		if (should_switch(s, remaining, &bpp, last.throughput,
+				  &prev_remaining, &stalled))
+			break;
+	}
+	return 0;
+}
+
+static void close_conns(mig_source *s)
+{
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		if (!c->thread_ok)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		c->closing = 1;
+		pthread_mutex_unlock(&s->lock);
+		uv_async_send(&c->async);
+		pthread_join(c->thread, NULL);
+		c->thread_ok = 0;
+	}
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		struct item *it, *next;
+		if (c->loop_ok) {
+			/* A loop whose thread never ran still has its handles. */
+			if (!uv_is_closing((uv_handle_t *)&c->async)) {
+				uv_close((uv_handle_t *)&c->tcp, NULL);
+				uv_close((uv_handle_t *)&c->async, NULL);
+				uv_close((uv_handle_t *)&c->timer, NULL);
+			}
+			uv_run(&c->loop, UV_RUN_DEFAULT);
+			uv_loop_close(&c->loop);
+			c->loop_ok = 0;
+		}
+		for (it = c->head; it; it = next) {
+			next = it->next;
+			mig__buf_free(&it->frame);
+			free(it);
+		}
+		c->head = c->tail = NULL;
+		mig__enc_destroy(c->enc);
+		c->enc = NULL;
+		mig__reader_free(&c->rd);
+	}
+}
+
+static void fail_cleanup(mig_source *s)
+{
+	mig_error e = { 0 };
+
+	/* Tell the destination why, if the control connection still works. */
+	if (s->nconns && s->conns[0].thread_ok && s->conns[0].connected &&
+	    !s->conns[0].error) {
+		Mig__Wire__Abort ab = MIG__WIRE__ABORT__INIT;
+		ab.error = s->result.code;
+		ab.reason = s->result.msg;
+		if (send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab) == 0) {
+			struct timespec ts;
+			mig__deadline(&ts, 200);
+			pthread_mutex_lock(&s->lock);
+			while (s->conns[0].head && !s->conns[0].error &&
+			       pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+				;
+			pthread_mutex_unlock(&s->lock);
+		}
+	}
+	mig__dirty_destroy(s->dirty);
+	s->dirty = NULL;
+	set_throttle(s, 0);
+	if (s->paused) {
+		if (s->vm.vm.ops->resume(s->vm.vm.opaque, &e) < 0) {
+			mig__err_prefix(&s->result, "%s", "");
+			snprintf(s->result.msg + strlen(s->result.msg),
+				 sizeof(s->result.msg) - strlen(s->result.msg),
+				 "; resuming the source VM FAILED: %s", e.msg);
+			return;
+		}
+		s->paused = 0;
+	}
+	size_t n = strlen(s->result.msg);
+	snprintf(s->result.msg + n, sizeof(s->result.msg) - n,
+		 "; source VM %s", "resumed");
+}
+
+static void *engine_main(void *arg)
+{
+	mig_source *s = arg;
+	int r;
+
+	s->t_start_us = mig__now_us();
+	set_phase(s, MIG_PHASE_SETUP);
+	r = connect_all(s);
+	if (r == 0)
+		r = send_config(s);
+	if (r == 0)
+		r = precopy(s);
+	if (r == 0)
+		r = stop_and_copy(s);
+
+	if (r < 0 && !s->committed) {
+		/* "migration to hostb:4444 failed in round 3: ..." */
+		char where[64];
+		if (s->round)
+			snprintf(where, sizeof(where), " in round %u", s->round);
+		else
+			snprintf(where, sizeof(where), " during set-up");
+		mig__err_prefix(&s->result, "migration to %s:%d failed%s: ",
+				s->host, s->port, where);
+		fail_cleanup(s);
+	} else {
+		mig__dirty_destroy(s->dirty);
+		s->dirty = NULL;
+	}
+	close_conns(s);
+
+	pthread_mutex_lock(&s->lock);
+	s->stats->total_time_us = mig__now_us() - s->t_start_us;
+	s->stats->phase = s->result.code ? MIG_PHASE_FAILED : MIG_PHASE_DONE;
+	s->stats->status = s->result.code;
+	s->stats->throttle_pct = s->throttle_pct;
+	s->finished = 1;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	if (s->cb.done)
+		s->cb.done(&s->result, s->vm.vm.opaque);
+	return NULL;
+}
+
+/* ---- public API ---------------------------------------------------------- */
+
+MIG_API int mig_source_create(mig_source **out, const mig_source_config *cfg,
+			      mig_error *err)
+{
+	mig_source *s;
+	int r;
+
+	if (!out || !cfg)
+		return mig__err(err, -EINVAL, "source: NULL argument");
+	*out = NULL;
+	if ((r = mig_params_validate(&cfg->params, err)) < 0)
+		return r;
+	if (!cfg->token || !*cfg->token || strlen(cfg->token) > 256)
+		return mig__err(err, -EINVAL,
+				"source: a token of 1..256 bytes is required");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return mig__err(err, -ENOMEM, "source: out of memory");
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	s->stats = calloc(1, sizeof(*s->stats));
+	if (!s->stats) {
+		mig_source_destroy(s);
+		return mig__err(err, -ENOMEM, "source: out of memory");
+	}
+	if ((r = mig__parse_uri(cfg->uri, s->host, sizeof(s->host), &s->port,
+				err)) < 0 ||
+	    (r = mig__vm_copy(&s->vm, &cfg->vm, err)) < 0) {
+		mig_source_destroy(s);
+		return r;
+	}
+	if (s->port == 0) {
+		mig_source_destroy(s);
+		return mig__err(err, -EINVAL, "address '%s': port 0", cfg->uri);
+	}
+	snprintf(s->uri, sizeof(s->uri), "%s", cfg->uri);
+	s->params = cfg->params;
+	s->cb = cfg->cb;
+	s->token_len = strlen(cfg->token);
+	s->token = (uint8_t *)strdup(cfg->token);
+	s->nconns = s->params.connections;
+	s->conns = calloc(s->nconns, sizeof(*s->conns));
+	if (!s->token || !s->conns ||
+	    getrandom(s->session_id, sizeof(s->session_id), 0) !=
+		    (ssize_t)sizeof(s->session_id)) {
+		mig_source_destroy(s);
+		return mig__err(err, -ENOMEM, "source: out of memory");
+	}
+	*out = s;
+	return 0;
+}
+
+MIG_API int mig_source_start(mig_source *s, mig_error *err)
+{
+	if (!s)
+		return mig__err(err, -EINVAL, "source: NULL");
+	if (s->started)
+		return mig__err(err, -EALREADY, "source: already started");
+	if (pthread_create(&s->thread, NULL, engine_main, s) != 0)
+		return mig__err(err, -EAGAIN, "source: cannot create thread");
+	s->started = 1;
+	return 0;
+}
+
+MIG_API int mig_source_wait(mig_source *s, mig_error *err)
+{
+	if (!s)
+		return mig__err(err, -EINVAL, "source: NULL");
+	if (!s->started)
+		return mig__err(err, -EINVAL, "source: not started");
+	if (!s->joined) {
+		pthread_join(s->thread, NULL);
+		s->joined = 1;
+	}
+	if (err)
+		*err = s->result;
+	return s->result.code;
+}
+
+MIG_API int mig_source_cancel(mig_source *s)
+{
+	if (!s)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	s->cancel = 1;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+MIG_API int mig_source_stats(mig_source *s, mig_stats *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	*out = *s->stats;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+MIG_API void mig_source_destroy(mig_source *s)
+{
+	if (!s)
+		return;
+	if (s->started && !s->joined) {
+		mig_source_cancel(s);
+		pthread_join(s->thread, NULL);
+		s->joined = 1;
+	}
+	while (s->mbox_head) {
+		struct msg *m = s->mbox_head;
+		s->mbox_head = m->next;
+		mig__msg_free(m->env);
+		free(m);
+	}
+	free_bitmaps(s, s->send_bm);
+	free_bitmaps(s, s->resident_bm);
+	if (s->token) {
+		memset(s->token, 0, s->token_len);
+		free(s->token);
+	}
+	free(s->conns);
+	free(s->stats);
+	mig__vm_copy_free(&s->vm);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+}

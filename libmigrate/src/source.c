@@ -83,6 +83,10 @@ struct src_conn {
 	uint64_t bytes, pages, zero_pages, raw_bytes;
 	/* connection thread only */
 	size_t inflight;
+	/* Link rate for MIG_COMPRESS_AUTO: bytes the kernel took over the
+	 * time a write was pending. A fast link drains at once and looks
+	 * fast; a slow one keeps writes pending and shows its real rate. */
+	uint64_t busy_since_us, busy_us, busy_bytes;
 	uint64_t bw_t0_us, bw_bytes;
 	int timer_armed;
 };
@@ -150,6 +154,13 @@ static void on_write(uv_write_t *req, int status)
 	mig_source *s = c->s;
 
 	c->inflight -= w->buf.len;
+	c->busy_bytes += w->buf.len;
+	if (!c->inflight) {
+		c->busy_us += mig__now_us() - c->busy_since_us;
+		if (c->busy_us > 1000)
+			mig__enc_set_link_rate(c->enc, (double)c->busy_bytes * 1e6 /
+							       (double)c->busy_us);
+	}
 	pthread_mutex_lock(&s->lock);
 	c->writes--;
 	if (status == 0)
@@ -182,6 +193,8 @@ static int conn_write(struct src_conn *c, mig_buf *b)
 	pthread_mutex_lock(&c->s->lock);
 	c->writes++;
 	pthread_mutex_unlock(&c->s->lock);
+	if (!c->inflight)
+		c->busy_since_us = mig__now_us();
 	c->inflight += w->buf.len;
 	r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
 	if (r < 0) {

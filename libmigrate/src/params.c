@@ -30,6 +30,7 @@ MIG_API void mig_params_init(mig_params *p)
 	p->timeout_ms = 0;
 	p->throttle = 1;
 	p->dirty_log = MIG_DIRTY_LOG_AUTO;
+	p->stall_timeout_ms = 10000;
 }
 
 MIG_API int mig_params_validate(const mig_params *p, mig_error *err)
@@ -67,6 +68,10 @@ MIG_API int mig_params_validate(const mig_params *p, mig_error *err)
 	if (p->throttle != 0 && p->throttle != 1)
 		return mig__err(err, -EINVAL, "throttle %d is not 0 or 1",
 				p->throttle);
+	if (p->stall_timeout_ms < 100 || p->stall_timeout_ms > 3600000)
+		return mig__err(err, -EINVAL,
+				"stall_timeout_ms %" PRIu32 " out of range 100..3600000",
+				p->stall_timeout_ms);
 	if (p->verify != 0 && p->verify != 1)
 		return mig__err(err, -EINVAL, "verify %d is not 0 or 1", p->verify);
 	if (p->dirty_log < MIG_DIRTY_LOG_AUTO || p->dirty_log > MIG_DIRTY_LOG_RING)
@@ -133,6 +138,7 @@ MIG_API int mig_params_set(mig_params *p, const char *name, const char *value,
 	t = *p;
 	if (name_eq(name, "downtime_ms") || name_eq(name, "max_rounds") ||
 	    name_eq(name, "timeout_ms") || name_eq(name, "connections") ||
+	    name_eq(name, "stall_timeout_ms") ||
 	    name_eq(name, "compress_level")) {
 		/* Plain counts: a size suffix here would be a user mistake. */
 		if (strpbrk(value, "kKmMgGtT") || (r = parse_u64(value, &u)) < 0 ||
@@ -145,6 +151,8 @@ MIG_API int mig_params_set(mig_params *p, const char *name, const char *value,
 			t.max_rounds = (uint32_t)u;
 		else if (name_eq(name, "timeout_ms"))
 			t.timeout_ms = (uint32_t)u;
+		else if (name_eq(name, "stall_timeout_ms"))
+			t.stall_timeout_ms = (uint32_t)u;
 		else if (name_eq(name, "connections"))
 			t.connections = (uint32_t)u;
 		else

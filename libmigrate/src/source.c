@@ -111,6 +111,7 @@ struct mig_source {
 	/* locked */
 	int cancel;
 	int finished;
+	uint64_t last_progress_us;  /* a write completed or a message came */
 	mig_stats *stats;
 	struct msg *mbox_head, *mbox_tail;
 
@@ -163,8 +164,10 @@ static void on_write(uv_write_t *req, int status)
 	}
 	pthread_mutex_lock(&s->lock);
 	c->writes--;
-	if (status == 0)
+	if (status == 0) {
 		c->bytes += w->buf.len;
+		s->last_progress_us = mig__now_us();
+	}
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	mig__buf_free(&w->buf);
@@ -387,6 +390,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		m->conn = c->index;
 		m->env = env;
 		pthread_mutex_lock(&s->lock);
+		s->last_progress_us = mig__now_us();
 		if (s->mbox_tail)
 			s->mbox_tail->next = m;
 		else
@@ -496,11 +500,18 @@ static int check_failed_locked(mig_source *s)
 			return mig__err(&s->result, c->error, "connection %u: %s",
 					i, c->errmsg);
 	}
+	uint64_t now = mig__now_us();
 	if (s->params.timeout_ms &&
-	    mig__now_us() - s->t_start_us > (uint64_t)s->params.timeout_ms * 1000)
+	    now - s->t_start_us > (uint64_t)s->params.timeout_ms * 1000)
 		return mig__err(&s->result, -ETIMEDOUT,
 				"took longer than timeout_ms %" PRIu32,
 				s->params.timeout_ms);
+	/* A link cut without a reset shows as nothing moving at all. */
+	if (s->last_progress_us &&
+	    now - s->last_progress_us > (uint64_t)s->params.stall_timeout_ms * 1000)
+		return mig__err(&s->result, -ETIMEDOUT,
+				"no progress on the connection for %" PRIu32 " ms (link down?)",
+				s->params.stall_timeout_ms);
 	return 0;
 }
 
@@ -1195,6 +1206,7 @@ static void close_conns(mig_source *s)
 static void fail_cleanup(mig_source *s)
 {
 	mig_error e = { 0 };
+	int was_paused = s->paused;
 
 	/* Tell the destination why, if the control connection still works. */
 	if (s->nconns && s->conns[0].thread_ok && s->conns[0].connected &&
@@ -1227,7 +1239,7 @@ static void fail_cleanup(mig_source *s)
 	}
 	size_t n = strlen(s->result.msg);
 	snprintf(s->result.msg + n, sizeof(s->result.msg) - n,
-		 "; source VM %s", "resumed");
+		 "; source VM %s", was_paused ? "resumed" : "kept running");
 }
 
 static void *engine_main(void *arg)
@@ -1236,6 +1248,9 @@ static void *engine_main(void *arg)
 	int r;
 
 	s->t_start_us = mig__now_us();
+	pthread_mutex_lock(&s->lock);
+	s->last_progress_us = s->t_start_us;
+	pthread_mutex_unlock(&s->lock);
 	set_phase(s, MIG_PHASE_SETUP);
 	r = connect_all(s);
 	if (r == 0)

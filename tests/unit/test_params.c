@@ -36,6 +36,7 @@ static const char *break_field(mig_params *p, int i)
 	case 10: p->throttle = 2; return "throttle";
 	case 11: p->dirty_log = (mig_dirty_log)9; return "dirty_log";
 	case 12: p->verify = 3; return "verify";
+	case 13: p->stall_timeout_ms = 5; return "stall_timeout_ms";
 	}
 	return NULL;
 }

@@ -119,6 +119,9 @@ typedef struct mig_params {
 	int throttle;             /* slow a guest that dirties faster than the
 	                             link (auto-converge); default 1 */
 	mig_dirty_log dirty_log;  /* default MIG_DIRTY_LOG_AUTO */
+	uint32_t stall_timeout_ms; /* fail when nothing moves on the link for
+	                             this long (a cut without a reset);
+	                             100..3600000, default 10000 */
 	int verify;               /* hash guest memory at pause and after the
 	                             last page on the destination, and refuse to
 	                             commit when they differ; costs downtime
@@ -138,7 +141,8 @@ MIG_API int mig_params_validate(const mig_params *p, mig_error *err);
  * Set one parameter from text, as a command line or config file gives it:
  * "downtime_ms" "300", "max_bandwidth" "1G" (bytes/s; K/M/G suffixes are
  * powers of 1024), "compress" "off|on|auto", "compress_level",
- * "connections", "max_rounds", "timeout_ms", "throttle" "0|1|on|off",
+ * "connections", "max_rounds", "timeout_ms", "stall_timeout_ms",
+ * "throttle" "0|1|on|off",
  * "dirty_log" "auto|bitmap|clear|ring", "verify" "0|1". Dashes in `name` count as
  * underscores. Returns 0, -ENOENT for an unknown name, -EINVAL for a bad or
  * out-of-range value (err says which); `p` is unchanged on failure.

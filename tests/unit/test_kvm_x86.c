@@ -14,7 +14,7 @@
 #include <linux/kvm.h>
 
 #include "mig_test.h"
-#include "internal.h"
+#include "migrate/migrate.h"
 #include "vmstate.pb-c.h"
 
 /* A well-formed vCPU blob (zeroed structs of the right sizes). */

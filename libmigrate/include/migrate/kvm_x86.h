@@ -9,9 +9,11 @@
  * hands them back to the matching *_load() on the destination.
  *
  * Loading never trusts a blob: every length is checked before use and a
- * truncated or corrupted blob gives -EBADMSG (undecodable) or -EINVAL (an
- * item of the wrong size or value), with err->msg naming the item. Nothing
- * is applied to KVM before the whole blob has been decoded and checked.
+ * truncated or corrupted blob gives -EBADMSG (undecodable), -EINVAL (an
+ * item of the wrong size or value) or -EMSGSIZE (over MIG_X86_BLOB_MAX),
+ * with err->msg naming the item. Nothing is applied to KVM before the whole
+ * blob has been decoded and checked; if KVM then refuses an item, the vCPU
+ * or VM is left partly loaded and should be discarded.
  *
  * Order on the destination, as for QEMU and Firecracker:
  *   1. create the VM with the same irqchip/PIT set-up, memory and vCPUs,

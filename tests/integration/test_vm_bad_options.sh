@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Bad command lines: unknown options, missing or bad values, options that do
+# not go together, bad `migvm ctl` use. Each: a message naming the thing,
+# exit 2 (usage) or 1 (an error), never a crash. No KVM needed.
+here=$(dirname "$0")
+source "$here/test_vm_common.sh"
+vm_init "$1" "$2" nokvm
+
+expect() { # CODE PATTERN ARGS...
+	local code=$1 pat=$2
+	shift 2
+	timeout -s KILL 10 "$MIGVM" "$@" >"$WORK/o.out" 2>"$WORK/o.err"
+	local rc=$?
+	[ "$rc" = "$code" ] || fail "migvm $*: exit $rc, expected $code: $(cat "$WORK/o.err")"
+	grep -q -- "$pat" "$WORK/o.err" ||
+		fail "migvm $*: stderr lacks '$pat': $(cat "$WORK/o.err")"
+	ok "migvm $*: $(head -n1 "$WORK/o.err")"
+}
+
+expect 2 "unknown option --bogus" --bogus
+expect 2 "unknown option -x" -x
+expect 2 "option --mem needs a value" --mem
+expect 2 "option --kernel needs a value" --kernel
+expect 2 "unexpected argument stray" stray
+expect 2 "--cpus 0: not a number between 1 and 64" --cpus 0
+expect 2 "--cpus 65: not a number between 1 and 64" --cpus 65
+expect 2 "--cpus two: not a number" --cpus two
+expect 2 "--mem-backend hugepages: expected memfd or anon" --mem-backend hugepages
+expect 2 "--corrupt-gpa needs --restore" --corrupt-gpa 0x1000
+expect 2 "--corrupt-gpa zz: not an address" --corrupt-gpa zz --restore x
+expect 2 "--restore takes the VM's memory" --restore x --mem 64
+expect 2 "--restore takes the VM's memory" --restore x --kernel y
+expect 2 "a unix socket path must be shorter than 108 bytes" \
+	--control "$WORK/$(head -c 200 /dev/zero | tr '\0' s)"
+expect 2 "unknown command or wrong arguments: frobnicate" ctl "$WORK/s" frobnicate
+expect 2 "unknown command or wrong arguments: save" ctl "$WORK/s" save
+expect 2 "raw: an even number of hex digits" ctl "$WORK/s" raw abc
+expect 1 "cannot connect to $WORK/none.sock" ctl "$WORK/none.sock" status

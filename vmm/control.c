@@ -1,0 +1,396 @@
+/*
+ * The control channel: a unix stream socket; each message is a u32
+ * little-endian length (at most 1 MiB) followed by a control.proto Request
+ * (client -> migvm) or Response (migvm -> client). Any number of requests
+ * per connection, answered in order. Served from the main loop, so a
+ * request never races another.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "control.pb-c.h"
+#include "vm.h"
+
+#define CTL_FRAME_MAX (1u << 20)
+#define CTL_MAX_CLIENTS 8
+
+struct client {
+	int fd;
+	uint8_t *buf;
+	size_t len, cap;
+};
+
+struct control {
+	int fd;
+	char *path;
+	struct vm *vm;
+	bool user_paused;          /* a `pause` not yet `resume`d */
+	struct client clients[CTL_MAX_CLIENTS];
+};
+
+static int bind_socket(const char *path, mig_error *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return vmm_err(err, -ENAMETOOLONG, "control socket %s: path "
+			       "longer than %zu bytes", path,
+			       sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return vmm_err(err, -errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
+	    errno == EADDRINUSE) {
+		/* A socket file left by a dead migvm may go; a live one not. */
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct stat st;
+		r = probe >= 0 ? connect(probe, (struct sockaddr *)&sa,
+					 sizeof(sa)) : -1;
+		if (probe >= 0)
+			close(probe);
+		if (r == 0 || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+			close(fd);
+			return vmm_err(err, -EADDRINUSE, "control socket %s: "
+				       "in use (another migvm, or not a "
+				       "socket)", path);
+		}
+		unlink(path);
+		errno = 0;
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			goto bound;
+	}
+	if (errno) {
+		r = -errno;
+		close(fd);
+		return vmm_err(err, r, "control socket %s: bind: %s", path,
+			       strerror(-r));
+	}
+bound:
+	if (listen(fd, 8) < 0) {
+		r = -errno;
+		close(fd);
+		unlink(path);
+		return vmm_err(err, r, "control socket %s: listen: %s", path,
+			       strerror(-r));
+	}
+	return fd;
+}
+
+int control_open(struct control **out, const char *path, struct vm *vm,
+		 mig_error *err)
+{
+	struct control *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return vmm_err(err, -ENOMEM, "out of memory");
+	c->vm = vm;
+	for (int i = 0; i < CTL_MAX_CLIENTS; i++)
+		c->clients[i].fd = -1;
+	c->path = strdup(path);
+	if (!c->path) {
+		free(c);
+		return vmm_err(err, -ENOMEM, "out of memory");
+	}
+	errno = 0;
+	c->fd = bind_socket(path, err);
+	if (c->fd < 0) {
+		int r = c->fd;
+		free(c->path);
+		free(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+static void client_close(struct client *cl)
+{
+	if (cl->fd >= 0)
+		close(cl->fd);
+	free(cl->buf);
+	memset(cl, 0, sizeof(*cl));
+	cl->fd = -1;
+}
+
+void control_close(struct control *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < CTL_MAX_CLIENTS; i++)
+		client_close(&c->clients[i]);
+	close(c->fd);
+	unlink(c->path);
+	free(c->path);
+	free(c);
+}
+
+int control_pollfds(struct control *c, struct pollfd *fds, int max)
+{
+	int n = 0;
+
+	if (!c || max < 1)
+		return 0;
+	fds[n++] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
+	for (int i = 0; i < CTL_MAX_CLIENTS && n < max; i++)
+		if (c->clients[i].fd >= 0)
+			fds[n++] = (struct pollfd){ .fd = c->clients[i].fd,
+						    .events = POLLIN };
+	return n;
+}
+
+static int send_response(struct client *cl, Mig__Ctl__Response *resp)
+{
+	size_t n = mig__ctl__response__get_packed_size(resp);
+	uint8_t *buf = malloc(4 + n);
+	size_t off = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	buf[0] = (uint8_t)n;
+	buf[1] = (uint8_t)(n >> 8);
+	buf[2] = (uint8_t)(n >> 16);
+	buf[3] = (uint8_t)(n >> 24);
+	mig__ctl__response__pack(resp, buf + 4);
+	/* Responses are small; wait for room rather than drop one. */
+	while (off < 4 + n) {
+		ssize_t w = send(cl->fd, buf + off, 4 + n - off, MSG_NOSIGNAL);
+		if (w < 0 && errno == EAGAIN) {
+			struct pollfd p = { .fd = cl->fd, .events = POLLOUT };
+			if (poll(&p, 1, 1000) <= 0)
+				break;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	free(buf);
+	return off == 4 + n ? 0 : -EPIPE;
+}
+
+static const char *run_state_name(enum run_state s)
+{
+	switch (s) {
+	case RUN_STARTING: return "starting";
+	case RUN_RUNNING: return "running";
+	case RUN_PAUSED: return "paused";
+	case RUN_STOPPING: return "stopping";
+	}
+	return "unknown";
+}
+
+static void fail(Mig__Ctl__Response *resp, mig_error *e)
+{
+	resp->ok = false;
+	resp->error = e->code ? e->code : -EINVAL;
+	resp->message = e->msg;
+}
+
+/* Handle one request. Returns true when the connection should close. */
+static bool handle(struct control *c, struct client *cl,
+		   const uint8_t *data, size_t len)
+{
+	Mig__Ctl__Response resp = MIG__CTL__RESPONSE__INIT;
+	Mig__Ctl__Status st = MIG__CTL__STATUS__INIT;
+	Mig__Ctl__Request *req;
+	struct console_stats cs;
+	struct vm *vm = c->vm;
+	mig_error e = { 0 };
+	bool exit_after = false, saved = false;
+	char path_copy[4096];
+
+	req = mig__ctl__request__unpack(NULL, len, data);
+	if (!req) {
+		vmm_err(&e, -EBADMSG, "request of %zu bytes does not decode",
+			len);
+		fail(&resp, &e);
+		send_response(cl, &resp);
+		return true;
+	}
+	resp.ok = true;
+	switch (req->req_case) {
+	case MIG__CTL__REQUEST__REQ_PAUSE:
+		if (!c->user_paused) {
+			if (vm_pause(vm, &e) < 0)
+				fail(&resp, &e);
+			else
+				c->user_paused = true;
+		}
+		break;
+	case MIG__CTL__REQUEST__REQ_RESUME:
+		if (!c->user_paused) {
+			vmm_err(&e, -EINVAL, "resume: the VM is not paused");
+			fail(&resp, &e);
+		} else if (vm_resume(vm, &e) < 0) {
+			fail(&resp, &e);
+		} else {
+			c->user_paused = false;
+		}
+		break;
+	case MIG__CTL__REQUEST__REQ_STATUS:
+		serial_get_stats(&vm->serial, &cs);
+		st.run_state = (char *)run_state_name(vm_run_state(vm));
+		st.hb_seq = cs.hb_seq;
+		st.ticks = cs.ticks;
+		st.written = cs.written;
+		st.verified = cs.verified;
+		st.mismatches = cs.mismatches;
+		st.hb_lines = cs.hb_lines;
+		st.mismatch_lines = cs.mismatch_lines;
+		st.cpus = vm->cfg.cpus;
+		st.mem_mib = vm->cfg.mem_mib;
+		resp.status = &st;
+		break;
+	case MIG__CTL__REQUEST__REQ_SAVE:
+		if (!req->save || !req->save->path || !req->save->path[0] ||
+		    strlen(req->save->path) >= sizeof(path_copy)) {
+			vmm_err(&e, -EINVAL, "save: no (or too long a) path");
+			fail(&resp, &e);
+			break;
+		}
+		snprintf(path_copy, sizeof(path_copy), "%s", req->save->path);
+		if (vm_pause(vm, &e) < 0) {
+			fail(&resp, &e);
+			break;
+		}
+		if (snapfile_save(vm, path_copy, &e) < 0) {
+			mig_error e2 = { 0 };
+			fail(&resp, &e);
+			vm_resume(vm, &e2); /* the VM goes on */
+			break;
+		}
+		exit_after = saved = true; /* stays paused until it exits */
+		break;
+	case MIG__CTL__REQUEST__REQ_THROTTLE:
+		if (vm_set_throttle(vm, req->throttle ? req->throttle->pct : 0,
+				    &e) < 0)
+			fail(&resp, &e);
+		break;
+	case MIG__CTL__REQUEST__REQ_QUIT:
+		exit_after = true;
+		break;
+	default:
+		vmm_err(&e, -EINVAL, "empty or unknown request");
+		fail(&resp, &e);
+		break;
+	}
+	send_response(cl, &resp);
+	mig__ctl__request__free_unpacked(req, NULL);
+	if (exit_after) {
+		if (saved)
+			vm_request_exit(vm, MIGVM_EXIT_OK, "saved the VM to "
+					"%s", path_copy);
+		else
+			vm_request_exit(vm, MIGVM_EXIT_OK, "quit on request "
+					"of the control channel");
+	}
+	return false;
+}
+
+/* Read what is there; handle every complete frame. */
+static void client_read(struct control *c, struct client *cl)
+{
+	for (;;) {
+		ssize_t n;
+		size_t off = 0;
+
+		if (cl->cap - cl->len < 4096) {
+			size_t cap = cl->cap ? cl->cap * 2 : 8192;
+			uint8_t *p;
+			if (cap > CTL_FRAME_MAX + 4 + 8192)
+				cap = CTL_FRAME_MAX + 4 + 8192;
+			if (cap <= cl->len) /* cannot happen: frames are capped */
+				goto close;
+			p = realloc(cl->buf, cap);
+			if (!p)
+				goto close;
+			cl->buf = p;
+			cl->cap = cap;
+		}
+		n = recv(cl->fd, cl->buf + cl->len, cl->cap - cl->len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0)
+			goto close;
+		cl->len += (size_t)n;
+		while (cl->len - off >= 4) {
+			const uint8_t *b = cl->buf + off;
+			uint32_t flen = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
+					(uint32_t)b[2] << 16 |
+					(uint32_t)b[3] << 24;
+			if (flen > CTL_FRAME_MAX) {
+				Mig__Ctl__Response resp =
+					MIG__CTL__RESPONSE__INIT;
+				mig_error e = { 0 };
+				vmm_err(&e, -EMSGSIZE, "request frame of %u "
+					"bytes, more than the %u allowed",
+					flen, CTL_FRAME_MAX);
+				fail(&resp, &e);
+				send_response(cl, &resp);
+				goto close;
+			}
+			if (cl->len - off - 4 < flen)
+				break;
+			if (handle(c, cl, b + 4, flen))
+				goto close;
+			off += 4 + (size_t)flen;
+		}
+		memmove(cl->buf, cl->buf + off, cl->len - off);
+		cl->len -= off;
+	}
+close:
+	client_close(cl);
+}
+
+static void accept_clients(struct control *c)
+{
+	for (;;) {
+		int fd = accept4(c->fd, NULL, NULL,
+				 SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int i;
+
+		if (fd < 0)
+			return;
+		for (i = 0; i < CTL_MAX_CLIENTS; i++)
+			if (c->clients[i].fd < 0)
+				break;
+		if (i == CTL_MAX_CLIENTS) {
+			close(fd); /* busy: the client sees EOF */
+			continue;
+		}
+		c->clients[i].fd = fd;
+	}
+}
+
+void control_dispatch(struct control *c, const struct pollfd *fds, int n)
+{
+	if (!c)
+		return;
+	for (int k = 0; k < n; k++) {
+		if (!fds[k].revents)
+			continue;
+		if (fds[k].fd == c->fd) {
+			accept_clients(c);
+			continue;
+		}
+		for (int i = 0; i < CTL_MAX_CLIENTS; i++)
+			if (c->clients[i].fd == fds[k].fd) {
+				client_read(c, &c->clients[i]);
+				break;
+			}
+	}
+}

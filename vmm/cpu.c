@@ -1,0 +1,658 @@
+/*
+ * vCPUs: creation with CPUID, one thread each running the KVM_RUN loop (a
+ * single switch on exit_reason), and pause/resume/stop.
+ *
+ * Pausing: the pauser sets pause_req, then for every vCPU sets
+ * kvm_run->immediate_exit and sends SIG_KICK (an empty handler), so a vCPU
+ * inside KVM_RUN leaves it with EINTR and one about to enter returns at
+ * once. A vCPU parks only after a KVM_RUN that returned EINTR: an I/O or
+ * MMIO exit is completed by KVM on the next KVM_RUN, so the thread re-enters
+ * once (immediate_exit still set) before it parks, and saved state never
+ * misses the result of an IN instruction.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "vm.h"
+
+#define SIG_KICK SIGUSR1
+#define PORT_EXIT 0xf4
+#define PORT_COM1 0x3f8
+#define PAUSE_TIMEOUT_NS (5ull * 1000000000ull)
+
+/* ---- CPUID ------------------------------------------------------------ */
+
+static struct kvm_cpuid2 *supported_cpuid(int kvm_fd, mig_error *err)
+{
+	for (uint32_t n = 128; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) +
+					      n * sizeof(c->entries[0]));
+		if (!c) {
+			vmm_err(err, -ENOMEM, "CPUID: out of memory");
+			return NULL;
+		}
+		c->nent = n;
+		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0)
+			return c;
+		free(c);
+		if (errno != E2BIG) {
+			vmm_err(err, -errno, "KVM_GET_SUPPORTED_CPUID: %s",
+				strerror(errno));
+			return NULL;
+		}
+	}
+	vmm_err(err, -E2BIG, "KVM_GET_SUPPORTED_CPUID: too many entries");
+	return NULL;
+}
+
+/* Adapt the supported CPUID to vCPU `id` of `n`. */
+static void cpuid_for_vcpu(struct kvm_cpuid2 *c, uint32_t id, uint32_t n)
+{
+	uint32_t shift = 0;
+
+	while ((1u << shift) < n)
+		shift++;
+	for (uint32_t i = 0; i < c->nent; i++) {
+		struct kvm_cpuid_entry2 *e = &c->entries[i];
+		switch (e->function) {
+		case 1:
+			/* initial APIC id, logical processor count, HTT */
+			e->ebx = (e->ebx & 0x0000ffffu) | (id << 24) |
+				 ((n > 255 ? 255 : n) << 16);
+			if (n > 1)
+				e->edx |= 1u << 28;
+			e->ecx |= 1u << 31; /* running under a hypervisor */
+			break;
+		case 7:
+			/* This KVM refuses IA32_ARCH_CAPABILITIES (the reason
+			 * QEMU needs -cpu host,-arch-capabilities): do not
+			 * advertise it. */
+			if (e->index == 0)
+				e->edx &= ~(1u << 29);
+			break;
+		case 0xb:
+		case 0x1f:
+			/* One thread per core, n cores, x2APIC id = id. */
+			if (e->index == 0) {
+				e->eax = 0;
+				e->ebx = 1;
+				e->ecx = 0 | (1u << 8);
+			} else if (e->index == 1) {
+				e->eax = shift;
+				e->ebx = n;
+				e->ecx = 1 | (2u << 8);
+			} else {
+				e->eax = e->ebx = 0;
+				e->ecx = e->index;
+			}
+			e->edx = id;
+			break;
+		}
+	}
+}
+
+/* ---- creation ------------------------------------------------------ */
+
+static void kick_handler(int sig)
+{
+	(void)sig;
+}
+
+int cpu_create_all(struct vm *vm, mig_error *err)
+{
+	struct kvm_cpuid2 *sup, *c = NULL;
+	struct sigaction sa;
+	size_t csize;
+	int mmap_size, r;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = kick_handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIG_KICK, &sa, NULL);
+
+	mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (mmap_size < (int)sizeof(struct kvm_run))
+		return vmm_err(err, -errno, "KVM_GET_VCPU_MMAP_SIZE: %s",
+			       strerror(errno));
+	sup = supported_cpuid(vm->kvm_fd, err);
+	if (!sup)
+		return err ? err->code : -ENOMEM;
+	csize = sizeof(*sup) + sup->nent * sizeof(sup->entries[0]);
+	c = malloc(csize);
+	if (!c) {
+		free(sup);
+		return vmm_err(err, -ENOMEM, "CPUID: out of memory");
+	}
+	/* The fingerprint a destination compares: vCPU 0's CPUID. */
+	memcpy(c, sup, csize);
+	cpuid_for_vcpu(c, 0, vm->cfg.cpus);
+	vm->cpuid = c;
+	vm->cpuid_len = csize;
+
+	for (uint32_t i = 0; i < vm->cfg.cpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		struct kvm_cpuid2 *mine;
+
+		v->vm = vm;
+		v->index = i;
+		v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)i);
+		if (v->fd < 0) {
+			r = vmm_err(err, -errno, "KVM_CREATE_VCPU %u: %s", i,
+				    strerror(errno));
+			goto fail;
+		}
+		vm->nr_vcpus = i + 1;
+		mine = malloc(csize);
+		if (!mine) {
+			r = vmm_err(err, -ENOMEM, "CPUID: out of memory");
+			goto fail;
+		}
+		memcpy(mine, sup, csize);
+		cpuid_for_vcpu(mine, i, vm->cfg.cpus);
+		r = ioctl(v->fd, KVM_SET_CPUID2, mine);
+		free(mine);
+		if (r < 0) {
+			r = vmm_err(err, -errno, "KVM_SET_CPUID2 (vCPU %u): %s",
+				    i, strerror(errno));
+			goto fail;
+		}
+		v->run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE,
+			      MAP_SHARED, v->fd, 0);
+		if (v->run == MAP_FAILED) {
+			v->run = NULL;
+			r = vmm_err(err, -errno, "mmap kvm_run (vCPU %u): %s",
+				    i, strerror(errno));
+			goto fail;
+		}
+		v->run_size = (size_t)mmap_size;
+	}
+	free(sup);
+	return 0;
+fail:
+	free(sup);
+	cpu_destroy_all(vm);
+	return r;
+}
+
+void cpu_destroy_all(struct vm *vm)
+{
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		if (v->run)
+			munmap(v->run, v->run_size);
+		v->run = NULL;
+		if (v->fd >= 0)
+			close(v->fd);
+		v->fd = -1;
+	}
+	vm->nr_vcpus = 0;
+	free(vm->cpuid);
+	vm->cpuid = NULL;
+}
+
+/* ---- failure reports ----------------------------------------------- */
+
+static void report_regs(struct vcpu *v)
+{
+	struct kvm_regs r;
+	struct kvm_sregs s;
+
+	if (ioctl(v->fd, KVM_GET_REGS, &r) < 0 ||
+	    ioctl(v->fd, KVM_GET_SREGS, &s) < 0) {
+		fprintf(stderr, "migvm: vCPU %u: registers unreadable: %s\n",
+			v->index, strerror(errno));
+		return;
+	}
+	fprintf(stderr,
+		"migvm: vCPU %u registers:\n"
+		"  rip %016llx rsp %016llx rflags %08llx\n"
+		"  rax %016llx rbx %016llx rcx %016llx rdx %016llx\n"
+		"  rsi %016llx rdi %016llx rbp %016llx\n"
+		"  cr0 %016llx cr2 %016llx cr3 %016llx cr4 %016llx efer %llx\n"
+		"  cs %04x base %llx dpl %u l %u db %u  ss %04x  tr %04x\n",
+		v->index, r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx,
+		r.rsi, r.rdi, r.rbp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer,
+		s.cs.selector, s.cs.base, s.cs.dpl, s.cs.l, s.cs.db,
+		s.ss.selector, s.tr.selector);
+}
+
+/* ---- the run loop -------------------------------------------------- */
+
+static void handle_io(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	uint8_t *data = (uint8_t *)run + run->io.data_offset;
+	bool write = run->io.direction == KVM_EXIT_IO_OUT;
+	uint16_t port = run->io.port;
+
+	for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
+		if (port >= PORT_COM1 && port < PORT_COM1 + 8) {
+			serial_io(v->vm, port, write, data);
+			/* wider accesses: the other bytes read as 0xff */
+			if (!write && run->io.size > 1)
+				memset(data + 1, 0xff, run->io.size - 1u);
+		} else if (port == PORT_EXIT && write) {
+			vm_request_exit(v->vm, data[0], "the guest wrote "
+					"status %u to the exit port", data[0]);
+			return;
+		} else if (!write) {
+			memset(data, 0xff, run->io.size);
+		}
+	}
+}
+
+static void handle_mmio(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+
+	if (!run->mmio.is_write)
+		memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+}
+
+/* Handle one exit. Returns false when the vCPU must stop. */
+static bool handle_exit(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	struct vm *vm = v->vm;
+
+	switch (run->exit_reason) {
+	case KVM_EXIT_IO:
+		handle_io(v);
+		v->pending_op = true;
+		return true;
+	case KVM_EXIT_MMIO:
+		handle_mmio(v);
+		v->pending_op = true;
+		return true;
+	case KVM_EXIT_INTR:
+		return true;
+	case KVM_EXIT_DIRTY_RING_FULL: {
+		/* The migration collects the ring; then the vCPU goes on. */
+		int r = mig_dirty_ring_full(vm->vm_fd, v->fd);
+		if (r < 0) {
+			vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: dirty "
+					"ring full and not emptied: %s",
+					v->index, mig_strerror(r));
+			return false;
+		}
+		return true;
+	}
+	case KVM_EXIT_HLT:
+		/* With the in-kernel LAPIC KVM handles HLT; seeing it means
+		 * the guest halted for good. */
+		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u halted "
+				"(KVM_EXIT_HLT)", v->index);
+		return false;
+	case KVM_EXIT_SHUTDOWN:
+		report_regs(v);
+		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: guest shut "
+				"down (triple fault, KVM_EXIT_SHUTDOWN)",
+				v->index);
+		return false;
+	case KVM_EXIT_FAIL_ENTRY:
+		report_regs(v);
+		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_EXIT_FAIL"
+				"_ENTRY, hardware reason 0x%llx", v->index,
+				(unsigned long long)run->fail_entry
+					.hardware_entry_failure_reason);
+		return false;
+	case KVM_EXIT_INTERNAL_ERROR:
+		report_regs(v);
+		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_EXIT_"
+				"INTERNAL_ERROR, suberror %u", v->index,
+				run->internal.suberror);
+		return false;
+	case KVM_EXIT_SYSTEM_EVENT:
+		switch (run->system_event.type) {
+		case KVM_SYSTEM_EVENT_SHUTDOWN:
+			vm_request_exit(vm, MIGVM_EXIT_OK, "the guest powered "
+					"off");
+			break;
+		case KVM_SYSTEM_EVENT_RESET:
+			vm_request_exit(vm, MIGVM_EXIT_ERROR, "the guest "
+					"asked for a reset (not supported)");
+			break;
+		default:
+			report_regs(v);
+			vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: system "
+					"event %u", v->index,
+					run->system_event.type);
+		}
+		return false;
+	default:
+		report_regs(v);
+		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: unexpected "
+				"exit reason %u", v->index, run->exit_reason);
+		return false;
+	}
+}
+
+/*
+ * Throttling (auto-converge): a thread kicks every vCPU once per period
+ * (timeslice / (1 - pct)) and each kicked vCPU stays out of the guest for
+ * pct% of it, as QEMU's cpu-throttle does. The wait ends early for a pause
+ * or a stop.
+ */
+#define THROTTLE_TIMESLICE_NS 10000000ull
+
+static void throttle_sleep(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	uint64_t end;
+
+	pthread_mutex_lock(&vm->lock);
+	if (!v->throttle_due || !vm->throttle_pct) {
+		v->throttle_due = false;
+		pthread_mutex_unlock(&vm->lock);
+		return;
+	}
+	v->throttle_due = false;
+	end = now_ns() + THROTTLE_TIMESLICE_NS * vm->throttle_pct /
+			 (100 - vm->throttle_pct);
+	while (!vm->pause_req && !vm->stopping && vm->throttle_pct) {
+		struct timespec ts = { (time_t)(end / 1000000000ull),
+				       (long)(end % 1000000000ull) };
+		if (pthread_cond_timedwait(&vm->cond, &vm->lock, &ts) ==
+		    ETIMEDOUT)
+			break;
+	}
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static void *throttle_thread(void *arg)
+{
+	struct vm *vm = arg;
+
+	pthread_mutex_lock(&vm->lock);
+	while (vm->throttle_pct && !vm->stopping) {
+		uint64_t t = now_ns() + THROTTLE_TIMESLICE_NS * 100 /
+				       (100 - vm->throttle_pct);
+		struct timespec ts = { (time_t)(t / 1000000000ull),
+				       (long)(t % 1000000000ull) };
+		if (pthread_cond_timedwait(&vm->cond, &vm->lock, &ts) !=
+		    ETIMEDOUT)
+			continue; /* woken: settings changed */
+		if (!vm->throttle_pct || vm->stopping || vm->pause_req)
+			continue;
+		for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+			struct vcpu *v = &vm->vcpus[i];
+			if (!v->started)
+				continue;
+			v->throttle_due = true;
+			v->run->immediate_exit = 1;
+			pthread_kill(v->thread, SIG_KICK);
+		}
+	}
+	vm->throttle_running = false;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	return NULL;
+}
+
+int vm_set_throttle(struct vm *vm, unsigned int pct, mig_error *err)
+{
+	int r = 0;
+
+	if (pct > 99)
+		return vmm_err(err, -EINVAL, "throttle %u%%: at most 99", pct);
+	pthread_mutex_lock(&vm->lock);
+	vm->throttle_pct = pct;
+	pthread_cond_broadcast(&vm->cond);
+	if (pct && !vm->throttle_running && !vm->stopping) {
+		if (vm->throttle_joinable) {
+			pthread_mutex_unlock(&vm->lock);
+			pthread_join(vm->throttle_tid, NULL);
+			pthread_mutex_lock(&vm->lock);
+			vm->throttle_joinable = false;
+		}
+		r = pthread_create(&vm->throttle_tid, NULL, throttle_thread, vm);
+		if (r) {
+			vm->throttle_pct = 0;
+			r = vmm_err(err, -r, "throttle thread: %s", strerror(r));
+		} else {
+			vm->throttle_running = vm->throttle_joinable = true;
+		}
+	}
+	pthread_mutex_unlock(&vm->lock);
+	return r;
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *v = arg;
+	struct vm *vm = v->vm;
+	char name[16];
+	sigset_t set;
+
+	snprintf(name, sizeof(name), "vcpu%u", v->index);
+	pthread_setname_np(pthread_self(), name);
+	sigemptyset(&set);
+	sigaddset(&set, SIG_KICK);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+	for (;;) {
+		int r;
+
+		pthread_mutex_lock(&vm->lock);
+		if (!v->pending_op) {
+			while (vm->pause_req && !vm->stopping) {
+				vm->nr_parked++;
+				pthread_cond_broadcast(&vm->cond);
+				pthread_cond_wait(&vm->cond, &vm->lock);
+				vm->nr_parked--;
+			}
+		}
+		if (vm->stopping) {
+			pthread_mutex_unlock(&vm->lock);
+			break;
+		}
+		v->run->immediate_exit = vm->pause_req;
+		pthread_mutex_unlock(&vm->lock);
+
+		r = ioctl(v->fd, KVM_RUN, 0);
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN) {
+				v->pending_op = false;
+				throttle_sleep(v);
+				continue;
+			}
+			report_regs(v);
+			vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_RUN: "
+					"%s", v->index, strerror(errno));
+			break;
+		}
+		v->pending_op = false;
+		if (!handle_exit(v))
+			break;
+	}
+
+	pthread_mutex_lock(&vm->lock);
+	vm->nr_parked++; /* an ended thread counts as parked for good */
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	return NULL;
+}
+
+/* ---- run control --------------------------------------------------- */
+
+/* Kick every started vCPU out of KVM_RUN. Called with vm->lock held. */
+static void kick_all(struct vm *vm)
+{
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		if (!v->started)
+			continue;
+		v->run->immediate_exit = 1;
+		pthread_kill(v->thread, SIG_KICK);
+	}
+}
+
+int vm_start(struct vm *vm, mig_error *err)
+{
+	sigset_t set, old;
+	int r = 0;
+
+	/* vCPU threads inherit a mask with SIGINT/SIGTERM blocked (main
+	 * reads them from a signalfd); they unblock SIG_KICK themselves. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIG_KICK);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	pthread_mutex_lock(&vm->lock);
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		r = pthread_create(&v->thread, NULL, vcpu_thread, v);
+		if (r) {
+			r = vmm_err(err, -r, "vCPU %u: pthread_create: %s", i,
+				    strerror(r));
+			vm->stopping = true;
+			break;
+		}
+		v->started = true;
+		vm->nr_threads++;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r < 0)
+		vm_stop(vm);
+	return r;
+}
+
+int vm_pause(struct vm *vm, mig_error *err)
+{
+	uint64_t deadline = now_ns() + PAUSE_TIMEOUT_NS;
+	int r = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->pause_depth++ > 0)
+		goto out;
+	vm->pause_req = true;
+	while (vm->nr_parked < vm->nr_threads) {
+		struct timespec ts;
+		uint64_t t = now_ns();
+
+		if (t >= deadline) {
+			vm->pause_depth--;
+			vm->pause_req = false;
+			pthread_cond_broadcast(&vm->cond);
+			r = vmm_err(err, -ETIMEDOUT, "pause: %u of %u vCPUs did "
+				    "not stop within 5 s",
+				    vm->nr_threads - vm->nr_parked,
+				    vm->nr_threads);
+			goto out;
+		}
+		/* Kick again every 50 ms: a signal can land just before a
+		 * thread blocks in a system call that restarts. */
+		kick_all(vm);
+		t += 50000000ull;
+		ts.tv_sec = (time_t)(t / 1000000000ull);
+		ts.tv_nsec = (long)(t % 1000000000ull);
+		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+	}
+out:
+	pthread_mutex_unlock(&vm->lock);
+	return r;
+}
+
+int vm_resume(struct vm *vm, mig_error *err)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->pause_depth == 0) {
+		r = vmm_err(err, -EINVAL, "resume: the VM is not paused");
+	} else if (--vm->pause_depth == 0) {
+		vm->pause_req = false;
+		pthread_cond_broadcast(&vm->cond);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	return r;
+}
+
+bool vm_is_paused(struct vm *vm)
+{
+	bool p;
+
+	pthread_mutex_lock(&vm->lock);
+	p = vm->pause_depth > 0;
+	pthread_mutex_unlock(&vm->lock);
+	return p;
+}
+
+enum run_state vm_run_state(struct vm *vm)
+{
+	enum run_state s;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->stopping)
+		s = RUN_STOPPING;
+	else if (vm->pause_depth)
+		s = RUN_PAUSED;
+	else if (vm->nr_threads)
+		s = RUN_RUNNING;
+	else
+		s = RUN_STARTING;
+	pthread_mutex_unlock(&vm->lock);
+	return s;
+}
+
+void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
+{
+	uint64_t one = 1;
+	va_list ap;
+
+	pthread_mutex_lock(&vm->lock);
+	if (!vm->exit_set) {
+		vm->exit_set = true;
+		vm->exit_code = code;
+		va_start(ap, fmt);
+		vsnprintf(vm->exit_reason, sizeof(vm->exit_reason), fmt, ap);
+		va_end(ap);
+	}
+	vm->stopping = true;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	if (vm->event_fd >= 0 &&
+	    write(vm->event_fd, &one, sizeof(one)) != sizeof(one)) {
+		/* the counter cannot overflow from these few writes */
+	}
+}
+
+void vm_stop(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->stopping = true;
+	pthread_cond_broadcast(&vm->cond);
+	kick_all(vm);
+	pthread_mutex_unlock(&vm->lock);
+	if (vm->throttle_joinable) {
+		pthread_join(vm->throttle_tid, NULL);
+		vm->throttle_joinable = false;
+	}
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		if (!v->started)
+			continue;
+		/* A thread blocked in KVM_RUN when the first kick landed
+		 * just before it entered still sees immediate_exit. */
+		pthread_join(v->thread, NULL);
+		pthread_mutex_lock(&vm->lock);
+		v->started = false;
+		vm->nr_threads--;
+		vm->nr_parked--;
+		pthread_mutex_unlock(&vm->lock);
+	}
+}

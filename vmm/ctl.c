@@ -1,0 +1,266 @@
+/*
+ * `migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT`: a
+ * small client of the control channel for tests and people. `status`
+ * prints one JSON object; the others print {"ok":true} or the error on
+ * stderr.
+ * `raw HEX` (for tests) sends the bytes HEX as they are, framing included,
+ * and reports the response like the others.
+ * Exit: 0 ok, 1 the request failed or migvm is unreachable, 2 usage.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "control.pb-c.h"
+#include "vm.h"
+
+#define CTL_FRAME_MAX (1u << 20)
+#define CTL_TIMEOUT_MS 300000 /* a save of a big guest takes a while */
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: migvm ctl SOCKET pause|resume|status|"
+		"save FILE|quit|throttle PCT|raw HEX\n");
+}
+
+static int ctl_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "migvm ctl: socket path %s is too long\n", path);
+		return -1;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "migvm ctl: cannot connect to %s: %s\n", path,
+			strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Read exactly len bytes within the deadline. */
+static int recv_full(int fd, uint8_t *p, size_t len)
+{
+	while (len) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+		int r = poll(&pf, 1, CTL_TIMEOUT_MS);
+		if (r == 0)
+			return -ETIMEDOUT;
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+static void print_status(const Mig__Ctl__Status *s)
+{
+	printf("{\"run_state\":");
+	json_string(s->run_state ? s->run_state : "");
+	printf(",\"hb_seq\":%llu,\"ticks\":%llu,\"written\":%llu,"
+	       "\"verified\":%llu,\"mismatches\":%llu,\"hb_lines\":%llu,"
+	       "\"mismatch_lines\":%llu,\"cpus\":%u,\"mem_mib\":%llu}\n",
+	       (unsigned long long)s->hb_seq, (unsigned long long)s->ticks,
+	       (unsigned long long)s->written,
+	       (unsigned long long)s->verified,
+	       (unsigned long long)s->mismatches,
+	       (unsigned long long)s->hb_lines,
+	       (unsigned long long)s->mismatch_lines, s->cpus,
+	       (unsigned long long)s->mem_mib);
+}
+
+int ctl_main(int argc, char **argv)
+{
+	Mig__Ctl__Request req = MIG__CTL__REQUEST__INIT;
+	Mig__Ctl__Empty empty = MIG__CTL__EMPTY__INIT;
+	Mig__Ctl__SaveState save = MIG__CTL__SAVE_STATE__INIT;
+	Mig__Ctl__Throttle thr = MIG__CTL__THROTTLE__INIT;
+	Mig__Ctl__Response *resp;
+	const char *cmd;
+	char *path = NULL;
+	uint8_t *raw = NULL;
+	size_t raw_len = 0;
+	uint8_t hdr[4], *buf;
+	size_t n;
+	uint32_t rlen;
+	int fd, r, ret = 1;
+
+	signal(SIGPIPE, SIG_IGN);
+	/* argv: ctl SOCKET CMD [ARG] */
+	if (argc < 3) {
+		usage();
+		return MIGVM_EXIT_USAGE;
+	}
+	cmd = argv[2];
+	if (!strcmp(cmd, "pause") && argc == 3) {
+		req.req_case = MIG__CTL__REQUEST__REQ_PAUSE;
+		req.pause = &empty;
+	} else if (!strcmp(cmd, "resume") && argc == 3) {
+		req.req_case = MIG__CTL__REQUEST__REQ_RESUME;
+		req.resume = &empty;
+	} else if (!strcmp(cmd, "status") && argc == 3) {
+		req.req_case = MIG__CTL__REQUEST__REQ_STATUS;
+		req.status = &empty;
+	} else if (!strcmp(cmd, "quit") && argc == 3) {
+		req.req_case = MIG__CTL__REQUEST__REQ_QUIT;
+		req.quit = &empty;
+	} else if (!strcmp(cmd, "save") && argc == 4) {
+		char *abs = realpath(".", NULL);
+		/* migvm may run elsewhere: send an absolute path. */
+		if (argv[3][0] != '/' && abs) {
+			if (asprintf(&path, "%s/%s", abs, argv[3]) < 0)
+				path = NULL;
+		} else {
+			path = strdup(argv[3]);
+		}
+		free(abs);
+		save.path = path;
+		if (!path) {
+			fprintf(stderr, "migvm ctl: out of memory\n");
+			return 1;
+		}
+		req.req_case = MIG__CTL__REQUEST__REQ_SAVE;
+		req.save = &save;
+	} else if (!strcmp(cmd, "throttle") && argc == 4) {
+		char *end;
+		unsigned long v = strtoul(argv[3], &end, 10);
+		if (!*argv[3] || *end || v > 99) {
+			fprintf(stderr, "migvm ctl: throttle %s: a percentage "
+				"0..99\n", argv[3]);
+			return MIGVM_EXIT_USAGE;
+		}
+		thr.pct = (uint32_t)v;
+		req.req_case = MIG__CTL__REQUEST__REQ_THROTTLE;
+		req.throttle = &thr;
+	} else if (!strcmp(cmd, "raw") && argc == 4) {
+		size_t hl = strlen(argv[3]);
+		raw = malloc(hl / 2 + 1);
+		if (!raw || hl % 2) {
+			fprintf(stderr, "migvm ctl: raw: an even number of hex "
+				"digits\n");
+			free(raw);
+			return MIGVM_EXIT_USAGE;
+		}
+		for (size_t i = 0; i < hl; i += 2) {
+			unsigned int b;
+			if (sscanf(argv[3] + i, "%2x", &b) != 1) {
+				fprintf(stderr, "migvm ctl: raw: bad hex\n");
+				free(raw);
+				return MIGVM_EXIT_USAGE;
+			}
+			raw[raw_len++] = (uint8_t)b;
+		}
+	} else {
+		fprintf(stderr, "migvm ctl: unknown command or wrong arguments: "
+			"%s\n", cmd);
+		usage();
+		return MIGVM_EXIT_USAGE;
+	}
+
+	fd = ctl_connect(argv[1]);
+	if (fd < 0)
+		goto out_free;
+	if (raw) {
+		r = write_full(fd, raw, raw_len);
+	} else {
+		n = mig__ctl__request__get_packed_size(&req);
+		buf = malloc(4 + n);
+		if (!buf)
+			goto out_close;
+		buf[0] = (uint8_t)n;
+		buf[1] = (uint8_t)(n >> 8);
+		buf[2] = (uint8_t)(n >> 16);
+		buf[3] = (uint8_t)(n >> 24);
+		mig__ctl__request__pack(&req, buf + 4);
+		r = write_full(fd, buf, 4 + n);
+		free(buf);
+	}
+	if (r < 0) {
+		fprintf(stderr, "migvm ctl: send: %s\n", strerror(-r));
+		goto out_close;
+	}
+	r = recv_full(fd, hdr, 4);
+	if (r < 0) {
+		fprintf(stderr, "migvm ctl: no response: %s\n", strerror(-r));
+		goto out_close;
+	}
+	rlen = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 |
+	       (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+	if (rlen > CTL_FRAME_MAX) {
+		fprintf(stderr, "migvm ctl: response of %u bytes refused\n",
+			rlen);
+		goto out_close;
+	}
+	buf = malloc(rlen ? rlen : 1);
+	if (!buf)
+		goto out_close;
+	r = recv_full(fd, buf, rlen);
+	if (r < 0) {
+		fprintf(stderr, "migvm ctl: truncated response: %s\n",
+			strerror(-r));
+		free(buf);
+		goto out_close;
+	}
+	resp = mig__ctl__response__unpack(NULL, rlen, buf);
+	free(buf);
+	if (!resp) {
+		fprintf(stderr, "migvm ctl: response does not decode\n");
+		goto out_close;
+	}
+	if (!resp->ok) {
+		fprintf(stderr, "migvm ctl: %s failed: %s (%s)\n", cmd,
+			resp->message, mig_err_name(resp->error));
+	} else if (resp->status) {
+		print_status(resp->status);
+		ret = 0;
+	} else {
+		printf("{\"ok\":true}\n");
+		ret = 0;
+	}
+	mig__ctl__response__free_unpacked(resp, NULL);
+out_close:
+	close(fd);
+out_free:
+	free(path);
+	free(raw);
+	return ret;
+}

@@ -1,0 +1,209 @@
+/*
+ * Live migration for migvm through libmigrate's public API, as any embedder
+ * would do it: the VM's regions, fds and ops go in, a JSON result comes out.
+ * Both directions run asynchronously in the library's threads; the main
+ * loop learns of the end through migrate_fd() and calls migrate_finish().
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "vm.h"
+
+struct migration {
+	struct vm *vm;
+	bool incoming;
+	int efd;                 /* readable once the migration ended */
+	mig_source *src;
+	mig_dest *dst;
+	FILE *json;              /* where the result goes (stdout) */
+	mig_stats *stats;
+};
+
+static void on_done(const mig_error *err, void *opaque)
+{
+	struct vm *vm = opaque;
+	uint64_t one = 1;
+	(void)err;
+	/* The library calls this from its thread: only wake the main loop. */
+	if (write(vm->migration->efd, &one, sizeof(one)) < 0)
+		perror("migvm: eventfd");
+}
+
+static void on_log(mig_log_level lvl, const char *msg, void *opaque)
+{
+	(void)opaque;
+	if (lvl <= MIG_LOG_WARN || getenv("MIGVM_DEBUG"))
+		fprintf(stderr, "migvm: libmigrate: %s\n", msg);
+}
+
+static void fill_vm(struct vm *vm, mig_vm *out)
+{
+	const mig_region *regions;
+	/* The library copies the fds at create; one thread creates. */
+	static int fds[VM_MAX_VCPUS];
+
+	memset(out, 0, sizeof(*out));
+	out->vm_fd = vm->vm_fd;
+	out->nr_regions = vm_regions(vm, &regions);
+	out->regions = regions;
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+		fds[i] = vm->vcpus[i].fd;
+	out->vcpu_fds = fds;
+	out->nr_vcpus = vm->nr_vcpus;
+	out->cpuid = vm->cpuid;
+	out->cpuid_len = vm->cpuid_len;
+	out->ops = &vm_mig_ops;
+	out->opaque = vm;
+}
+
+static struct migration *migration_new(struct vm *vm, bool incoming,
+				       mig_error *err)
+{
+	struct migration *m;
+
+	if (vm->migration) {
+		vmm_err(err, -EBUSY, "a migration is already in progress");
+		return NULL;
+	}
+	m = calloc(1, sizeof(*m));
+	if (m)
+		m->stats = calloc(1, sizeof(*m->stats));
+	if (!m || !m->stats) {
+		free(m);
+		vmm_err(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	m->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (m->efd < 0) {
+		vmm_err(err, -errno, "eventfd: %s", strerror(errno));
+		free(m->stats);
+		free(m);
+		return NULL;
+	}
+	m->vm = vm;
+	m->incoming = incoming;
+	m->json = stdout;
+	vm->migration = m;
+	return m;
+}
+
+static void migration_free(struct migration *m)
+{
+	if (!m)
+		return;
+	mig_source_destroy(m->src);
+	mig_dest_destroy(m->dst);
+	if (m->efd >= 0)
+		close(m->efd);
+	m->vm->migration = NULL;
+	free(m->stats);
+	free(m);
+}
+
+int migrate_out_start(struct vm *vm, const char *uri, const char *token,
+		      const mig_params *params, mig_error *err)
+{
+	mig_source_config cfg = { 0 };
+	struct migration *m = migration_new(vm, false, err);
+	int r;
+
+	if (!m)
+		return err->code;
+	fill_vm(vm, &cfg.vm);
+	cfg.params = *params;
+	cfg.uri = uri;
+	cfg.token = token;
+	cfg.cb.done = on_done;
+	cfg.cb.log = on_log;
+	r = mig_source_create(&m->src, &cfg, err);
+	if (r == 0)
+		r = mig_source_start(m->src, err);
+	if (r < 0)
+		migration_free(m);
+	return r;
+}
+
+int migrate_in_start(struct vm *vm, const char *uri, const char *token,
+		     uint32_t timeout_ms, mig_error *err)
+{
+	mig_dest_config cfg = { 0 };
+	struct migration *m = migration_new(vm, true, err);
+	int r;
+
+	if (!m)
+		return err->code;
+	fill_vm(vm, &cfg.vm);
+	cfg.uri = uri;
+	cfg.token = token;
+	cfg.timeout_ms = timeout_ms;
+	cfg.cb.done = on_done;
+	cfg.cb.log = on_log;
+	r = mig_dest_create(&m->dst, &cfg, err);
+	if (r == 0) {
+		/* Scripts wait for this line to know the port (port 0 = any). */
+		fprintf(stderr, "migvm: incoming migration on port %d\n",
+			mig_dest_port(m->dst));
+		r = mig_dest_start(m->dst, err);
+	}
+	if (r < 0)
+		migration_free(m);
+	return r;
+}
+
+int migrate_fd(struct vm *vm)
+{
+	return vm->migration ? vm->migration->efd : -1;
+}
+
+int migrate_cancel(struct vm *vm)
+{
+	struct migration *m = vm->migration;
+	if (!m)
+		return -ENOENT;
+	return m->incoming ? mig_dest_cancel(m->dst) : mig_source_cancel(m->src);
+}
+
+int migrate_stats(struct vm *vm, mig_stats *out)
+{
+	struct migration *m = vm->migration;
+	if (!m)
+		return -ENOENT;
+	return m->incoming ? mig_dest_stats(m->dst, out)
+			   : mig_source_stats(m->src, out);
+}
+
+int migrate_finish(struct vm *vm, bool *committed, mig_error *err)
+{
+	struct migration *m = vm->migration;
+	char *json;
+	int r, n;
+
+	*committed = false;
+	if (!m)
+		return vmm_err(err, -ENOENT, "no migration");
+	if (m->incoming) {
+		r = mig_dest_wait(m->dst, err);
+		mig_dest_stats(m->dst, m->stats);
+	} else {
+		r = mig_source_wait(m->src, err);
+		mig_source_stats(m->src, m->stats);
+		*committed = r == 0;
+	}
+	/* One JSON object on stdout: what scripts and experiments read. */
+	n = mig_stats_json(m->stats, err, NULL, 0);
+	json = n > 0 ? malloc((size_t)n + 1) : NULL;
+	if (json) {
+		mig_stats_json(m->stats, err, json, (size_t)n + 1);
+		fprintf(m->json, "%s\n", json);
+		fflush(m->json);
+		free(json);
+	}
+	migration_free(m);
+	return r;
+}

@@ -1,0 +1,433 @@
+/*
+ * PVH boot of ELF guests (Xen's x86/HVM direct boot ABI, as QEMU, Firecracker
+ * and cloud-hypervisor use it): load the PT_LOAD segments at their physical
+ * addresses, find the XEN_ELFNOTE_PHYS32_ENTRY note, write hvm_start_info
+ * with the command line and an e820-style memory map, and start the BSP in
+ * 32-bit protected mode with paging off, flat segments, %ebx = start info.
+ */
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "vm.h"
+
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
+#define HVM_START_MAGIC 0x336ec578u
+
+#define E820_RAM 1
+#define E820_RESERVED 2
+
+/* Boot data in low memory, below the test guest's AP trampoline (0x8000). */
+#define BOOT_GDT_ADDR 0x500ull
+#define START_INFO_ADDR 0x6000ull
+#define MEMMAP_ADDR 0x6040ull
+#define MEMMAP_MAX 8
+#define CMDLINE_ADDR 0x7000ull
+#define CMDLINE_MAX 0x1000ull
+#define BOOT_DATA_END 0x8000ull
+#define EBDA_START 0x9fc00ull
+#define HIGH_RAM_START 0x100000ull
+
+#define ELF_MAX_SIZE (512ull << 20)
+#define ELF_MAX_PHDRS 64
+
+struct hvm_start_info {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t flags;
+	uint32_t nr_modules;
+	uint64_t modlist_paddr;
+	uint64_t cmdline_paddr;
+	uint64_t rsdp_paddr;
+	uint64_t memmap_paddr;
+	uint32_t memmap_entries;
+	uint32_t reserved;
+};
+
+struct hvm_memmap_table_entry {
+	uint64_t addr;
+	uint64_t size;
+	uint32_t type;
+	uint32_t reserved;
+};
+
+/* One program header, whatever the ELF class. */
+struct phdr {
+	uint32_t type;
+	uint64_t offset, paddr, filesz, memsz;
+};
+
+struct pvh_image {
+	char *path;
+	uint32_t entry;
+	uint8_t *data;
+	size_t size;
+	bool is64;
+	uint32_t phnum;
+	struct phdr ph[ELF_MAX_PHDRS];
+};
+
+static int read_file(const char *path, struct pvh_image *e, mig_error *err)
+{
+	struct stat st;
+	int fd, r;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vmm_err(err, -errno, "kernel %s: %s", path,
+			       strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return vmm_err(err, -EINVAL, "kernel %s: not a regular file",
+			       path);
+	}
+	if ((uint64_t)st.st_size > ELF_MAX_SIZE) {
+		close(fd);
+		return vmm_err(err, -EFBIG, "kernel %s: %lld bytes, more than "
+			       "%llu MiB", path, (long long)st.st_size,
+			       ELF_MAX_SIZE >> 20);
+	}
+	e->size = (size_t)st.st_size;
+	e->data = malloc(e->size ? e->size : 1);
+	if (!e->data) {
+		close(fd);
+		return vmm_err(err, -ENOMEM, "kernel %s: out of memory", path);
+	}
+	r = read_full(fd, e->data, e->size);
+	close(fd);
+	if (r < 0) {
+		free(e->data);
+		e->data = NULL;
+		return vmm_err(err, r, "kernel %s: read: %s", path,
+			       strerror(-r));
+	}
+	return 0;
+}
+
+static int parse_headers(struct pvh_image *e, mig_error *err)
+{
+	const uint8_t *id = e->data;
+	uint64_t phoff;
+	uint32_t phentsize;
+
+	if (e->size < EI_NIDENT || memcmp(id, ELFMAG, SELFMAG))
+		return vmm_err(err, -ENOEXEC, "kernel %s: not an ELF file",
+			       e->path);
+	if (id[EI_DATA] != ELFDATA2LSB)
+		return vmm_err(err, -ENOEXEC, "kernel %s: not a little-endian "
+			       "ELF", e->path);
+	if (id[EI_CLASS] == ELFCLASS64) {
+		Elf64_Ehdr h;
+		if (e->size < sizeof(h))
+			return vmm_err(err, -ENOEXEC, "kernel %s: truncated "
+				       "ELF header", e->path);
+		memcpy(&h, e->data, sizeof(h));
+		if (h.e_machine != EM_X86_64)
+			return vmm_err(err, -ENOEXEC, "kernel %s: ELF64 for "
+				       "machine %u, not x86-64 (%u)", e->path,
+				       h.e_machine, EM_X86_64);
+		e->is64 = true;
+		phoff = h.e_phoff;
+		phentsize = h.e_phentsize;
+		e->phnum = h.e_phnum;
+		if (phentsize != sizeof(Elf64_Phdr) && e->phnum)
+			return vmm_err(err, -ENOEXEC, "kernel %s: program "
+				       "header size %u", e->path, phentsize);
+	} else if (id[EI_CLASS] == ELFCLASS32) {
+		Elf32_Ehdr h;
+		if (e->size < sizeof(h))
+			return vmm_err(err, -ENOEXEC, "kernel %s: truncated "
+				       "ELF header", e->path);
+		memcpy(&h, e->data, sizeof(h));
+		if (h.e_machine != EM_386)
+			return vmm_err(err, -ENOEXEC, "kernel %s: ELF32 for "
+				       "machine %u, not i386 (%u)", e->path,
+				       h.e_machine, EM_386);
+		phoff = h.e_phoff;
+		phentsize = h.e_phentsize;
+		e->phnum = h.e_phnum;
+		if (phentsize != sizeof(Elf32_Phdr) && e->phnum)
+			return vmm_err(err, -ENOEXEC, "kernel %s: program "
+				       "header size %u", e->path, phentsize);
+	} else {
+		return vmm_err(err, -ENOEXEC, "kernel %s: unknown ELF class %u",
+			       e->path, id[EI_CLASS]);
+	}
+	if (e->phnum == 0 || e->phnum > ELF_MAX_PHDRS)
+		return vmm_err(err, -ENOEXEC, "kernel %s: %u program headers "
+			       "(1..%d)", e->path, e->phnum, ELF_MAX_PHDRS);
+	if (phoff > e->size || (uint64_t)e->phnum * phentsize > e->size - phoff)
+		return vmm_err(err, -ENOEXEC, "kernel %s: program headers lie "
+			       "outside the file (truncated?)", e->path);
+	for (uint32_t i = 0; i < e->phnum; i++) {
+		const uint8_t *p = e->data + phoff + (uint64_t)i * phentsize;
+		struct phdr *ph = &e->ph[i];
+		if (e->is64) {
+			Elf64_Phdr h;
+			memcpy(&h, p, sizeof(h));
+			*ph = (struct phdr){ h.p_type, h.p_offset, h.p_paddr,
+					     h.p_filesz, h.p_memsz };
+		} else {
+			Elf32_Phdr h;
+			memcpy(&h, p, sizeof(h));
+			*ph = (struct phdr){ h.p_type, h.p_offset, h.p_paddr,
+					     h.p_filesz, h.p_memsz };
+		}
+		if (ph->type != PT_LOAD && ph->type != PT_NOTE)
+			continue;
+		if (ph->offset > e->size || ph->filesz > e->size - ph->offset)
+			return vmm_err(err, -ENOEXEC, "kernel %s: segment %u "
+				       "lies outside the file (truncated?)",
+				       e->path, i);
+		if (ph->type == PT_LOAD && ph->filesz > ph->memsz)
+			return vmm_err(err, -ENOEXEC, "kernel %s: segment %u "
+				       "has filesz > memsz", e->path, i);
+	}
+	return 0;
+}
+
+/* The PVH entry point from a XEN_ELFNOTE_PHYS32_ENTRY note. */
+static int find_entry(struct pvh_image *e, uint32_t *entry, mig_error *err)
+{
+	for (uint32_t i = 0; i < e->phnum; i++) {
+		const struct phdr *ph = &e->ph[i];
+		uint64_t off = 0;
+
+		if (ph->type != PT_NOTE)
+			continue;
+		while (ph->filesz - off >= 12) {
+			const uint8_t *n = e->data + ph->offset + off;
+			uint32_t namesz, descsz, type;
+			uint64_t name_al, desc_al;
+
+			memcpy(&namesz, n, 4);
+			memcpy(&descsz, n + 4, 4);
+			memcpy(&type, n + 8, 4);
+			name_al = ((uint64_t)namesz + 3) & ~3ull;
+			desc_al = ((uint64_t)descsz + 3) & ~3ull;
+			if (name_al + desc_al > ph->filesz - off - 12)
+				break; /* malformed note: stop looking */
+			if (type == XEN_ELFNOTE_PHYS32_ENTRY && namesz == 4 &&
+			    !memcmp(n + 12, "Xen", 4) &&
+			    (descsz == 4 || descsz == 8)) {
+				uint64_t v = 0;
+				memcpy(&v, n + 12 + name_al, descsz);
+				if (v > UINT32_MAX)
+					return vmm_err(err, -ENOEXEC, "kernel "
+						       "%s: PVH entry 0x%llx "
+						       "above 4 GiB", e->path,
+						       (unsigned long long)v);
+				*entry = (uint32_t)v;
+				return 0;
+			}
+			off += 12 + name_al + desc_al;
+		}
+	}
+	return vmm_err(err, -ENOEXEC, "kernel %s: no PVH entry point (ELF note "
+		       "\"Xen\" type %d, XEN_ELFNOTE_PHYS32_ENTRY)", e->path,
+		       XEN_ELFNOTE_PHYS32_ENTRY);
+}
+
+/* Every PT_LOAD must lie in guest RAM (of the layout mem_layout() gives)
+ * above the boot data, and the entry inside one of them. */
+static int check_segments(struct pvh_image *e, uint64_t mem_mib,
+			  mig_error *err)
+{
+	mig_region rg[VM_MAX_REGIONS];
+	uint32_t nr = mem_layout(mem_mib, rg);
+	bool entry_loaded = false;
+
+	for (uint32_t i = 0; i < e->phnum; i++) {
+		const struct phdr *ph = &e->ph[i];
+		bool inside = false;
+
+		if (ph->type != PT_LOAD || ph->memsz == 0)
+			continue;
+		if (ph->paddr < BOOT_DATA_END)
+			return vmm_err(err, -ENOEXEC, "kernel %s: segment %u "
+				       "at 0x%llx overlaps the boot data below "
+				       "0x%llx", e->path, i,
+				       (unsigned long long)ph->paddr,
+				       BOOT_DATA_END);
+		for (uint32_t k = 0; k < nr && !inside; k++)
+			inside = ph->paddr >= rg[k].gpa &&
+				 ph->paddr - rg[k].gpa < rg[k].size &&
+				 ph->memsz <= rg[k].size - (ph->paddr - rg[k].gpa);
+		if (!inside)
+			return vmm_err(err, -ENOEXEC, "kernel %s: segment %u "
+				       "[0x%llx, +0x%llx) lies outside guest RAM "
+				       "(%llu MiB)", e->path, i,
+				       (unsigned long long)ph->paddr,
+				       (unsigned long long)ph->memsz,
+				       (unsigned long long)mem_mib);
+		if (e->entry >= ph->paddr && e->entry - ph->paddr < ph->memsz)
+			entry_loaded = true;
+	}
+	if (!entry_loaded)
+		return vmm_err(err, -ENOEXEC, "kernel %s: PVH entry 0x%x is not "
+			       "inside a loaded segment", e->path, e->entry);
+	return 0;
+}
+
+static void load_segments(struct vm *vm, struct pvh_image *e)
+{
+	for (uint32_t i = 0; i < e->phnum; i++) {
+		const struct phdr *ph = &e->ph[i];
+		uint8_t *dst;
+
+		if (ph->type != PT_LOAD || ph->memsz == 0)
+			continue;
+		dst = mem_gpa_to_hva(vm, ph->paddr, ph->memsz);
+		memcpy(dst, e->data + ph->offset, ph->filesz);
+		memset(dst + ph->filesz, 0, ph->memsz - ph->filesz);
+	}
+}
+
+static int write_start_info(struct vm *vm, const char *cmdline,
+			    mig_error *err)
+{
+	struct hvm_memmap_table_entry map[MEMMAP_MAX];
+	struct hvm_start_info si;
+	size_t clen = strlen(cmdline);
+	uint32_t n = 0;
+
+	if (clen >= CMDLINE_MAX)
+		return vmm_err(err, -E2BIG, "command line of %zu bytes, at most "
+			       "%llu", clen, CMDLINE_MAX - 1);
+	map[n++] = (struct hvm_memmap_table_entry){ 0, EBDA_START, E820_RAM, 0 };
+	map[n++] = (struct hvm_memmap_table_entry){
+		EBDA_START, HIGH_RAM_START - EBDA_START, E820_RESERVED, 0 };
+	for (uint32_t i = 0; i < vm->nr_regions; i++) {
+		const mig_region *rg = &vm->regions[i];
+		uint64_t start = rg->gpa < HIGH_RAM_START ? HIGH_RAM_START
+							  : rg->gpa;
+		if (rg->gpa + rg->size > start)
+			map[n++] = (struct hvm_memmap_table_entry){
+				start, rg->gpa + rg->size - start, E820_RAM, 0 };
+	}
+	memset(&si, 0, sizeof(si));
+	si.magic = HVM_START_MAGIC;
+	si.version = 1;
+	si.cmdline_paddr = CMDLINE_ADDR;
+	si.memmap_paddr = MEMMAP_ADDR;
+	si.memmap_entries = n;
+	memcpy(mem_gpa_to_hva(vm, START_INFO_ADDR, sizeof(si)), &si, sizeof(si));
+	memcpy(mem_gpa_to_hva(vm, MEMMAP_ADDR, n * sizeof(map[0])), map,
+	       n * sizeof(map[0]));
+	memcpy(mem_gpa_to_hva(vm, CMDLINE_ADDR, clen + 1), cmdline, clen + 1);
+	return 0;
+}
+
+static void flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
+{
+	memset(s, 0, sizeof(*s));
+	s->base = 0;
+	s->limit = 0xffffffff;
+	s->selector = sel;
+	s->type = type;
+	s->present = 1;
+	s->dpl = 0;
+	s->db = 1;
+	s->s = 1;
+	s->g = 1;
+}
+
+/* BSP: 32-bit protected mode, paging off, flat segments (PVH ABI). */
+static int setup_bsp(struct vm *vm, uint32_t entry, mig_error *err)
+{
+	static const uint64_t gdt[4] = {
+		0,
+		0x00cf9b000000ffffull, /* 0x08: code, 4 GiB, 32-bit */
+		0x00cf93000000ffffull, /* 0x10: data */
+		0x00008b0000000067ull, /* 0x18: 32-bit TSS, busy */
+	};
+	struct vcpu *v = &vm->vcpus[0];
+	struct kvm_sregs s;
+	struct kvm_regs r;
+
+	memcpy(mem_gpa_to_hva(vm, BOOT_GDT_ADDR, sizeof(gdt)), gdt, sizeof(gdt));
+	if (ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
+		return vmm_err(err, -errno, "KVM_GET_SREGS: %s", strerror(errno));
+	flat_seg(&s.cs, 0x08, 0xb);
+	flat_seg(&s.ds, 0x10, 0x3);
+	s.es = s.fs = s.gs = s.ss = s.ds;
+	memset(&s.tr, 0, sizeof(s.tr));
+	s.tr.selector = 0x18;
+	s.tr.limit = 0x67;
+	s.tr.type = 0xb;
+	s.tr.present = 1;
+	s.gdt.base = BOOT_GDT_ADDR;
+	s.gdt.limit = sizeof(gdt) - 1;
+	s.idt.base = 0;
+	s.idt.limit = 0;
+	s.cr0 = 0x11; /* PE | ET */
+	s.cr3 = 0;
+	s.cr4 = 0;
+	s.efer = 0;
+	if (ioctl(v->fd, KVM_SET_SREGS, &s) < 0)
+		return vmm_err(err, -errno, "KVM_SET_SREGS: %s", strerror(errno));
+	memset(&r, 0, sizeof(r));
+	r.rflags = 0x2;
+	r.rip = entry;
+	r.rbx = START_INFO_ADDR;
+	if (ioctl(v->fd, KVM_SET_REGS, &r) < 0)
+		return vmm_err(err, -errno, "KVM_SET_REGS: %s", strerror(errno));
+	return 0;
+}
+
+void pvh_close(struct pvh_image *img)
+{
+	if (!img)
+		return;
+	free(img->data);
+	free(img->path);
+	free(img);
+}
+
+int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
+	     struct pvh_image **out, mig_error *err)
+{
+	struct pvh_image *e;
+	int r;
+
+	*out = NULL;
+	if (strlen(cmdline) >= CMDLINE_MAX)
+		return vmm_err(err, -E2BIG, "command line of %zu bytes, at most "
+			       "%llu", strlen(cmdline), CMDLINE_MAX - 1);
+	if ((mem_mib << 20) < HIGH_RAM_START * 2)
+		return vmm_err(err, -EINVAL, "PVH boot needs at least 2 MiB "
+			       "of RAM");
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path))) {
+		free(e);
+		return vmm_err(err, -ENOMEM, "out of memory");
+	}
+	if ((r = read_file(path, e, err)) < 0 ||
+	    (r = parse_headers(e, err)) < 0 ||
+	    (r = find_entry(e, &e->entry, err)) < 0 ||
+	    (r = check_segments(e, mem_mib, err)) < 0) {
+		pvh_close(e);
+		return r;
+	}
+	*out = e;
+	return 0;
+}
+
+int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
+	     mig_error *err)
+{
+	int r;
+
+	load_segments(vm, img);
+	r = write_start_info(vm, cmdline, err);
+	if (r < 0)
+		return r;
+	return setup_bsp(vm, img->entry, err);
+}

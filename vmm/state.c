@@ -1,0 +1,257 @@
+/*
+ * Everything but guest memory, as named blobs: the VM's configuration
+ * ("vmm.config", a MachineConfig), the in-kernel devices ("x86.vm"), each
+ * vCPU ("x86.vcpu.<index>", both from libmigrate's mig_x86_* helpers) and
+ * the serial port ("serial"). The same functions serve the state file
+ * (snapfile.c) and libmigrate's mig_vm_ops (through a mig_state).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "control.pb-c.h"
+#include "vm.h"
+
+#define ITEM_CONFIG "vmm.config"
+#define ITEM_VM "x86.vm"
+#define ITEM_SERIAL "serial"
+
+static void vcpu_item(char *buf, size_t len, uint32_t i)
+{
+	snprintf(buf, len, "x86.vcpu.%u", i);
+}
+
+static const char *backend_name(enum mem_backend b)
+{
+	return b == MEM_BACKEND_ANON ? "anon" : "memfd";
+}
+
+/* The VM's MachineConfig, packed into a malloc'd buffer. */
+static int config_pack(struct vm *vm, void **blob, size_t *len,
+		       mig_error *err)
+{
+	Mig__Ctl__MachineConfig m = MIG__CTL__MACHINE_CONFIG__INIT;
+	Mig__Ctl__MemRegion rg[VM_MAX_REGIONS], *rgp[VM_MAX_REGIONS];
+	uint8_t *buf;
+	size_t n;
+
+	m.mem_mib = vm->cfg.mem_mib;
+	m.cpus = vm->cfg.cpus;
+	m.cmdline = vm->cfg.cmdline;
+	m.mem_backend = (char *)backend_name(vm->cfg.backend);
+	m.kernel = vm->cfg.kernel ? vm->cfg.kernel : (char *)"";
+	m.builtin_guest = vm->cfg.builtin_guest;
+	for (uint32_t i = 0; i < vm->nr_regions; i++) {
+		mig__ctl__mem_region__init(&rg[i]);
+		rg[i].slot = vm->regions[i].slot;
+		rg[i].gpa = vm->regions[i].gpa;
+		rg[i].size = vm->regions[i].size;
+		rgp[i] = &rg[i];
+	}
+	m.n_regions = vm->nr_regions;
+	m.regions = rgp;
+	n = mig__ctl__machine_config__get_packed_size(&m);
+	buf = malloc(n ? n : 1);
+	if (!buf)
+		return vmm_err(err, -ENOMEM, "config: out of memory");
+	mig__ctl__machine_config__pack(&m, buf);
+	*blob = buf;
+	*len = n;
+	return 0;
+}
+
+int vm_check_config(struct vm *vm, const void *data, size_t len,
+		    mig_error *err)
+{
+	Mig__Ctl__MachineConfig *m;
+	int r = 0;
+
+	m = mig__ctl__machine_config__unpack(NULL, len, data);
+	if (!m)
+		return vmm_err(err, -EBADMSG, "state item \"%s\" does not "
+			       "decode", ITEM_CONFIG);
+	if (m->mem_mib != vm->cfg.mem_mib)
+		r = vmm_err(err, MIG_E_INCOMPAT, "the saved VM has %llu MiB of "
+			    "RAM, this one %llu MiB",
+			    (unsigned long long)m->mem_mib,
+			    (unsigned long long)vm->cfg.mem_mib);
+	else if (m->cpus != vm->cfg.cpus)
+		r = vmm_err(err, MIG_E_INCOMPAT, "the saved VM has %u vCPUs, "
+			    "this one %u", m->cpus, vm->cfg.cpus);
+	else if (m->n_regions != vm->nr_regions)
+		r = vmm_err(err, MIG_E_INCOMPAT, "the saved VM has %zu memory "
+			    "regions, this one %u", m->n_regions,
+			    vm->nr_regions);
+	for (size_t i = 0; r == 0 && i < m->n_regions; i++) {
+		const mig_region *rg = &vm->regions[i];
+		if (m->regions[i]->slot != rg->slot ||
+		    m->regions[i]->gpa != rg->gpa ||
+		    m->regions[i]->size != rg->size)
+			r = vmm_err(err, MIG_E_INCOMPAT, "memory region %zu "
+				    "differs (saved slot %u at 0x%llx, %llu "
+				    "bytes)", i, m->regions[i]->slot,
+				    (unsigned long long)m->regions[i]->gpa,
+				    (unsigned long long)m->regions[i]->size);
+	}
+	mig__ctl__machine_config__free_unpacked(m, NULL);
+	return r;
+}
+
+static int add_item(const struct state_sink *sink, const char *name,
+		    void *blob, size_t len, mig_error *err)
+{
+	int r = sink->add(sink->opaque, name, blob, len);
+
+	free(blob);
+	if (r < 0)
+		return vmm_err(err, r, "state item \"%s\" (%zu bytes): %s",
+			       name, len, mig_strerror(r));
+	return 0;
+}
+
+int vm_save_state(struct vm *vm, const struct state_sink *sink,
+		  mig_error *err)
+{
+	char name[32];
+	void *blob = NULL;
+	size_t len = 0;
+	int r;
+
+	if (!vm_is_paused(vm) && vm_run_state(vm) != RUN_STARTING)
+		return vmm_err(err, -EBUSY, "save state: the VM is running");
+	if ((r = config_pack(vm, &blob, &len, err)) < 0 ||
+	    (r = add_item(sink, ITEM_CONFIG, blob, len, err)) < 0)
+		return r;
+	r = mig_x86_vm_save(vm->vm_fd, &blob, &len, err);
+	if (r < 0 || (r = add_item(sink, ITEM_VM, blob, len, err)) < 0)
+		return r;
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		r = mig_x86_vcpu_save(vm->kvm_fd, vm->vcpus[i].fd, &blob, &len,
+				      err);
+		if (r < 0) {
+			vmm_err_prefix(err, "vCPU %u: ", i);
+			return r;
+		}
+		vcpu_item(name, sizeof(name), i);
+		if ((r = add_item(sink, name, blob, len, err)) < 0)
+			return r;
+	}
+	if ((r = serial_save(&vm->serial, &blob, &len, err)) < 0 ||
+	    (r = add_item(sink, ITEM_SERIAL, blob, len, err)) < 0)
+		return r;
+	return 0;
+}
+
+static int get_item(const struct state_source *src, const char *name,
+		    const void **data, size_t *len, mig_error *err)
+{
+	int r = src->get(src->opaque, name, data, len);
+
+	if (r == -ENOENT)
+		return vmm_err(err, -EINVAL, "state item \"%s\" is missing",
+			       name);
+	if (r < 0)
+		return vmm_err(err, r, "state item \"%s\": %s", name,
+			       mig_strerror(r));
+	return 0;
+}
+
+int vm_load_state(struct vm *vm, const struct state_source *src,
+		  mig_error *err)
+{
+	const void *data;
+	char name[32];
+	size_t len;
+	int r;
+
+	if (vm_run_state(vm) != RUN_STARTING && !vm_is_paused(vm))
+		return vmm_err(err, -EBUSY, "load state: the VM is running");
+	if ((r = get_item(src, ITEM_CONFIG, &data, &len, err)) < 0 ||
+	    (r = vm_check_config(vm, data, len, err)) < 0)
+		return r;
+	/* Devices before vCPUs (see kvm_x86.h). */
+	if ((r = get_item(src, ITEM_VM, &data, &len, err)) < 0)
+		return r;
+	if ((r = mig_x86_vm_load(vm->vm_fd, data, len, err)) < 0)
+		return r;
+	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		vcpu_item(name, sizeof(name), i);
+		if ((r = get_item(src, name, &data, &len, err)) < 0)
+			return r;
+		r = mig_x86_vcpu_load(vm->kvm_fd, vm->vcpus[i].fd, data, len,
+				      err);
+		if (r < 0) {
+			vmm_err_prefix(err, "vCPU %u: ", i);
+			return r;
+		}
+	}
+	if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||
+	    (r = serial_load(&vm->serial, data, len, err)) < 0)
+		return r;
+	return 0;
+}
+
+/* ---- libmigrate's mig_vm_ops --------------------------------------- */
+
+static int mig_sink_add(void *opaque, const char *name, const void *data,
+			size_t len)
+{
+	return mig_state_add(opaque, name, data, len);
+}
+
+static int mig_source_get(void *opaque, const char *name, const void **data,
+			  size_t *len)
+{
+	return mig_state_get(opaque, name, data, len);
+}
+
+int vm_ops_pause(void *opaque, mig_error *err)
+{
+	return vm_pause(opaque, err);
+}
+
+/* On a destination whose vCPU threads never ran, resume starts them. */
+int vm_ops_resume(void *opaque, mig_error *err)
+{
+	struct vm *vm = opaque;
+	bool started;
+	int r;
+
+	pthread_mutex_lock(&vm->lock);
+	started = vm->nr_threads > 0;
+	pthread_mutex_unlock(&vm->lock);
+	if (started)
+		return vm_resume(vm, err);
+	if (vm_is_paused(vm)) {
+		r = vm_resume(vm, err);
+		if (r < 0 || vm_is_paused(vm))
+			return r;
+	}
+	return vm_start(vm, err);
+}
+
+int vm_ops_save_state(void *opaque, mig_state *out, mig_error *err)
+{
+	struct state_sink sink = { mig_sink_add, out };
+	return vm_save_state(opaque, &sink, err);
+}
+
+int vm_ops_load_state(void *opaque, const mig_state *in, mig_error *err)
+{
+	struct state_source src = { mig_source_get, (void *)in };
+	return vm_load_state(opaque, &src, err);
+}
+
+int vm_ops_throttle(void *opaque, unsigned int pct, mig_error *err)
+{
+	return vm_set_throttle(opaque, pct, err);
+}
+
+const mig_vm_ops vm_mig_ops = {
+	.pause = vm_ops_pause,
+	.resume = vm_ops_resume,
+	.save_state = vm_ops_save_state,
+	.load_state = vm_ops_load_state,
+	.throttle = vm_ops_throttle,
+};

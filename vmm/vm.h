@@ -1,0 +1,292 @@
+/*
+ * migvm: the VM, its memory, vCPUs and devices. One subsystem per file, as
+ * in kvmtool:
+ *   kvm.c      VM set-up and tear-down (goto ladder), the VM-wide ioctls
+ *   mem.c      guest RAM (memfd or shared anonymous), slots, gpa -> hva
+ *   cpu.c      vCPUs: CPUID, threads, the run loop, pause/resume/stop
+ *   pvh.c      PVH boot of ELF guests (hvm_start_info, BSP registers)
+ *   serial.c   16550 UART and the console line scanner (hb, MISMATCH)
+ *   state.c    everything but memory to/from named blobs (mig_state)
+ *   snapfile.c the state file: header, VmSnapshot, sparse memory, CRCs
+ *   control.c  the control socket server (framed control.proto)
+ *   ctl.c      `migvm ctl`, the client
+ *   util.c     errors, CRC32C, file helpers
+ *   main.c     options, the main loop, exit codes
+ * Only <migrate/migrate.h> of libmigrate is used.
+ */
+#ifndef MIGVM_VM_H
+#define MIGVM_VM_H
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <migrate/migrate.h>
+
+#define VM_MAX_VCPUS 64
+#define VM_MAX_REGIONS 2
+#define VM_PAGE_SIZE 4096ull
+
+/* Guest-physical layout: RAM below the 32-bit PCI hole, the rest above. */
+#define VM_LOW_MEM_MAX (3ull << 30)
+#define VM_HIGH_MEM_BASE (4ull << 30)
+#define VM_TSS_ADDR 0xfffbd000u
+#define VM_IDMAP_ADDR 0xfffbc000ull
+
+/* Exit codes (vmm/README.md). */
+#define MIGVM_EXIT_OK 0
+#define MIGVM_EXIT_ERROR 1
+#define MIGVM_EXIT_USAGE 2
+#define MIGVM_EXIT_MISMATCH 3
+
+enum mem_backend { MEM_BACKEND_MEMFD, MEM_BACKEND_ANON };
+
+/* What the VM is made of: given by options, or read from a state file. */
+struct vm_config {
+	uint64_t mem_mib;
+	uint32_t cpus;
+	enum mem_backend backend;
+	char *kernel;           /* ELF path; malloc'd */
+	char *cmdline;          /* malloc'd, never NULL */
+	bool builtin_guest;     /* kernel is the project's test guest */
+	bool dirty_ring;        /* enable KVM's dirty ring (before vCPUs) */
+};
+
+/* ---- serial.c ----------------------------------------------------- */
+
+/* What migvm learnt from the console: hb lines and MISMATCH reports. */
+struct console_stats {
+	uint64_t hb_lines;
+	uint64_t hb_seq, ticks, written, verified, mismatches;
+	uint64_t mismatch_lines;
+};
+
+#define SERIAL_LINE_MAX 512
+
+struct serial {
+	pthread_mutex_t lock;
+	int out_fd;               /* console output (not owned) */
+	/* 16550 registers */
+	uint8_t ier, iir_thri, lcr, mcr, scr, dll, dlm, fcr;
+	/* console line scanner */
+	char line[SERIAL_LINE_MAX];
+	size_t line_len;
+	struct console_stats stats;
+	/* first MISMATCH line, for the report on stderr */
+	char first_mismatch[SERIAL_LINE_MAX];
+};
+
+struct vm;
+void serial_init(struct serial *s, int out_fd);
+void serial_exit(struct serial *s);
+/* Port I/O at 0x3f8..0x3ff from a vCPU thread. */
+void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data);
+/* Write out a partial last line (at exit). */
+void serial_flush(struct serial *s);
+void serial_get_stats(struct serial *s, struct console_stats *out);
+/* Serial device and console state as a SerialState message (malloc'd). */
+int serial_save(struct serial *s, void **blob, size_t *len, mig_error *err);
+int serial_load(struct serial *s, const void *blob, size_t len,
+		mig_error *err);
+
+/* ---- cpu.c -------------------------------------------------------- */
+
+struct vcpu {
+	struct vm *vm;
+	uint32_t index;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	bool started;
+	/* The last KVM_RUN returned an exit whose instruction KVM completes
+	 * only on the next KVM_RUN (I/O, MMIO): not parkable before that. */
+	bool pending_op;
+	bool throttle_due;        /* under vm->lock: sleep after this exit */
+};
+
+enum run_state { RUN_STARTING, RUN_RUNNING, RUN_PAUSED, RUN_STOPPING };
+
+/* ---- the VM ------------------------------------------------------- */
+
+struct vm {
+	struct vm_config cfg;
+	int kvm_fd;
+	int vm_fd;
+
+	/* mem.c */
+	int mem_fd;               /* memfd, or -1 for the anon backend */
+	uint8_t *mem;             /* one mapping of all RAM */
+	uint64_t mem_size;
+	mig_region regions[VM_MAX_REGIONS];
+	uint32_t nr_regions;
+
+	/* cpu.c */
+	struct vcpu vcpus[VM_MAX_VCPUS];
+	uint32_t nr_vcpus;
+	void *cpuid;              /* struct kvm_cpuid2 template (malloc'd) */
+	size_t cpuid_len;
+
+	/* Run control, all under `lock`. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;      /* any change below */
+	unsigned int pause_depth; /* vm_pause() calls not yet resumed */
+	bool pause_req;           /* vCPUs must park */
+	bool stopping;            /* vCPU threads must end */
+	uint32_t nr_parked;       /* threads parked or ended */
+	uint32_t nr_threads;      /* threads started and not joined */
+	unsigned int throttle_pct; /* 0..99 */
+	bool throttle_running, throttle_joinable;
+	pthread_t throttle_tid;
+
+	/* Why the VM stops: the first reason wins. */
+	bool exit_set;
+	int exit_code;
+	char exit_reason[256];
+	int event_fd;             /* eventfd: vCPU threads -> main loop */
+
+	struct serial serial;
+
+	/* migrate.c: the migration in progress, if any */
+	struct migration *migration;
+};
+
+/* kvm.c: the goto ladder. Creates the VM with cfg (copied), RAM and vCPUs
+ * (not yet running). `console_fd` receives the serial output. */
+int vm_create(struct vm *vm, const struct vm_config *cfg, int console_fd,
+	      mig_error *err);
+/* Stops vCPU threads if any, closes everything; safe on a partial vm. */
+void vm_destroy(struct vm *vm);
+void vm_config_free(struct vm_config *cfg);
+
+/* mem.c */
+/* -ENOMEM when mem_mib is more than MemAvailable + SwapFree. */
+int mem_check_host(uint64_t mem_mib, mig_error *err);
+int mem_init(struct vm *vm, mig_error *err);
+void mem_exit(struct vm *vm);
+/* Host address of [gpa, gpa+len) if it lies in one region, else NULL. */
+void *mem_gpa_to_hva(struct vm *vm, uint64_t gpa, uint64_t len);
+/* The regions for libmigrate: {slot, gpa, size, hva}. Returns the count. */
+uint32_t vm_regions(struct vm *vm, const mig_region **out);
+/* The regions of a VM of `mem_mib` MiB (same rule as mem_init). */
+uint32_t mem_layout(uint64_t mem_mib, mig_region out[VM_MAX_REGIONS]);
+
+/* cpu.c */
+int cpu_create_all(struct vm *vm, mig_error *err);
+void cpu_destroy_all(struct vm *vm);
+/* Start one thread per vCPU, running (or parked if the VM is paused). */
+int vm_start(struct vm *vm, mig_error *err);
+/*
+ * Pause: every vCPU out of KVM_RUN with its pending I/O completed, parked
+ * until vm_resume(). Nests: the VM runs again when every vm_pause() has had
+ * its vm_resume(). Thread-safe; returns 0 or -ETIMEDOUT (a vCPU did not
+ * park within 5 s; the VM is then resumed).
+ */
+int vm_pause(struct vm *vm, mig_error *err);
+int vm_resume(struct vm *vm, mig_error *err);
+bool vm_is_paused(struct vm *vm);
+/* Keep vCPUs out of the guest pct % of the time (0 = off, max 99). */
+int vm_set_throttle(struct vm *vm, unsigned int pct, mig_error *err);
+/* Ask the VM to stop with `code` (first caller wins) and wake main. */
+void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Stop and join all vCPU threads. */
+void vm_stop(struct vm *vm);
+enum run_state vm_run_state(struct vm *vm);
+
+/* pvh.c: PVH boot. pvh_open() reads and checks an ELF for a VM of
+ * `mem_mib` MiB (no KVM needed); pvh_load() copies it into guest RAM, writes
+ * hvm_start_info and sets the BSP's registers. */
+struct pvh_image;
+int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
+	     struct pvh_image **out, mig_error *err);
+int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
+	     mig_error *err);
+void pvh_close(struct pvh_image *img);
+
+/* state.c: everything but memory as named blobs. */
+struct state_sink {
+	int (*add)(void *opaque, const char *name, const void *data,
+		   size_t len);
+	void *opaque;
+};
+struct state_source {
+	/* 0 with data and len set, or -ENOENT */
+	int (*get)(void *opaque, const char *name, const void **data,
+		   size_t *len);
+	void *opaque;
+};
+/* The VM must be paused. Items: "vmm.config", "x86.vm", "x86.vcpu.N"
+ * (N = 0, 1, ...), "serial". */
+int vm_save_state(struct vm *vm, const struct state_sink *sink,
+		  mig_error *err);
+/* The VM must be created from a matching config and not yet running. */
+int vm_load_state(struct vm *vm, const struct state_source *src,
+		  mig_error *err);
+/* Check that a saved "vmm.config" matches this VM (-EINVAL naming it). */
+int vm_check_config(struct vm *vm, const void *data, size_t len,
+		    mig_error *err);
+/* mig_vm_ops for libmigrate: opaque is the struct vm. */
+extern const mig_vm_ops vm_mig_ops;
+int vm_ops_pause(void *opaque, mig_error *err);
+int vm_ops_resume(void *opaque, mig_error *err);
+int vm_ops_save_state(void *opaque, mig_state *out, mig_error *err);
+int vm_ops_load_state(void *opaque, const mig_state *in, mig_error *err);
+int vm_ops_throttle(void *opaque, unsigned int pct, mig_error *err);
+
+/* snapfile.c */
+struct snapfile;
+/* Pause must be held. Writes PATH.tmp then renames it to PATH. */
+int snapfile_save(struct vm *vm, const char *path, mig_error *err);
+/* Open and check header and snapshot; fills *cfg (caller frees with
+ * vm_config_free). */
+int snapfile_open(const char *path, struct snapfile **out,
+		  struct vm_config *cfg, mig_error *err);
+/* Read memory into the VM and load the non-memory state. */
+int snapfile_restore(struct snapfile *sf, struct vm *vm, mig_error *err);
+void snapfile_close(struct snapfile *sf);
+
+/* control.c */
+struct control;
+int control_open(struct control **out, const char *path, struct vm *vm,
+		 mig_error *err);
+void control_close(struct control *c);
+/* pollfds the main loop must watch; returns the count written. */
+int control_pollfds(struct control *c, struct pollfd *fds, int max);
+/* Handle whatever is ready on those fds. */
+void control_dispatch(struct control *c, const struct pollfd *fds, int n);
+
+/* migrate.c: live migration through libmigrate. Both directions run in
+ * the library's threads; migrate_fd() becomes readable when it ended and
+ * the main loop then calls migrate_finish(), which prints the result as one
+ * JSON object on stdout. */
+int migrate_out_start(struct vm *vm, const char *uri, const char *token,
+		      const mig_params *params, mig_error *err);
+/* The VM must exist, not run (paused), and match the source's layout. */
+int migrate_in_start(struct vm *vm, const char *uri, const char *token,
+		     uint32_t timeout_ms, mig_error *err);
+int migrate_fd(struct vm *vm);
+int migrate_cancel(struct vm *vm);
+int migrate_stats(struct vm *vm, mig_stats *out);
+/* Returns 0 or the migration's error; *committed is true when the source
+ * handed the VM over (it must then never run here again). */
+int migrate_finish(struct vm *vm, bool *committed, mig_error *err);
+
+/* ctl.c */
+int ctl_main(int argc, char **argv);
+
+/* util.c */
+int vmm_err(mig_error *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void vmm_err_prefix(mig_error *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+uint32_t crc32c(uint32_t crc, const void *buf, size_t len);
+int write_full(int fd, const void *buf, size_t len);
+/* 0, -EIO at end of file, or -errno. */
+int read_full(int fd, void *buf, size_t len);
+uint64_t now_ns(void);
+bool page_is_zero(const void *p);
+
+#endif /* MIGVM_VM_H */

@@ -936,8 +936,8 @@ static uint64_t count_marked(mig_source *s)
  * expected downtime and the throttle.
  */
 static int should_switch(mig_source *s, uint64_t remaining, double *bytes_per_page,
-			 double throughput, uint64_t *prev_remaining,
-			 unsigned *stalled)
+			 double throughput, double dirty_bps,
+			 uint64_t *prev_remaining, unsigned *stalled)
 {
 	/* State and the commit handshake: a few round trips and small blobs. */
 	uint64_t fixed_us = 3 * s->rtt_us + 2000;
@@ -961,10 +961,16 @@ static int should_switch(mig_source *s, uint64_t remaining, double *bytes_per_pa
 	else
 		*stalled = 0;
 	*prev_remaining = remaining;
-	if (*stalled >= 2) {
+	/* Two flat rounds start the throttle; once it runs, every flat round
+	 * tightens it, by twice the step while the guest still dirties
+	 * faster than the link carries (QEMU's auto-converge steps by 10 each
+	 * time and so needs many more rounds). */
+	if (*stalled >= (s->throttle_pct ? 1u : 2u)) {
 		if (s->params.throttle && s->vm.vm.ops->throttle &&
 		    s->throttle_pct < THROTTLE_MAX) {
-			unsigned pct = s->throttle_pct ? s->throttle_pct + THROTTLE_STEP
+			unsigned step = dirty_bps > throughput ? 2 * THROTTLE_STEP
+							       : THROTTLE_STEP;
+			unsigned pct = s->throttle_pct ? s->throttle_pct + step
 						       : THROTTLE_INITIAL;
 			set_throttle(s, MIG_MIN(pct, THROTTLE_MAX));
 			*stalled = 0;
@@ -1158,7 +1164,7 @@ static int precopy(mig_source *s)
 					: MIG_PAGE_SIZE;
 		report_progress(s);
 		if (should_switch(s, remaining, &bpp, last.throughput,
-				  &prev_remaining, &stalled))
+				  last.dirty_rate * bpp, &prev_remaining, &stalled))
 			break;
 	}
 	return 0;

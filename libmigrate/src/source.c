@@ -19,6 +19,7 @@
 #include "dirty.h"
 #include "frame.h"
 #include "net.h"
+#include "policy.h"
 #include "session.h"
 #include "state.h"
 
@@ -30,9 +31,6 @@
  * cross a slow link: no fixed limit is right, so this is generous and
  * params.timeout_ms takes over when set. */
 #define ROUND_ACK_TIMEOUT_MS 600000u
-#define THROTTLE_INITIAL 20u
-#define THROTTLE_STEP 10u
-#define THROTTLE_MAX 99u
 
 struct item {
 	struct item *next;
@@ -800,20 +798,24 @@ static int send_simple(mig_source *s, uint32_t conn,
 	return send_msg(s, conn, &env);
 }
 
-static void set_throttle(mig_source *s, unsigned pct)
+static int set_throttle(mig_source *s, unsigned pct)
 {
 	mig_error e = { 0 };
+	int r;
+
 	if (!s->vm.vm.ops->throttle || pct == s->throttle_pct)
-		return;
-	if (s->vm.vm.ops->throttle(s->vm.vm.opaque, pct, &e) < 0) {
+		return 0;
+	r = s->vm.vm.ops->throttle(s->vm.vm.opaque, pct, &e);
+	if (r < 0) {
 		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_WARN,
 			 "throttle to %u%% failed: %s", pct, e.msg);
-		return;
+		return r;
 	}
 	s->throttle_pct = pct;
 	pthread_mutex_lock(&s->lock);
 	s->stats->throttle_pct = pct;
 	pthread_mutex_unlock(&s->lock);
+	return 0;
 }
 
 static void report_progress(mig_source *s)
@@ -930,57 +932,6 @@ static uint64_t count_marked(mig_source *s)
 }
 
 /* ---- the engine ---------------------------------------------------------- */
-
-/*
- * Decide after a pre-copy round whether to stop and copy. Updates the
- * expected downtime and the throttle.
- */
-static int should_switch(mig_source *s, uint64_t remaining, double *bytes_per_page,
-			 double throughput, double dirty_bps,
-			 uint64_t *prev_remaining, unsigned *stalled)
-{
-	/* State and the commit handshake: a few round trips and small blobs. */
-	uint64_t fixed_us = 3 * s->rtt_us + 2000;
-	uint64_t expect_us;
-
-	if (throughput < 1)
-		throughput = 1;
-	expect_us = (uint64_t)((double)remaining * *bytes_per_page * 1e6 /
-			       throughput) + fixed_us;
-	pthread_mutex_lock(&s->lock);
-	s->stats->expected_downtime_us = expect_us;
-	pthread_mutex_unlock(&s->lock);
-
-	if (expect_us <= (uint64_t)s->params.downtime_ms * 1000)
-		return 1;
-	if (s->round >= s->params.max_rounds)
-		return 1;
-	/* Progress means the dirty set shrinks by a tenth round over round. */
-	if (*prev_remaining && remaining * 10 > *prev_remaining * 9)
-		(*stalled)++;
-	else
-		*stalled = 0;
-	*prev_remaining = remaining;
-	/* Two flat rounds start the throttle; once it runs, every flat round
-	 * tightens it, by twice the step while the guest still dirties
-	 * faster than the link carries (QEMU's auto-converge steps by 10 each
-	 * time and so needs many more rounds). */
-	if (*stalled >= (s->throttle_pct ? 1u : 2u)) {
-		if (s->params.throttle && s->vm.vm.ops->throttle &&
-		    s->throttle_pct < THROTTLE_MAX) {
-			unsigned step = dirty_bps > throughput ? 2 * THROTTLE_STEP
-							       : THROTTLE_STEP;
-			unsigned pct = s->throttle_pct ? s->throttle_pct + step
-						       : THROTTLE_INITIAL;
-			set_throttle(s, MIG_MIN(pct, THROTTLE_MAX));
-			*stalled = 0;
-			return 0;
-		}
-		if (!s->params.throttle || !s->vm.vm.ops->throttle)
-			return 1; /* no way to do better: stop and copy now */
-	}
-	return 0;
-}
 
 static int stop_and_copy(mig_source *s)
 {
@@ -1127,10 +1078,13 @@ static uint64_t **alloc_bitmaps(mig_source *s)
 
 static int precopy(mig_source *s)
 {
-	uint64_t dirtied = 0, prev_remaining = 0;
-	unsigned stalled = 0;
+	uint64_t dirtied = 0, expect_us;
+	mig_policy pol = { 0 };
 	int r;
 
+	pol.target_us = (uint64_t)s->params.downtime_ms * 1000;
+	pol.max_rounds = s->params.max_rounds;
+	pol.can_throttle = s->params.throttle && s->vm.vm.ops->throttle;
 	r = mig__dirty_create(&s->dirty, s->params.dirty_log, s->vm.vm.vm_fd,
 			      s->vm.regions, s->vm.vm.nr_regions, s->vm.vcpu_fds,
 			      s->vm.vm.nr_vcpus, &s->result);
@@ -1155,17 +1109,29 @@ static int precopy(mig_source *s)
 	for (;;) {
 		if ((r = run_round(s, &dirtied)) < 0)
 			return r;
-		uint64_t remaining = count_marked(s);
 		mig_round_stats last;
 		pthread_mutex_lock(&s->lock);
 		last = s->stats->round[s->stats->nr_round_stats - 1];
 		pthread_mutex_unlock(&s->lock);
-		double bpp = last.pages ? (double)last.bytes / (double)last.pages
-					: MIG_PAGE_SIZE;
+		mig_round_obs obs = {
+			.round = s->round,
+			.remaining = count_marked(s),
+			.bytes_per_page = last.pages ? (double)last.bytes / (double)last.pages
+						     : MIG_PAGE_SIZE,
+			.throughput = last.throughput,
+		};
+		obs.dirty_bps = last.dirty_rate * obs.bytes_per_page;
+		/* State and the commit handshake: a few round trips. */
+		pol.fixed_us = 3 * s->rtt_us + 2000;
+		enum mig_decision dec = mig__policy_decide(&pol, &obs, &expect_us);
+		pthread_mutex_lock(&s->lock);
+		s->stats->expected_downtime_us = expect_us;
+		pthread_mutex_unlock(&s->lock);
 		report_progress(s);
-		if (should_switch(s, remaining, &bpp, last.throughput,
-				  last.dirty_rate * bpp, &prev_remaining, &stalled))
+		if (dec == MIG_SWITCH)
 			break;
+		if (dec == MIG_THROTTLE && set_throttle(s, pol.throttle_pct) < 0)
+			pol.can_throttle = 0; /* the VMM refused: stop asking */
 	}
 	return 0;
 }

@@ -4,17 +4,19 @@
 # on the destination with its timer ticking and no stamp mismatch, and the
 # memory hash at the source's pause equals the destination's before resume
 # (--verify: the destination refuses to commit otherwise). Once with each
-# dirty-tracking backend.
+# dirty-tracking backend, and once over two connections with zstd on.
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
 need_testguest
 
-guest="touch=128M wss=64M rate=max hb=500 duration=7"
-for mode in clear bitmap ring; do
+guest="touch=128M wss=64M rate=max hb=500 duration=10"
+for mode in clear bitmap ring conn2; do
+	extra=(--dirty-log "$mode")
+	[ "$mode" = conn2 ] && extra=(--connections 2 --compress on)
 	start_dest dst-$mode --mem 1024 --cpus 2
 	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
-		--migrate-after 2.5 --dirty-log "$mode" --verify
+		--migrate-after 2.5 "${extra[@]}" --verify
 	[ "$RC" = 0 ] || fail "$mode: source exited $RC: $(cat "$WORK/src-$mode.out")"
 	check_json "$WORK/src-$mode.out"
 	wait_exit "$DEST_PID" 60

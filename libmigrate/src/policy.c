@@ -1,0 +1,40 @@
+/* The pre-copy policy; see policy.h. */
+#include "policy.h"
+
+enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
+				     uint64_t *expect_us)
+{
+	double tput = o->throughput < 1 ? 1 : o->throughput;
+
+	/* Clark et al.: the last round's cost is what is still dirty over
+	 * the rate the link really carried. */
+	*expect_us = (uint64_t)((double)o->remaining * o->bytes_per_page * 1e6 /
+				tput) + p->fixed_us;
+	if (*expect_us <= p->target_us)
+		return MIG_SWITCH;
+	if (o->round >= p->max_rounds)
+		return MIG_SWITCH;
+	/* Progress means the dirty set shrinks by a tenth round over round. */
+	if (p->prev_remaining && o->remaining * 10 > p->prev_remaining * 9)
+		p->stalled++;
+	else
+		p->stalled = 0;
+	p->prev_remaining = o->remaining;
+	/* Two flat rounds start the throttle; once it runs, every flat round
+	 * tightens it, by twice the step while the guest still dirties
+	 * faster than the link carries (QEMU's auto-converge steps by 10 every
+	 * other round and so needs many more rounds). */
+	if (p->stalled < (p->throttle_pct ? 1u : 2u))
+		return MIG_CONTINUE;
+	if (!p->can_throttle)
+		return MIG_SWITCH; /* no way to do better: stop and copy now */
+	if (p->throttle_pct >= MIG_THROTTLE_MAX)
+		return MIG_CONTINUE; /* max_rounds ends it */
+	unsigned step = o->dirty_bps > tput ? 2 * MIG_THROTTLE_STEP
+					    : MIG_THROTTLE_STEP;
+	unsigned pct = p->throttle_pct ? p->throttle_pct + step
+				       : MIG_THROTTLE_INITIAL;
+	p->throttle_pct = MIG_MIN(pct, MIG_THROTTLE_MAX);
+	p->stalled = 0;
+	return MIG_THROTTLE;
+}

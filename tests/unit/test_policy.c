@@ -1,0 +1,137 @@
+/* The pre-copy policy on simulated rounds. */
+#include "mig_test.h"
+#include "policy.h"
+
+static mig_policy policy(int can_throttle)
+{
+	mig_policy p = { 0 };
+	p.target_us = 300000;
+	p.max_rounds = 30;
+	p.can_throttle = can_throttle;
+	p.fixed_us = 2000;
+	return p;
+}
+
+static mig_round_obs obs(uint32_t round, uint64_t remaining, double tput,
+			 double dirty_bps)
+{
+	mig_round_obs o = { round, remaining, 4096, tput, dirty_bps };
+	return o;
+}
+
+/* Few dirty pages on a fast link: switch at once, with the right estimate. */
+static void test_switch_when_under_target(void **state)
+{
+	mig_policy p = policy(1);
+	mig_round_obs o = obs(1, 1000, 100e6, 1e6); /* 4 MB at 100 MB/s */
+	uint64_t e;
+	(void)state;
+	assert_int_equal(mig__policy_decide(&p, &o, &e), MIG_SWITCH);
+	assert_true(e > 40000 && e < 44000); /* 41 ms + 2 ms fixed */
+}
+
+/* A shrinking dirty set: keep going until it fits. */
+static void test_converging_guest(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e, remaining = 1000000;
+	uint32_t round = 1;
+	(void)state;
+	for (;; round++) {
+		mig_round_obs o = obs(round, remaining, 100e6, 10e6);
+		enum mig_decision d = mig__policy_decide(&p, &o, &e);
+		if (d == MIG_SWITCH)
+			break;
+		assert_int_equal(d, MIG_CONTINUE);
+		remaining /= 2;
+	}
+	assert_true(e <= p.target_us);
+	assert_int_equal(p.throttle_pct, 0);
+	assert_true(round < 10);
+}
+
+/* A guest dirtying faster than the link: after two flat rounds the
+ * throttle starts, then tightens every flat round, faster while dirtying
+ * outpaces the link; once the guest slows enough it switches. */
+static void test_throttles_fast_dirtier(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	unsigned last = 0, throttles = 0;
+	(void)state;
+	for (uint32_t round = 1; round <= 30; round++) {
+		/* the guest dirties in proportion to its unthrottled share */
+		double share = (100.0 - p.throttle_pct) / 100.0;
+		uint64_t remaining = (uint64_t)(200000 * share) + 100;
+		mig_round_obs o = obs(round, remaining, 50e6, 400e6 * share);
+		enum mig_decision d = mig__policy_decide(&p, &o, &e);
+		if (d == MIG_SWITCH) {
+			assert_true(e <= p.target_us);
+			assert_true(throttles >= 3);
+			assert_true(round < 20); /* QEMU's 10-step needs ~20 */
+			return;
+		}
+		if (d == MIG_THROTTLE) {
+			throttles++;
+			assert_true(p.throttle_pct > last);
+			assert_true(p.throttle_pct <= MIG_THROTTLE_MAX);
+			if (last == 0)
+				assert_int_equal(p.throttle_pct, MIG_THROTTLE_INITIAL);
+			else if (p.throttle_pct != MIG_THROTTLE_MAX)
+				assert_int_equal(p.throttle_pct - last, 2 * MIG_THROTTLE_STEP);
+			last = p.throttle_pct;
+		}
+	}
+	fail_msg("never converged");
+}
+
+/* Without a way to throttle, flat rounds end pre-copy instead. */
+static void test_no_throttle_switches_when_flat(void **state)
+{
+	mig_policy p = policy(0);
+	uint64_t e;
+	(void)state;
+	mig_round_obs o1 = obs(1, 500000, 50e6, 400e6);
+	mig_round_obs o2 = obs(2, 499000, 50e6, 400e6);
+	mig_round_obs o3 = obs(3, 498000, 50e6, 400e6);
+	assert_int_equal(mig__policy_decide(&p, &o1, &e), MIG_CONTINUE);
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
+	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_SWITCH);
+	assert_true(e > p.target_us); /* forced, not within target */
+}
+
+/* max_rounds ends it whatever the rates. */
+static void test_max_rounds(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	p.max_rounds = 3;
+	p.throttle_pct = MIG_THROTTLE_MAX;
+	mig_round_obs o = obs(3, 1u << 30, 1e6, 1e9);
+	assert_int_equal(mig__policy_decide(&p, &o, &e), MIG_SWITCH);
+}
+
+/* A zero throughput (nothing measured) does not divide by zero. */
+static void test_zero_throughput(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	mig_round_obs o = obs(1, 10, 0, 0);
+	assert_int_equal(mig__policy_decide(&p, &o, &e), MIG_CONTINUE);
+	assert_true(e > p.target_us);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_switch_when_under_target),
+		cmocka_unit_test(test_converging_guest),
+		cmocka_unit_test(test_throttles_fast_dirtier),
+		cmocka_unit_test(test_no_throttle_switches_when_flat),
+		cmocka_unit_test(test_max_rounds),
+		cmocka_unit_test(test_zero_throughput),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

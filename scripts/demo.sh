@@ -21,7 +21,7 @@ done
 
 "$here/scripts/setup.sh"
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$(nproc)" >/dev/null
+cmake --build "$build" -j"$(nproc)" --target migvm >/dev/null
 [ -c /dev/kvm ] || { echo "demo: /dev/kvm is needed to run VMs" >&2; exit 1; }
 
 migvm=$build/vmm/migvm

@@ -49,7 +49,8 @@ static void usage(FILE *f)
 "\n"
 "  --mem MIB              guest RAM in MiB (default %d)\n"
 "  --cpus N               vCPUs, 1..%d (default 1)\n"
-"  --mem-backend memfd|anon  how guest RAM is allocated (default memfd)\n"
+"  --mem-backend private|memfd|anon  how guest RAM is allocated (default\n"
+"                         private: anonymous with huge pages)\n"
 "  --kernel FILE          a PVH ELF to boot (default: the test guest)\n"
 "  --cmdline STR          the guest's command line\n"
 "  --console FILE         serial output to FILE (default: stdout)\n"
@@ -203,7 +204,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	o->migrate_after = 1.0;
 	o->cfg.mem_mib = DEFAULT_MEM_MIB;
 	o->cfg.cpus = 1;
-	o->cfg.backend = MEM_BACKEND_MEMFD;
+	o->cfg.backend = MEM_BACKEND_PRIVATE;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, &li)) != -1) {
 		switch (c) {
@@ -233,9 +234,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 				o->cfg.backend = MEM_BACKEND_MEMFD;
 			else if (!strcmp(optarg, "anon"))
 				o->cfg.backend = MEM_BACKEND_ANON;
+			else if (!strcmp(optarg, "private"))
+				o->cfg.backend = MEM_BACKEND_PRIVATE;
 			else {
 				fprintf(stderr, "migvm: --mem-backend %s: "
-					"expected memfd or anon\n", optarg);
+					"expected private, memfd or anon\n", optarg);
 				return -1;
 			}
 			break;
@@ -619,6 +622,9 @@ static int run_vm(struct options *o)
 
 fail_vm:
 	control_close(ctl);
+	/* The VM never ran: a partial console line restored from a state
+	 * file is not this process's output. */
+	vm->serial.line_len = 0;
 	vm_destroy(vm);
 fail:
 	fprintf(stderr, "migvm: %s\n", err.msg[0] ? err.msg : strerror(-r));

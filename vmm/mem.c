@@ -81,9 +81,16 @@ int mem_init(struct vm *vm, mig_error *err)
 		}
 		vm->mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
 			       MAP_SHARED | MAP_NORESERVE, vm->mem_fd, 0);
-	} else {
+	} else if (vm->cfg.backend == MEM_BACKEND_ANON) {
 		vm->mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
 			       MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	} else {
+		vm->mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		/* Huge pages where the host allows them ("madvise" mode):
+		 * fewer faults when the guest, or a migration, fills RAM. */
+		if (vm->mem != MAP_FAILED)
+			madvise(vm->mem, size, MADV_HUGEPAGE);
 	}
 	if (vm->mem == MAP_FAILED) {
 		r = -errno;

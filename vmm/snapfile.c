@@ -587,6 +587,7 @@ int snapfile_open(const char *path, struct snapfile **out,
 	cfg->mem_mib = mc->mem_mib;
 	cfg->cpus = mc->cpus;
 	cfg->backend = !strcmp(mc->mem_backend, "anon") ? MEM_BACKEND_ANON
+		     : !strcmp(mc->mem_backend, "private") ? MEM_BACKEND_PRIVATE
 							 : MEM_BACKEND_MEMFD;
 	cfg->builtin_guest = mc->builtin_guest;
 	cfg->cmdline = strdup(mc->cmdline);

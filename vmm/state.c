@@ -24,7 +24,8 @@ static void vcpu_item(char *buf, size_t len, uint32_t i)
 
 static const char *backend_name(enum mem_backend b)
 {
-	return b == MEM_BACKEND_ANON ? "anon" : "memfd";
+	return b == MEM_BACKEND_ANON ? "anon"
+	       : b == MEM_BACKEND_PRIVATE ? "private" : "memfd";
 }
 
 /* The VM's MachineConfig, packed into a malloc'd buffer. */

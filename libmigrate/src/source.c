@@ -152,14 +152,16 @@ static void on_write(uv_write_t *req, int status)
 	struct src_conn *c = w->c;
 	mig_source *s = c->s;
 
+	/* Writes were pending since busy_since_us: that time counts, whether
+	 * or not the queue drains now (under a slow peer it never does). */
+	uint64_t now = mig__now_us();
+	c->busy_us += now - c->busy_since_us;
+	c->busy_since_us = now;
 	c->inflight -= w->buf.len;
 	c->busy_bytes += w->buf.len;
-	if (!c->inflight) {
-		c->busy_us += mig__now_us() - c->busy_since_us;
-		if (c->busy_us > 1000)
-			mig__enc_set_link_rate(c->enc, (double)c->busy_bytes * 1e6 /
-							       (double)c->busy_us);
-	}
+	if (c->busy_us > 1000)
+		mig__enc_set_link_rate(c->enc, (double)c->busy_bytes * 1e6 /
+						       (double)c->busy_us);
 	pthread_mutex_lock(&s->lock);
 	c->writes--;
 	if (status == 0) {
@@ -550,11 +552,20 @@ static int wait_msg(mig_source *s, uint32_t conn,
 	*out = NULL;
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		struct msg *m = s->mbox_head;
+		/* The first message from `conn`, or an Abort from any: hellos
+		 * of several connections may be answered in any order. */
+		struct msg *m, *prev = NULL;
+		for (m = s->mbox_head; m; prev = m, m = m->next)
+			if (m->conn == conn ||
+			    m->env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT)
+				break;
 		if (m) {
-			s->mbox_head = m->next;
-			if (!s->mbox_head)
-				s->mbox_tail = NULL;
+			if (prev)
+				prev->next = m->next;
+			else
+				s->mbox_head = m->next;
+			if (s->mbox_tail == m)
+				s->mbox_tail = prev;
 			pthread_mutex_unlock(&s->lock);
 			Mig__Wire__Envelope *env = m->env;
 			uint32_t from = m->conn;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "codec.h"
 #include "frame.h"
@@ -35,6 +36,19 @@ struct dst_conn {
 	int complete;
 	uint32_t round;     /* last round this connection ended */
 	uint64_t pages;
+};
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* A MemoryHint waiting for the prefault thread. */
+struct hint {
+	struct hint *next;
+	uint32_t region;
+	uint64_t first_page;
+	uint64_t nwords;
+	uint64_t words[];
 };
 
 struct dwreq {
@@ -65,6 +79,11 @@ struct mig_dest {
 	/* locked */
 	int cancel;
 	mig_stats *stats;
+	struct hint *hints;         /* for the prefault thread */
+	int prefault_stop;
+	pthread_t prefault_thread;
+	int prefault_running;
+	int prefault_thread_ok;     /* joined at destroy (loop thread only) */
 
 	/* loop thread */
 	struct dst_conn *conns;
@@ -198,6 +217,9 @@ static void finish(mig_dest *d)
 	if (d->finished)
 		return;
 	d->finished = 1;
+	pthread_mutex_lock(&d->lock);
+	d->prefault_stop = 1;
+	pthread_mutex_unlock(&d->lock);
 	while (d->conns)
 		conn_close(d->conns);
 	if (!uv_is_closing((uv_handle_t *)&d->listener))
@@ -337,6 +359,107 @@ static void on_config(mig_dest *d, const Mig__Wire__VmConfig *cfg)
 	d->stats->setup_time_us = mig__now_us() - d->t_start_us;
 	d->stats->phase = MIG_PHASE_PRECOPY;
 	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Fault in the pages the source said round 1 will bring, ahead of the
+ * stream and on another core: MADV_POPULATE_WRITE allocates without
+ * writing, so racing the decoder on the same page is harmless. Where the
+ * kernel lacks it (before 5.14) the hint is simply dropped.
+ */
+static void *prefault_main(void *arg)
+{
+	mig_dest *d = arg;
+
+	for (;;) {
+		pthread_mutex_lock(&d->lock);
+		struct hint *h = d->prefault_stop ? NULL : d->hints;
+		if (h)
+			d->hints = h->next;
+		else
+			d->prefault_running = 0;
+		pthread_mutex_unlock(&d->lock);
+		if (!h)
+			return NULL;
+		const mig_region *r = &d->vm.regions[h->region];
+		uint64_t n = h->nwords * 64, i = 0;
+		int stop = 0;
+		while (i < n && !stop) {
+			uint64_t w = h->words[i / 64] >> (i % 64);
+			if (!(w & 1)) {
+				i++;
+				continue;
+			}
+			uint64_t j = i;
+			/* A run, at most 2 MiB so that a stop is noticed soon. */
+			while (j < n && j - i < 512 && (h->words[j / 64] >> (j % 64) & 1))
+				j++;
+			if (madvise((uint8_t *)r->hva + (h->first_page + i) * MIG_PAGE_SIZE,
+				    (j - i) * MIG_PAGE_SIZE, MADV_POPULATE_WRITE) < 0 &&
+			    (errno == EINVAL || errno == ENOMEM))
+				stop = 1; /* unsupported, or out of memory: stop */
+			i = j;
+			pthread_mutex_lock(&d->lock);
+			stop |= d->prefault_stop;
+			pthread_mutex_unlock(&d->lock);
+		}
+		free(h);
+		if (stop) {
+			pthread_mutex_lock(&d->lock);
+			d->prefault_stop = 1;
+			pthread_mutex_unlock(&d->lock);
+		}
+	}
+}
+
+static void on_hint(mig_dest *d, const Mig__Wire__MemoryHint *m)
+{
+	uint64_t npages, nwords = m->bitmap.len / 8;
+	struct hint *h;
+
+	if (m->region >= d->vm.vm.nr_regions || m->first_page % 64 ||
+	    m->bitmap.len % 8 || m->bitmap.len > MIG_HINT_BITMAP_MAX) {
+		dest_fail(d, MIG_E_PROTOCOL, "malformed memory hint");
+		return;
+	}
+	npages = d->vm.regions[m->region].size / MIG_PAGE_SIZE;
+	if (m->first_page >= npages || nwords * 64 > npages - m->first_page + 63) {
+		dest_fail(d, MIG_E_PROTOCOL, "memory hint beyond region %u", m->region);
+		return;
+	}
+	h = malloc(sizeof(*h) + nwords * 8);
+	if (!h)
+		return; /* only a hint */
+	h->next = NULL;
+	h->region = m->region;
+	h->first_page = m->first_page;
+	h->nwords = nwords;
+	memcpy(h->words, m->bitmap.data, nwords * 8);
+	/* The last word may reach past the region: drop those bits. */
+	if ((m->first_page + nwords * 64) > npages) {
+		uint64_t keep = npages - m->first_page - (nwords - 1) * 64;
+		h->words[nwords - 1] &= keep >= 64 ? ~0ull : (1ull << keep) - 1;
+	}
+	pthread_mutex_lock(&d->lock);
+	struct hint **pp = &d->hints;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = h;
+	int start = !d->prefault_running && !d->prefault_stop;
+	if (start)
+		d->prefault_running = 1;
+	pthread_mutex_unlock(&d->lock);
+	if (start) {
+		if (d->prefault_thread_ok)
+			pthread_join(d->prefault_thread, NULL);
+		d->prefault_thread_ok =
+			pthread_create(&d->prefault_thread, NULL, prefault_main, d) == 0;
+		if (!d->prefault_thread_ok) {
+			pthread_mutex_lock(&d->lock);
+			d->prefault_running = 0;
+			pthread_mutex_unlock(&d->lock);
+		}
+	}
 }
 
 static uint8_t *page_sink(void *opaque, uint32_t region, uint64_t idx)
@@ -492,6 +615,12 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_ROUND_END:
 		on_round_end(c, env->round_end);
+		break;
+	case MIG__WIRE__ENVELOPE__MSG_HINT:
+		if (d->t_switch_us)
+			dest_fail(d, MIG_E_PROTOCOL, "memory hint after the switchover");
+		else
+			on_hint(d, env->hint);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_SWITCHOVER:
 	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
@@ -712,6 +841,10 @@ static void *dest_main(void *arg)
 	d->last_activity_us = mig__now_us();
 	uv_timer_start(&d->timer, on_dtimer, DEST_TICK_MS, DEST_TICK_MS);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
+	if (d->prefault_thread_ok) {
+		pthread_join(d->prefault_thread, NULL);
+		d->prefault_thread_ok = 0;
+	}
 	if (d->cb.done)
 		d->cb.done(&d->result, d->vm.vm.opaque);
 	return NULL;
@@ -851,6 +984,11 @@ MIG_API void mig_dest_destroy(mig_dest *d)
 		}
 		uv_run(&d->loop, UV_RUN_DEFAULT);
 		uv_loop_close(&d->loop);
+	}
+	while (d->hints) {
+		struct hint *h = d->hints;
+		d->hints = h->next;
+		free(h);
 	}
 	free(d->by_index);
 	mig__state_clear(&d->state);

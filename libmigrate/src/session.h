@@ -16,7 +16,11 @@
 
 /* Features this library implements. */
 #define MIG_FEATURES_SUPPORTED \
-	(MIG__WIRE__FEATURE__FEATURE_ZSTD | MIG__WIRE__FEATURE__FEATURE_MULTICONN)
+	(MIG__WIRE__FEATURE__FEATURE_ZSTD | MIG__WIRE__FEATURE__FEATURE_MULTICONN | \
+	 MIG__WIRE__FEATURE__FEATURE_PREFAULT)
+
+/* Bitmap bytes in one MemoryHint: 4M pages, 16 GiB of guest memory. */
+#define MIG_HINT_BITMAP_MAX (512u << 10)
 
 /* A private copy of the mig_vm a handle was created with. */
 typedef struct mig_vm_copy {

@@ -124,6 +124,7 @@ struct mig_source {
 	int committed;
 	unsigned throttle_pct;
 	uint64_t rtt_us;
+	uint64_t features;          /* what the destination accepted */
 	mig_error result;
 	uint64_t t_start_us;
 };
@@ -721,8 +722,10 @@ static int connect_all(mig_source *s)
 			     HELLO_TIMEOUT_MS, &env);
 		if (r < 0)
 			return r;
-		if (i == 0)
+		if (i == 0) {
 			s->rtt_us = mig__now_us() - t0;
+			s->features = env->hello_ack->features & MIG_FEATURES_SUPPORTED;
+		}
 		if (!env->hello_ack->ok) {
 			int code = env->hello_ack->error;
 			if (code != MIG_E_AUTH && code != MIG_E_VERSION)
@@ -1087,6 +1090,44 @@ static uint64_t **alloc_bitmaps(mig_source *s)
 	return bms;
 }
 
+/*
+ * Tell the destination which pages round 1 will bring, so that it can fault
+ * its memory in while the stream runs instead of page by page as it
+ * arrives (on hosts where first touch is slow, that is what bounds round 1).
+ * A hint only: a page that fills or empties meanwhile is still sent right.
+ */
+static int send_hints(mig_source *s)
+{
+	if (!(s->features & MIG__WIRE__FEATURE__FEATURE_PREFAULT))
+		return 0;
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+		uint64_t npages = s->vm.regions[r].size / MIG_PAGE_SIZE;
+		uint64_t words = mig__bitmap_words(npages);
+		uint64_t per = MIG_HINT_BITMAP_MAX / 8;
+		long k = mig__mem_resident(&s->vm.regions[r], 0, npages,
+					   s->resident_bm[r], &s->result);
+		if (k < 0)
+			return (int)k;
+		for (uint64_t w = 0; w < words; w += per) {
+			uint64_t nw = MIG_MIN(per, words - w), any = 0;
+			for (uint64_t i = 0; i < nw; i++)
+				any |= s->resident_bm[r][w + i];
+			if (!any)
+				continue;
+			Mig__Wire__MemoryHint h = MIG__WIRE__MEMORY_HINT__INIT;
+			h.region = r;
+			h.first_page = w * 64;
+			/* Words are little endian on the wire, as on x86. */
+			h.bitmap.data = (uint8_t *)&s->resident_bm[r][w];
+			h.bitmap.len = nw * 8;
+			int e = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_HINT, &h);
+			if (e < 0)
+				return mig__err(&s->result, e, "queueing memory hints");
+		}
+	}
+	return 0;
+}
+
 static int precopy(mig_source *s)
 {
 	uint64_t dirtied = 0, expect_us;
@@ -1112,6 +1153,8 @@ static int precopy(mig_source *s)
 	long n = sync_dirty(s);
 	if (n < 0)
 		return (int)n;
+	if ((r = send_hints(s)) < 0)
+		return r;
 	pthread_mutex_lock(&s->lock);
 	s->stats->setup_time_us = mig__now_us() - s->t_start_us;
 	s->stats->phase = MIG_PHASE_PRECOPY;

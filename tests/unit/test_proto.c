@@ -139,6 +139,13 @@ static void test_every_message(void **state)
 	ENV(activate, ACTIVATE, &act);
 	mig__msg_free(got);
 
+	Mig__Wire__MemoryHint hint = MIG__WIRE__MEMORY_HINT__INIT;
+	hint.region = 1; hint.first_page = 128; hint.bitmap = bin("\xff\x01");
+	ENV(hint, HINT, &hint);
+	assert_int_equal(got->hint->first_page, 128);
+	assert_int_equal(got->hint->bitmap.len, 2);
+	mig__msg_free(got);
+
 	Mig__Wire__Activated acd = MIG__WIRE__ACTIVATED__INIT;
 	acd.resume_us = 77;
 	ENV(activated, ACTIVATED, &acd);
@@ -150,7 +157,7 @@ static void test_every_message(void **state)
 static void test_oneof_covered(void **state)
 {
 	(void)state;
-	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 14);
+	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 15);
 }
 
 static void test_vmstate_roundtrip(void **state)

@@ -36,6 +36,7 @@ struct control {
 	struct client clients[CTL_MAX_CLIENTS];
 };
 
+
 static int bind_socket(const char *path, mig_error *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -191,11 +192,75 @@ static const char *run_state_name(enum run_state s)
 	return "unknown";
 }
 
+static const char *phase_name(mig_phase p)
+{
+	switch (p) {
+	case MIG_PHASE_NONE: return "none";
+	case MIG_PHASE_SETUP: return "setup";
+	case MIG_PHASE_PRECOPY: return "precopy";
+	case MIG_PHASE_STOPCOPY: return "stopcopy";
+	case MIG_PHASE_COMMIT: return "commit";
+	case MIG_PHASE_DONE: return "done";
+	case MIG_PHASE_FAILED: return "failed";
+	}
+	return "unknown";
+}
+
 static void fail(Mig__Ctl__Response *resp, mig_error *e)
 {
 	resp->ok = false;
 	resp->error = e->code ? e->code : -EINVAL;
 	resp->message = e->msg;
+}
+
+/*
+ * Start an outgoing migration. The main loop reports its end (and ends
+ * migvm when the destination committed); `status` shows the result, which
+ * migrate.c keeps.
+ */
+static int start_migration(struct control *c, const Mig__Ctl__Migrate *m,
+			   mig_error *e)
+{
+	mig_params params;
+	int r;
+
+	if (!m || !m->uri || !m->uri[0] || !m->token || !m->token[0])
+		return vmm_err(e, -EINVAL, "migrate: needs a uri and a token");
+	mig_params_init(&params);
+	for (size_t i = 0; i < m->n_params; i++) {
+		const Mig__Ctl__Param *p = m->params[i];
+		if (!p->key || !p->value)
+			return vmm_err(e, -EINVAL, "migrate: a parameter "
+				       "without a name or value");
+		r = mig_params_set(&params, p->key, p->value, e);
+		if (r < 0) {
+			vmm_err_prefix(e, "migrate: %s", p->key);
+			return r;
+		}
+	}
+	r = migrate_out_start(c->vm, m->uri, m->token, &params, e);
+	if (r == 0)
+		fprintf(stderr, "migvm: migrating to %s (control channel)\n",
+			m->uri);
+	return r;
+}
+
+static void fill_progress(Mig__Ctl__MigrationProgress *pr, mig_stats *ms)
+{
+	const mig_round_stats *last;
+
+	pr->phase = (char *)phase_name(ms->phase);
+	pr->rounds = ms->rounds;
+	pr->pages_sent = ms->pages_sent;
+	pr->bytes_on_wire = ms->bytes_on_wire;
+	pr->expected_downtime_us = ms->expected_downtime_us;
+	pr->throttle_pct = ms->throttle_pct;
+	pr->total_time_us = ms->total_time_us;
+	if (ms->nr_round_stats) {
+		last = &ms->round[ms->nr_round_stats - 1];
+		pr->throughput = last->throughput;
+		pr->dirty_rate = last->dirty_rate;
+	}
 }
 
 /* Handle one request. Returns true when the connection should close. */
@@ -204,6 +269,8 @@ static bool handle(struct control *c, struct client *cl,
 {
 	Mig__Ctl__Response resp = MIG__CTL__RESPONSE__INIT;
 	Mig__Ctl__Status st = MIG__CTL__STATUS__INIT;
+	Mig__Ctl__MigrationProgress pr = MIG__CTL__MIGRATION_PROGRESS__INIT;
+	mig_stats *ms = NULL;
 	Mig__Ctl__Request *req;
 	struct console_stats cs;
 	struct vm *vm = c->vm;
@@ -251,7 +318,25 @@ static bool handle(struct control *c, struct client *cl,
 		st.mismatch_lines = cs.mismatch_lines;
 		st.cpus = vm->cfg.cpus;
 		st.mem_mib = vm->cfg.mem_mib;
+		st.guest_pages = vm->mem_size / VM_PAGE_SIZE;
+		st.migration = c->vm->migration_result ? c->vm->migration_result
+						       : (char *)"";
+		if (vm->migration && (ms = calloc(1, sizeof(*ms))) &&
+		    migrate_stats(vm, ms) == 0) {
+			fill_progress(&pr, ms);
+			st.progress = &pr;
+		}
 		resp.status = &st;
+		break;
+	case MIG__CTL__REQUEST__REQ_MIGRATE:
+		if (start_migration(c, req->migrate, &e) < 0)
+			fail(&resp, &e);
+		break;
+	case MIG__CTL__REQUEST__REQ_CANCEL:
+		if (migrate_cancel(vm) < 0) {
+			vmm_err(&e, -ENOENT, "cancel: no migration in progress");
+			fail(&resp, &e);
+		}
 		break;
 	case MIG__CTL__REQUEST__REQ_SAVE:
 		if (!req->save || !req->save->path || !req->save->path[0] ||
@@ -287,6 +372,7 @@ static bool handle(struct control *c, struct client *cl,
 		break;
 	}
 	send_response(cl, &resp);
+	free(ms);
 	mig__ctl__request__free_unpacked(req, NULL);
 	if (exit_after) {
 		if (saved)

@@ -1,5 +1,6 @@
 /*
- * `migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT`: a
+ * `migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT|
+ * migrate URI TOKEN [KEY=VALUE ...]|cancel`: a
  * small client of the control channel for tests and people. `status`
  * prints one JSON object; the others print {"ok":true} or the error on
  * stderr.
@@ -27,7 +28,8 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: migvm ctl SOCKET pause|resume|status|"
-		"save FILE|quit|throttle PCT|raw HEX\n");
+		"save FILE|quit|throttle PCT|\n"
+		"       migrate URI TOKEN [KEY=VALUE ...]|cancel|raw HEX\n");
 }
 
 static int ctl_connect(const char *path)
@@ -94,18 +96,39 @@ static void json_string(const char *s)
 
 static void print_status(const Mig__Ctl__Status *s)
 {
+	const Mig__Ctl__MigrationProgress *p = s->progress;
+
 	printf("{\"run_state\":");
 	json_string(s->run_state ? s->run_state : "");
 	printf(",\"hb_seq\":%llu,\"ticks\":%llu,\"written\":%llu,"
 	       "\"verified\":%llu,\"mismatches\":%llu,\"hb_lines\":%llu,"
-	       "\"mismatch_lines\":%llu,\"cpus\":%u,\"mem_mib\":%llu}\n",
+	       "\"mismatch_lines\":%llu,\"cpus\":%u,\"mem_mib\":%llu,"
+	       "\"guest_pages\":%llu",
 	       (unsigned long long)s->hb_seq, (unsigned long long)s->ticks,
 	       (unsigned long long)s->written,
 	       (unsigned long long)s->verified,
 	       (unsigned long long)s->mismatches,
 	       (unsigned long long)s->hb_lines,
 	       (unsigned long long)s->mismatch_lines, s->cpus,
-	       (unsigned long long)s->mem_mib);
+	       (unsigned long long)s->mem_mib,
+	       (unsigned long long)s->guest_pages);
+	if (p) {
+		printf(",\"progress\":{\"phase\":");
+		json_string(p->phase ? p->phase : "");
+		printf(",\"rounds\":%u,\"pages_sent\":%llu,\"bytes_on_wire\":"
+		       "%llu,\"expected_downtime_us\":%llu,\"throttle_pct\":%u,"
+		       "\"throughput\":%.0f,\"dirty_rate\":%.0f,"
+		       "\"total_time_us\":%llu}", p->rounds,
+		       (unsigned long long)p->pages_sent,
+		       (unsigned long long)p->bytes_on_wire,
+		       (unsigned long long)p->expected_downtime_us,
+		       p->throttle_pct, p->throughput, p->dirty_rate,
+		       (unsigned long long)p->total_time_us);
+	}
+	/* The last result as a JSON string, as migvm keeps it. */
+	printf(",\"migration\":");
+	json_string(s->migration ? s->migration : "");
+	printf("}\n");
 }
 
 int ctl_main(int argc, char **argv)
@@ -114,6 +137,8 @@ int ctl_main(int argc, char **argv)
 	Mig__Ctl__Empty empty = MIG__CTL__EMPTY__INIT;
 	Mig__Ctl__SaveState save = MIG__CTL__SAVE_STATE__INIT;
 	Mig__Ctl__Throttle thr = MIG__CTL__THROTTLE__INIT;
+	Mig__Ctl__Migrate mig = MIG__CTL__MIGRATE__INIT;
+	Mig__Ctl__Param params[32], *pp[32];
 	Mig__Ctl__Response *resp;
 	const char *cmd;
 	char *path = NULL;
@@ -171,6 +196,29 @@ int ctl_main(int argc, char **argv)
 		thr.pct = (uint32_t)v;
 		req.req_case = MIG__CTL__REQUEST__REQ_THROTTLE;
 		req.throttle = &thr;
+	} else if (!strcmp(cmd, "cancel") && argc == 3) {
+		req.req_case = MIG__CTL__REQUEST__REQ_CANCEL;
+		req.cancel = &empty;
+	} else if (!strcmp(cmd, "migrate") && argc >= 5 && argc - 5 <= 32) {
+		mig.uri = argv[3];
+		mig.token = argv[4];
+		for (int i = 5; i < argc; i++) {
+			char *eq = strchr(argv[i], '=');
+			if (!eq || eq == argv[i]) {
+				fprintf(stderr, "migvm ctl: migrate: %s: expected "
+					"KEY=VALUE\n", argv[i]);
+				return MIGVM_EXIT_USAGE;
+			}
+			*eq = '\0';
+			mig__ctl__param__init(&params[i - 5]);
+			params[i - 5].key = argv[i];
+			params[i - 5].value = eq + 1;
+			pp[i - 5] = &params[i - 5];
+		}
+		mig.n_params = (size_t)(argc - 5);
+		mig.params = pp;
+		req.req_case = MIG__CTL__REQUEST__REQ_MIGRATE;
+		req.migrate = &mig;
 	} else if (!strcmp(cmd, "raw") && argc == 4) {
 		size_t hl = strlen(argv[3]);
 		raw = malloc(hl / 2 + 1);

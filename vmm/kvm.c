@@ -175,6 +175,8 @@ fail_kvm:
 	vm->event_fd = -1;
 fail_event:
 	serial_exit(&vm->serial);
+	free(vm->migration_result);
+	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);
 	pthread_mutex_destroy(&vm->lock);
 	vm_config_free(&vm->cfg);
@@ -195,6 +197,8 @@ void vm_destroy(struct vm *vm)
 	close(vm->event_fd);
 	vm->vm_fd = vm->kvm_fd = vm->event_fd = -1;
 	serial_exit(&vm->serial);
+	free(vm->migration_result);
+	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);
 	pthread_mutex_destroy(&vm->lock);
 	vm_config_free(&vm->cfg);

@@ -419,15 +419,19 @@ static void migration_ended(struct vm *vm, const struct options *o)
 
 	if (read(migrate_fd(vm), &junk, sizeof(junk)) < 0 && errno == EAGAIN)
 		return;
+	/* The direction of this migration, not of how the process started:
+	 * a VM that arrived with --incoming may later leave again. */
+	bool incoming = migrate_is_incoming(vm);
 	r = migrate_finish(vm, &committed, &err);
 	if (committed) {
-		vm_request_exit(vm, MIGVM_EXIT_OK, "migrated to %s", o->migrate_to);
-	} else if (o->incoming && r < 0) {
+		vm_request_exit(vm, MIGVM_EXIT_OK, "migrated to %s",
+				o->migrate_to ? o->migrate_to : "its destination");
+	} else if (incoming && r < 0) {
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "incoming migration "
 				"failed: %s", err.msg);
 	} else if (r < 0) {
 		fprintf(stderr, "migvm: %s\n", err.msg);
-	} else {
+	} else if (incoming) {
 		fprintf(stderr, "migvm: incoming migration done; the VM runs "
 			"here\n");
 	}

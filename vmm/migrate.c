@@ -156,6 +156,11 @@ int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 	return r;
 }
 
+bool migrate_is_incoming(struct vm *vm)
+{
+	return vm->migration && vm->migration->incoming;
+}
+
 int migrate_fd(struct vm *vm)
 {
 	return vm->migration ? vm->migration->efd : -1;
@@ -202,7 +207,8 @@ int migrate_finish(struct vm *vm, bool *committed, mig_error *err)
 		mig_stats_json(m->stats, err, json, (size_t)n + 1);
 		fprintf(m->json, "%s\n", json);
 		fflush(m->json);
-		free(json);
+		free(vm->migration_result);
+		vm->migration_result = json;   /* for the control channel */
 	}
 	migration_free(m);
 	return r;

@@ -153,8 +153,10 @@ struct vm {
 
 	struct serial serial;
 
-	/* migrate.c: the migration in progress, if any */
+	/* migrate.c: the migration in progress, if any, and the JSON result
+	 * of the last one that ended (main thread only) */
 	struct migration *migration;
+	char *migration_result;
 };
 
 /* kvm.c: the goto ladder. Creates the VM with cfg (copied), RAM and vCPUs
@@ -272,6 +274,8 @@ int migrate_out_start(struct vm *vm, const char *uri, const char *token,
 int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 		     uint32_t timeout_ms, mig_error *err);
 int migrate_fd(struct vm *vm);
+/* Is the migration in progress the one that brings this VM here? */
+bool migrate_is_incoming(struct vm *vm);
 int migrate_cancel(struct vm *vm);
 int migrate_stats(struct vm *vm, mig_stats *out);
 /* Returns 0 or the migration's error; *committed is true when the source

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# migvm's control channel drives a live migration (what migd uses):
+# `migvm ctl SOCK migrate URI TOKEN k=v...` starts it, `status` shows live
+# progress and then the result as a JSON string, `cancel` stops one (the VM
+# keeps running), and a committed migration ends the source with 0.
+here=$(dirname "$0")
+source "$here/migrate_common.sh"
+vm_init "$1" "$2"
+need_testguest
+
+S=$WORK/src.sock
+start_vm src --mem 512 --cpus 1 --cmdline "touch=64M wss=16M hb=500" \
+	--control "$S" --console "$WORK/src.con"
+SRC_PID=$VM_PID
+wait_sock "$S"
+wait_hb "$S" 2
+
+# Bad requests are refused with a reason, the VM runs on.
+ctl "$S" migrate tcp:127.0.0.1:1 tok bogus_param=1 2>"$WORK/e1" &&
+	fail "an unknown parameter was accepted"
+grep -q bogus "$WORK/e1" || fail "no reason for the bad parameter: $(cat "$WORK/e1")"
+ctl "$S" cancel 2>/dev/null && fail "cancel without a migration succeeded"
+ok "bad migrate and cancel refused"
+
+# Cancel: a slow migration (1 MiB/s) is cancelled; the VM keeps running.
+start_dest dst1 --mem 512 --cpus 1
+ctl "$S" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" max_bandwidth=1M >/dev/null ||
+	fail "migrate did not start"
+sleep 1
+status "$S"
+grep -q '"progress":{"phase":"precopy"' <<<"$STATUS" ||
+	fail "no live progress in status: $STATUS"
+ctl "$S" cancel >/dev/null || fail "cancel failed"
+for _ in $(seq 100); do
+	status "$S"
+	grep -q '"migration":"{' <<<"$STATUS" && break
+	sleep 0.1
+done
+grep -q '"migration":"{.*\\"status\\":\\"' <<<"$STATUS" ||
+	fail "no migration result after cancel: $STATUS"
+grep -q '\\"status\\":\\"ok\\"' <<<"$STATUS" && fail "a cancelled migration says ok"
+kill -0 "$SRC_PID" || fail "the source died after cancel"
+hb=$(field hb_lines)
+wait_hb "$S" $((hb + 2))
+ok "cancel: result in status, VM keeps running"
+wait_exit "$DEST_PID" 60
+
+# A migration that commits: the source exits 0 and printed the JSON.
+start_dest dst2 --mem 512 --cpus 1
+ctl "$S" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" downtime_ms=300 >/dev/null ||
+	fail "migrate did not start"
+wait_exit "$SRC_PID" 60
+[ "$RC" = 0 ] || fail "source exited $RC after the migration"
+grep '^{' "$WORK/src.out" | tail -n1 >"$WORK/result.json"
+check_json "$WORK/result.json"
+sleep 1.5
+check_continues "$WORK/src.con" "$WORK/dst2.con"
+ok "migrate over the control channel"

@@ -1,0 +1,717 @@
+/*
+ * migd: options, logging, the VM records and the migvm processes they
+ * supervise. See migd.h for the other files and daemon/README.md.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migd.h"
+
+struct migd g;
+
+struct child {
+	uv_process_t proc;
+	uv_pipe_t out, err;
+	int open;                 /* handles not yet closed */
+	struct vmrec *vm;         /* NULL once the process exited */
+	char obuf[8192], ebuf[8192];
+	size_t olen, elen;
+	int log_fd;
+};
+
+static const char *level_name[] = { "error", "warn", "info", "debug" };
+
+void mlog(enum log_level lvl, const struct vmrec *vm, const char *fmt, ...)
+{
+	char msg[2048], ts[32];
+	struct timespec now;
+	struct tm tm;
+	va_list ap;
+
+	if (lvl > g.log_level)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	clock_gettime(CLOCK_REALTIME, &now);
+	localtime_r(&now.tv_sec, &tm);
+	strftime(ts, sizeof(ts), "%H:%M:%S", &tm);
+	/* One line per event: time, level, the VM and the migration. */
+	fprintf(stderr, "%s.%03ld migd %s%s%s%s%s: %s\n", ts,
+		now.tv_nsec / 1000000, level_name[lvl],
+		vm ? " vm=" : "", vm ? vm->name : "",
+		vm && vm->mig_id[0] ? " mig=" : "",
+		vm && vm->mig_id[0] ? vm->mig_id : "", msg);
+	fflush(stderr);
+}
+
+const char *vm_state_name(enum vm_state s)
+{
+	switch (s) {
+	case VM_RUNNING: return "running";
+	case VM_INCOMING: return "incoming";
+	case VM_MIGRATING: return "migrating";
+	case VM_MIGRATED: return "migrated";
+	case VM_EXITED: return "exited";
+	case VM_RELEASED: return "released";
+	}
+	return "unknown";
+}
+
+bool name_valid(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > MIGD_NAME_MAX || name[0] == '.' || name[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!(name[i] >= 'a' && name[i] <= 'z') &&
+		    !(name[i] >= 'A' && name[i] <= 'Z') &&
+		    !(name[i] >= '0' && name[i] <= '9') &&
+		    !strchr("_.-", name[i]))
+			return false;
+	return true;
+}
+
+bool vm_active(const struct vmrec *vm)
+{
+	return vm->child || vm->thread_running || vm->state == VM_RUNNING ||
+	       vm->state == VM_INCOMING || vm->state == VM_MIGRATING;
+}
+
+struct vmrec *vm_find(const char *name)
+{
+	for (struct vmrec *v = g.vms; v; v = v->next)
+		if (!strcmp(v->name, name))
+			return v;
+	return NULL;
+}
+
+struct vmrec *vm_claim(const char *name, int *err)
+{
+	struct vmrec *v = vm_find(name);
+
+	if (v && vm_active(v)) {
+		*err = -EEXIST;
+		return NULL;
+	}
+	if (!v) {
+		v = calloc(1, sizeof(*v));
+		if (!v) {
+			*err = -ENOMEM;
+			return NULL;
+		}
+		v->next = g.vms;
+		g.vms = v;
+	} else {
+		/* Reuse an ended record; its history goes. */
+		struct vmrec *next = v->next;
+		uint64_t in = v->migrations_in, out = v->migrations_out;
+		free(v->kernel);
+		free(v->cmdline);
+		free(v->last_result);
+		memset(v, 0, sizeof(*v));
+		v->next = next;
+		v->migrations_in = in;
+		v->migrations_out = out;
+	}
+	snprintf(v->name, sizeof(v->name), "%s", name);
+	snprintf(v->ctl_path, sizeof(v->ctl_path), "%s/%s.sock", g.state_dir,
+		 name);
+	snprintf(v->console, sizeof(v->console), "%s/%s.console", g.state_dir,
+		 name);
+	snprintf(v->log_path, sizeof(v->log_path), "%s/%s.log", g.state_dir,
+		 name);
+	v->pid = -1;
+	return v;
+}
+
+void random_hex(char *out, size_t nbytes)
+{
+	uint8_t b[64];
+
+	if (nbytes > sizeof(b))
+		nbytes = sizeof(b);
+	if (getrandom(b, nbytes, 0) != (ssize_t)nbytes) {
+		/* getrandom does not fail for <= 256 bytes once seeded. */
+		abort();
+	}
+	for (size_t i = 0; i < nbytes; i++)
+		sprintf(out + 2 * i, "%02x", b[i]);
+}
+
+static uint64_t meminfo(const char *key)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	unsigned long long v = 0;
+	size_t n = strlen(key);
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == ':') {
+			sscanf(line + n + 1, "%llu", &v);
+			break;
+		}
+	fclose(f);
+	return v / 1024;
+}
+
+uint64_t mem_available_mib(void)
+{
+	return meminfo("MemAvailable");
+}
+
+uint64_t mem_used_mib(void)
+{
+	uint64_t used = 0;
+	for (struct vmrec *v = g.vms; v; v = v->next)
+		if (v->child || v->state == VM_INCOMING)
+			used += v->mem_mib;
+	return used;
+}
+
+/* The config as a small JSON file in the state dir (and the pid). */
+void vm_save_config(struct vmrec *vm)
+{
+	char path[PATH_MAX + 16], tmp[PATH_MAX + 32];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s.json", g.state_dir, vm->name);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	if (!f) {
+		mlog(LOG_WARN, vm, "cannot write %s: %s", tmp, strerror(errno));
+		return;
+	}
+	fprintf(f, "{\"name\":\"%s\",\"mem_mib\":%llu,\"cpus\":%u,"
+		"\"state\":\"%s\",\"pid\":%d,\"kernel\":\"", vm->name,
+		(unsigned long long)vm->mem_mib, vm->cpus,
+		vm_state_name(vm->state), vm->pid);
+	for (const char *s = vm->kernel; s && *s; s++)
+		fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+	fprintf(f, "\",\"cmdline\":\"");
+	for (const char *s = vm->cmdline; s && *s; s++)
+		fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+	fprintf(f, "\"}\n");
+	if (fclose(f) == 0)
+		rename(tmp, path);
+	snprintf(path, sizeof(path), "%s/%s.pid", g.state_dir, vm->name);
+	if (vm->child) {
+		f = fopen(path, "we");
+		if (f) {
+			fprintf(f, "%d\n", vm->pid);
+			fclose(f);
+		}
+	} else {
+		unlink(path);
+	}
+}
+
+void vm_remove_config(struct vmrec *vm)
+{
+	char path[PATH_MAX + 16];
+
+	snprintf(path, sizeof(path), "%s/%s.json", g.state_dir, vm->name);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/%s.pid", g.state_dir, vm->name);
+	unlink(path);
+}
+
+static void child_closed(uv_handle_t *h)
+{
+	struct child *c = h->data;
+	if (--c->open == 0) {
+		if (c->log_fd >= 0)
+			close(c->log_fd);
+		free(c);
+	}
+}
+
+/* A line from migvm: stdout has its JSON results; stderr its messages. */
+static void child_line(struct child *c, bool is_err, char *line)
+{
+	struct vmrec *vm = c->vm;
+	const char *p;
+
+	if (c->log_fd >= 0) {
+		dprintf(c->log_fd, "%s%s\n", is_err ? "" : "stdout: ", line);
+	}
+	if (!vm)
+		return;
+	pthread_mutex_lock(&g.lock);
+	if (!is_err && line[0] == '{') {
+		free(vm->last_result);
+		vm->last_result = strdup(line);
+	} else if (is_err) {
+		snprintf(vm->last_stderr, sizeof(vm->last_stderr), "%s", line);
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (!is_err)
+		return;
+	mlog(LOG_DEBUG, vm, "migvm: %s", line);
+	if ((p = strstr(line, "incoming migration on port ")) &&
+	    vm->state == VM_INCOMING) {
+		vm->incoming_port = atoi(p + strlen("incoming migration on "
+						    "port "));
+		peer_reserve_done(vm, NULL);
+	} else if (strstr(line, "incoming migration done")) {
+		vm->activated = true;
+		vm->state = VM_RUNNING;
+		vm->migrations_in++;
+		g.n_in_ok++;
+		mlog(LOG_INFO, vm, "incoming migration done: the VM runs here "
+		     "(from %s)", vm->peer);
+		vm_save_config(vm);
+	}
+}
+
+static void child_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct child *c = h->data;
+	bool is_err = (uv_pipe_t *)h == &c->err;
+	char *b = is_err ? c->ebuf : c->obuf;
+	size_t len = is_err ? c->elen : c->olen;
+	(void)hint;
+	*buf = uv_buf_init(b + len, (unsigned int)(sizeof(c->obuf) - 1 - len));
+}
+
+static void child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct child *c = s->data;
+	bool is_err = (uv_pipe_t *)s == &c->err;
+	char *b = is_err ? c->ebuf : c->obuf;
+	size_t *len = is_err ? &c->elen : &c->olen;
+	char *nl;
+	(void)buf;
+
+	if (n < 0) {
+		if (*len) {
+			b[*len] = '\0';
+			child_line(c, is_err, b);
+			*len = 0;
+		}
+		uv_close((uv_handle_t *)s, child_closed);
+		return;
+	}
+	*len += (size_t)n;
+	b[*len] = '\0';
+	while ((nl = strchr(b, '\n'))) {
+		*nl = '\0';
+		child_line(c, is_err, b);
+		*len -= (size_t)(nl + 1 - b);
+		memmove(b, nl + 1, *len + 1);
+	}
+	if (*len >= sizeof(c->obuf) - 1) { /* an endless line: cut it */
+		child_line(c, is_err, b);
+		*len = 0;
+	}
+}
+
+static void child_exit(uv_process_t *p, int64_t status, int sig)
+{
+	struct child *c = p->data;
+	struct vmrec *vm = c->vm;
+
+	uv_close((uv_handle_t *)p, child_closed);
+	if (!vm)
+		return;
+	pthread_mutex_lock(&g.lock);
+	vm->child = NULL;
+	c->vm = NULL;
+	vm->exit_status = sig ? -sig : (int)status;
+	pthread_mutex_unlock(&g.lock);
+	if (vm->state == VM_MIGRATING) {
+		/* migd_migrate.c decides: exit 0 is a handed-over VM. */
+		mlog(status == 0 && !sig ? LOG_INFO : LOG_ERR, vm,
+		     "migvm (pid %d) exited during migration: %s %d", vm->pid,
+		     sig ? "signal" : "status", sig ? sig : (int)status);
+		if (status || sig)
+			g.n_crashes++;
+	} else if (vm->state == VM_INCOMING) {
+		snprintf(vm->last_error, sizeof(vm->last_error),
+			 "incoming migvm exited (%s %d): %s",
+			 sig ? "signal" : "status", sig ? sig : (int)status,
+			 vm->last_stderr);
+		mlog(LOG_WARN, vm, "%s", vm->last_error);
+		vm->state = VM_RELEASED;
+		if (!vm->committed)
+			g.n_in_failed++;
+		peer_reserve_done(vm, vm->last_error);
+		vm_remove_config(vm);
+	} else if (vm->state == VM_RUNNING) {
+		vm->state = VM_EXITED;
+		if (vm->stop_requested) {
+			snprintf(vm->last_error, sizeof(vm->last_error),
+				 "stopped on request");
+			mlog(LOG_INFO, vm, "stopped (migvm pid %d)", vm->pid);
+		} else {
+			/* Reported, never restarted behind the user's back. */
+			snprintf(vm->last_error, sizeof(vm->last_error),
+				 "migvm (pid %d) exited (%s %d): %s", vm->pid,
+				 sig ? "signal" : "status",
+				 sig ? sig : (int)status, vm->last_stderr);
+			mlog(status == 0 && !sig ? LOG_INFO : LOG_ERR, vm,
+			     "%s", vm->last_error);
+			if (status || sig)
+				g.n_crashes++;
+		}
+		vm_remove_config(vm);
+	}
+}
+
+int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
+{
+	uv_process_options_t o = { 0 };
+	uv_stdio_container_t stdio[3];
+	char mem[32], cpus[16], uri[300];
+	const char *args[32];
+	struct child *c;
+	int n = 0, r;
+
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	snprintf(mem, sizeof(mem), "%llu", (unsigned long long)vm->mem_mib);
+	snprintf(cpus, sizeof(cpus), "%u", vm->cpus);
+	args[n++] = g.migvm;
+	args[n++] = "--mem";
+	args[n++] = mem;
+	args[n++] = "--cpus";
+	args[n++] = cpus;
+	args[n++] = "--control";
+	args[n++] = vm->ctl_path;
+	args[n++] = "--console";
+	args[n++] = vm->console;
+	if (incoming) {
+		snprintf(uri, sizeof(uri), "tcp:%s:0", g.listen_host);
+		args[n++] = "--incoming";
+		args[n++] = uri;
+		args[n++] = "--token";
+		args[n++] = vm->token;
+	} else {
+		if (vm->kernel && vm->kernel[0]) {
+			args[n++] = "--kernel";
+			args[n++] = vm->kernel;
+		}
+		if (vm->cmdline && vm->cmdline[0]) {
+			args[n++] = "--cmdline";
+			args[n++] = vm->cmdline;
+		}
+	}
+	args[n] = NULL;
+	uv_pipe_init(g.loop, &c->out, 0);
+	uv_pipe_init(g.loop, &c->err, 0);
+	c->out.data = c->err.data = c->proc.data = c;
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[1].data.stream = (uv_stream_t *)&c->out;
+	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[2].data.stream = (uv_stream_t *)&c->err;
+	o.file = g.migvm;
+	o.args = (char **)args;
+	o.exit_cb = child_exit;
+	o.stdio = stdio;
+	o.stdio_count = 3;
+	c->log_fd = open(vm->log_path, O_WRONLY | O_CREAT | O_APPEND |
+			 O_CLOEXEC, 0600);
+	r = uv_spawn(g.loop, &c->proc, &o);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "cannot run %s: %s", g.migvm,
+			 uv_strerror(r));
+		c->open = 2;
+		uv_close((uv_handle_t *)&c->out, child_closed);
+		uv_close((uv_handle_t *)&c->err, child_closed);
+		return r;
+	}
+	c->open = 3;
+	c->vm = vm;
+	vm->child = c;
+	vm->pid = c->proc.pid;
+	vm->last_stderr[0] = '\0';
+	uv_read_start((uv_stream_t *)&c->out, child_alloc, child_read);
+	uv_read_start((uv_stream_t *)&c->err, child_alloc, child_read);
+	mlog(LOG_INFO, vm, "started migvm pid %d (%s%llu MiB, %u vCPUs)",
+	     vm->pid, incoming ? "incoming, " : "",
+	     (unsigned long long)vm->mem_mib, vm->cpus);
+	return 0;
+}
+
+void vm_kill(struct vmrec *vm, int sig)
+{
+	if (vm->child)
+		uv_process_kill(&vm->child->proc, sig);
+}
+
+void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
+		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr)
+{
+	info->name = vm->name;
+	info->state = (char *)vm_state_name(vm->state);
+	cfg->name = vm->name;
+	cfg->mem_mib = vm->mem_mib;
+	cfg->cpus = vm->cpus;
+	cfg->kernel = vm->kernel ? vm->kernel : (char *)"";
+	cfg->cmdline = vm->cmdline ? vm->cmdline : (char *)"";
+	info->config = cfg;
+	info->pid = vm->child ? vm->pid : 0;
+	info->control = vm->ctl_path;
+	info->console = vm->console;
+	info->last_error = vm->last_error;
+	info->migration_id = vm->mig_id;
+	info->peer = vm->peer;
+	info->last_result = vm->last_result ? vm->last_result : (char *)"";
+	info->exit_status = vm->exit_status;
+	if (vm->state == VM_MIGRATING && vm->progress.phase[0]) {
+		pr->phase = vm->progress.phase;
+		pr->rounds = vm->progress.rounds;
+		pr->pages_sent = vm->progress.pages_sent;
+		pr->bytes_on_wire = vm->progress.bytes_on_wire;
+		pr->expected_downtime_us = vm->progress.expected_downtime_us;
+		pr->throughput = vm->progress.throughput;
+		pr->dirty_rate = vm->progress.dirty_rate;
+		pr->guest_pages = vm->progress.guest_pages;
+		pr->throttle_pct = vm->progress.throttle_pct;
+		info->progress = pr;
+	}
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static uv_signal_t sig_term, sig_int;
+static void on_signal(uv_signal_t *s, int signum)
+{
+	(void)s;
+	mlog(LOG_INFO, NULL, "%s: stopping (VMs keep running; incoming "
+	     "reservations are released)", strsignal(signum));
+	for (struct vmrec *v = g.vms; v; v = v->next)
+		if (v->state == VM_INCOMING && !v->activated)
+			vm_kill(v, SIGTERM);
+	unlink(g.control_path);
+	uv_stop(g.loop);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: migd --state-dir DIR --control SOCK [options]\n"
+"\n"
+"The per-host live-migration daemon: starts and supervises migvm\n"
+"processes, answers migctl on a unix socket and migrates VMs to and from\n"
+"peer daemons.\n"
+"\n"
+"  --state-dir DIR        VM configs, control sockets, consoles, logs\n"
+"  --control SOCK         the unix socket for migctl (mode 0600; root or\n"
+"                         this daemon's user only)\n"
+"  --listen HOST:PORT     accept peer daemons there (port %d by default);\n"
+"                         needs --psk-file\n"
+"  --psk-file FILE        the pre-shared key peers authenticate with\n"
+"  --migvm PATH           the migvm binary (default: next to migd, then\n"
+"                         PATH)\n"
+"  --max-mem MIB          memory this daemon gives to VMs at most (default:\n"
+"                         the host's MemAvailable decides)\n"
+"  --metrics HOST:PORT    Prometheus metrics over HTTP (off by default)\n"
+"  --log-level error|warn|info|debug  (default info)\n"
+"  --self-test            check SHA-256/HMAC and exit\n"
+"  -h, --help             this text\n",
+		MIGD_DEFAULT_PORT);
+}
+
+static int parse_hostport(const char *s, char **host, int *port)
+{
+	const char *colon = strrchr(s, ':');
+	char *end;
+	long p;
+
+	if (!colon) {
+		*host = strdup(s);
+		*port = MIGD_DEFAULT_PORT;
+		return *host ? 0 : -1;
+	}
+	p = strtol(colon + 1, &end, 10);
+	if (*end || colon[1] == '\0' || p < 0 || p > 65535 || colon == s)
+		return -1;
+	*host = strndup(s, (size_t)(colon - s));
+	*port = (int)p;
+	return *host ? 0 : -1;
+}
+
+static char *default_migvm(void)
+{
+	char exe[PATH_MAX], *p, *path;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	if (n > 0) {
+		exe[n] = '\0';
+		p = strrchr(exe, '/');
+		if (p) {
+			*p = '\0';
+			/* build tree: build/daemon/migd -> build/vmm/migvm */
+			if (asprintf(&path, "%s/../vmm/migvm", exe) >= 0) {
+				if (access(path, X_OK) == 0)
+					return path;
+				free(path);
+			}
+			if (asprintf(&path, "%s/migvm", exe) >= 0) {
+				if (access(path, X_OK) == 0)
+					return path;
+				free(path);
+			}
+		}
+	}
+	return strdup("migvm");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "state-dir", required_argument, NULL, 's' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "psk-file", required_argument, NULL, 'k' },
+		{ "migvm", required_argument, NULL, 'm' },
+		{ "max-mem", required_argument, NULL, 'M' },
+		{ "metrics", required_argument, NULL, 'P' },
+		{ "log-level", required_argument, NULL, 'L' },
+		{ "self-test", no_argument, NULL, 'T' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *listen = NULL, *psk_file = NULL;
+	char errbuf[512];
+	int c;
+
+	g.log_level = LOG_INFO;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 's': g.state_dir = optarg; break;
+		case 'c': g.control_path = optarg; break;
+		case 'l': listen = optarg; break;
+		case 'k': psk_file = optarg; break;
+		case 'm': g.migvm = strdup(optarg); break;
+		case 'P': g.metrics = optarg; break;
+		case 'M': {
+			char *end;
+			g.max_mem_mib = strtoull(optarg, &end, 10);
+			if (*end || !g.max_mem_mib) {
+				fprintf(stderr, "migd: --max-mem %s: a size in "
+					"MiB\n", optarg);
+				return 2;
+			}
+			break;
+		}
+		case 'L': {
+			int i;
+			for (i = 0; i < 4; i++)
+				if (!strcmp(optarg, level_name[i]))
+					break;
+			if (i == 4) {
+				fprintf(stderr, "migd: --log-level %s: error, "
+					"warn, info or debug\n", optarg);
+				return 2;
+			}
+			g.log_level = (enum log_level)i;
+			break;
+		}
+		case 'T':
+			if (hmac_self_test() < 0) {
+				fprintf(stderr, "migd: HMAC-SHA256 self-test "
+					"FAILED\n");
+				return 1;
+			}
+			printf("migd: HMAC-SHA256 self-test ok\n");
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "migd: option %s needs a value\n",
+				argv[optind - 1]);
+			return 2;
+		default:
+			fprintf(stderr, "migd: unknown option %s\nTry 'migd "
+				"--help'.\n", argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (optind < argc || !g.state_dir || !g.control_path) {
+		fprintf(stderr, "migd: --state-dir and --control are needed%s\n"
+			"Try 'migd --help'.\n",
+			optind < argc ? " (and no other arguments)" : "");
+		return 2;
+	}
+	if (listen && !psk_file) {
+		fprintf(stderr, "migd: --listen needs --psk-file: peers must "
+			"authenticate\n");
+		return 2;
+	}
+	if (listen && parse_hostport(listen, &g.listen_host,
+				     &g.listen_port) < 0) {
+		fprintf(stderr, "migd: --listen %s: expected HOST:PORT\n",
+			listen);
+		return 2;
+	}
+	if (psk_file) {
+		int fd = open(psk_file, O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd >= 0 ? read(fd, g.psk, sizeof(g.psk)) : -1;
+		if (fd >= 0)
+			close(fd);
+		while (n > 0 && (g.psk[n - 1] == '\n' || g.psk[n - 1] == '\r'))
+			n--;
+		if (n <= 0) {
+			fprintf(stderr, "migd: --psk-file %s: %s\n", psk_file,
+				n < 0 ? strerror(errno) : "empty");
+			return 1;
+		}
+		g.psk_len = (size_t)n;
+		if (n < 16)
+			fprintf(stderr, "migd: warning: the pre-shared key is "
+				"only %zd bytes; use 32 random bytes\n", n);
+	}
+	if (!g.migvm)
+		g.migvm = default_migvm();
+	if (mkdir(g.state_dir, 0700) < 0 && errno != EEXIST) {
+		fprintf(stderr, "migd: --state-dir %s: %s\n", g.state_dir,
+			strerror(errno));
+		return 1;
+	}
+	g.state_dir = realpath(g.state_dir, NULL);
+	if (!g.state_dir) {
+		fprintf(stderr, "migd: --state-dir: %s\n", strerror(errno));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	pthread_mutex_init(&g.lock, NULL);
+	g.loop = uv_default_loop();
+	if (api_listen(g.control_path, errbuf, sizeof(errbuf)) < 0 ||
+	    (listen && peer_listen(errbuf, sizeof(errbuf)) < 0) ||
+	    (g.metrics && metrics_listen(g.metrics, errbuf,
+					 sizeof(errbuf)) < 0)) {
+		fprintf(stderr, "migd: %s\n", errbuf);
+		return 1;
+	}
+	uv_signal_init(g.loop, &sig_term);
+	uv_signal_init(g.loop, &sig_int);
+	uv_signal_start(&sig_term, on_signal, SIGTERM);
+	uv_signal_start(&sig_int, on_signal, SIGINT);
+	mlog(LOG_INFO, NULL, "ready: control %s%s%s, state %s, migvm %s",
+	     g.control_path, listen ? ", peers on " : "", listen ? listen : "",
+	     g.state_dir, g.migvm);
+	uv_run(g.loop, UV_RUN_DEFAULT);
+	return 0;
+}

@@ -1,0 +1,174 @@
+/*
+ * migd: the per-host daemon. One libuv loop owns everything below; the
+ * only other threads are the outgoing migrations' (migd_migrate.c), which
+ * block on sockets and touch a VM record only under `g.lock`.
+ *   migd.c          options, logging, the VM records, migvm processes
+ *   migd_api.c      the control API for migctl (unix socket)
+ *   migd_peer.c     the peer protocol: server side (reservations) and the
+ *                   client handshake
+ *   migd_migrate.c  an outgoing migration, stage by stage (a thread)
+ *   migd_io.c       blocking framed I/O, the migvm control client
+ *   migd_hmac.c     SHA-256, HMAC-SHA256
+ */
+#ifndef MIGD_H
+#define MIGD_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "control.pb-c.h"
+#include "daemon.pb-c.h"
+
+#define MIGD_FRAME_MAX (1u << 20)
+#define MIGD_PREAUTH_MAX 4096u
+#define MIGD_DEFAULT_PORT 7400
+#define MIGD_NAME_MAX 63
+
+enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+enum vm_state {
+	VM_RUNNING,    /* a migvm runs the VM here */
+	VM_INCOMING,   /* reserved: an incoming migvm waits for the VM */
+	VM_MIGRATING,  /* running here, being migrated away */
+	VM_MIGRATED,   /* gone to `peer` */
+	VM_EXITED,     /* its migvm ended (crash, guest exit, stop) */
+	VM_RELEASED,   /* a reservation that was given up */
+};
+
+struct progress {
+	char phase[16];
+	uint32_t rounds, throttle_pct;
+	uint64_t pages_sent, bytes_on_wire, expected_downtime_us, guest_pages;
+	double throughput, dirty_rate;
+};
+
+struct child;
+struct peer_conn;
+
+struct vmrec {
+	struct vmrec *next;
+	char name[MIGD_NAME_MAX + 1];
+	uint64_t mem_mib;
+	uint32_t cpus;
+	char *kernel, *cmdline;          /* malloc'd; "" = none */
+	enum vm_state state;
+	struct child *child;             /* the migvm, while it runs */
+	int pid;
+	int exit_status;                 /* >= 0 code, < 0 -signal */
+	bool stop_requested;
+	char ctl_path[108], console[PATH_MAX], log_path[PATH_MAX];
+	char last_stderr[512];
+	char last_error[1024];
+	char *last_result;               /* JSON line from migvm's stdout */
+	char mig_id[40];
+	char peer[300];
+	struct progress progress;
+	/* outgoing migration (under g.lock) */
+	bool thread_running, cancel_req;
+	/* incoming (destination side) */
+	char token[65];
+	int incoming_port;
+	bool activated;                  /* migvm said the VM runs here */
+	bool committed;                  /* the source daemon said commit */
+	struct peer_conn *reserver;      /* waiting for the port */
+	struct peer_conn *owner;         /* the source's connection */
+	uint64_t migrations_out, migrations_in;
+};
+
+struct migd {
+	uv_loop_t *loop;
+	pthread_mutex_t lock;
+	struct vmrec *vms;
+	char *state_dir;
+	char *control_path;
+	char *listen_host;
+	int listen_port;
+	char *migvm;
+	uint8_t psk[256];
+	size_t psk_len;
+	uint64_t max_mem_mib;            /* 0: MemAvailable decides */
+	enum log_level log_level;
+	char *metrics;                   /* HOST:PORT or NULL */
+	/* counters for metrics */
+	uint64_t n_mig_ok, n_mig_failed, n_in_ok, n_in_failed, n_auth_failed,
+		 n_reserve_refused, n_crashes, n_started;
+};
+
+extern struct migd g;
+
+/* migd.c */
+void mlog(enum log_level lvl, const struct vmrec *vm, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+struct vmrec *vm_find(const char *name);
+/* A record for `name`: NULL with -EEXIST when one is active. */
+struct vmrec *vm_claim(const char *name, int *err);
+bool vm_active(const struct vmrec *vm);
+const char *vm_state_name(enum vm_state s);
+bool name_valid(const char *name);
+/* Spawn migvm for vm; `incoming` adds --incoming with vm->token. */
+int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen);
+void vm_kill(struct vmrec *vm, int sig);
+void vm_save_config(struct vmrec *vm);
+void vm_remove_config(struct vmrec *vm);
+uint64_t mem_available_mib(void);
+uint64_t mem_used_mib(void);
+void random_hex(char *out, size_t nbytes);
+void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
+		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr);
+
+/* migd_api.c */
+int api_listen(const char *path, char *errbuf, size_t errlen);
+int metrics_listen(const char *hostport, char *errbuf, size_t errlen);
+
+/* migd_peer.c */
+int peer_listen(char *errbuf, size_t errlen);
+/* Called by the loop when the incoming migvm printed its port or died. */
+void peer_reserve_done(struct vmrec *vm, const char *error);
+/* Client side, blocking: connect and authenticate (mutually). Returns
+ * the fd, or -1 with why in errbuf. */
+int peer_connect(const char *host, int port, char *errbuf, size_t errlen);
+int peer_call(int fd, Mig__D__PeerMsg *msg, Mig__D__Reply **reply,
+	      int timeout_ms, char *errbuf, size_t errlen);
+
+/* migd_migrate.c */
+struct mig_args {
+	struct vmrec *vm;
+	char host[256];
+	int port;
+	size_t n_params;
+	char **keys, **values;
+};
+int migrate_spawn(struct mig_args *a, char *errbuf, size_t errlen);
+
+/* migd_io.c: blocking framed I/O with a deadline. */
+int send_frame(int fd, const void *buf, size_t len);
+/* Receives one frame of at most `max` bytes (malloc'd). */
+int recv_frame(int fd, uint8_t **buf, size_t *len, size_t max, int timeout_ms);
+int vmctl_call(const char *sock, Mig__Ctl__Request *req,
+	       Mig__Ctl__Response **resp, int timeout_ms);
+int vmctl_status(const char *sock, Mig__Ctl__Response **resp);
+
+/* migd_hmac.c */
+struct sha256 {
+	uint32_t h[8];
+	uint64_t len;
+	uint8_t buf[64];
+	size_t n;
+};
+struct iovec_c {
+	const void *base;
+	size_t len;
+};
+void sha256_init(struct sha256 *s);
+void sha256_update(struct sha256 *s, const void *data, size_t len);
+void sha256_final(struct sha256 *s, uint8_t out[32]);
+void hmac_sha256(const void *key, size_t klen, const struct iovec_c *parts,
+		 int nparts, uint8_t out[32]);
+bool mac_equal(const uint8_t *a, const uint8_t *b, size_t len);
+int hmac_self_test(void);
+
+#endif

@@ -1,0 +1,354 @@
+/*
+ * One outgoing migration, Clark's stages, in its own thread (it blocks on
+ * the peer and on migvm; the loop never waits for it):
+ *   0 pre-migration: connect to the destination daemon, authenticate
+ *   1 reservation:   Reserve{name, mem, cpus} -> port and one-time token of
+ *                    an incoming migvm there
+ *   2 pre-copy / 3 stop-and-copy: `migrate` to our migvm, which streams
+ *                    straight to the destination migvm; we poll its status
+ *   4 commitment:    our migvm exits 0 once the destination committed;
+ *                    we tell the destination daemon: Commit
+ *   5 activation:    the destination migvm resumes the VM; its record is
+ *                    the destination daemon's now
+ * On any failure before 4 the source VM keeps running (libmigrate's
+ * promise), we send Release and record why on both sides.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migd.h"
+
+#define POLL_MS 200
+
+static void args_free(struct mig_args *a)
+{
+	for (size_t i = 0; i < a->n_params; i++) {
+		if (a->keys)
+			free(a->keys[i]);
+		if (a->values)
+			free(a->values[i]);
+	}
+	free(a->keys);
+	free(a->values);
+	free(a);
+}
+
+static void set_phase(struct vmrec *vm, const char *phase)
+{
+	pthread_mutex_lock(&g.lock);
+	snprintf(vm->progress.phase, sizeof(vm->progress.phase), "%s", phase);
+	pthread_mutex_unlock(&g.lock);
+}
+
+/* Has the peer closed its end? (It only speaks when spoken to.) */
+static bool peer_gone(int fd)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+	char c;
+
+	if (poll(&p, 1, 0) <= 0)
+		return false;
+	return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+static int vm_request(struct vmrec *vm, Mig__Ctl__Request *req, char *err,
+		      size_t errlen)
+{
+	Mig__Ctl__Response *resp;
+	int r = vmctl_call(vm->ctl_path, req, &resp, 10000);
+
+	if (r < 0) {
+		snprintf(err, errlen, "migvm control socket: %s", strerror(-r));
+		return r;
+	}
+	if (!resp->ok) {
+		snprintf(err, errlen, "%s", resp->message);
+		r = resp->error ? resp->error : -EIO;
+	}
+	mig__ctl__response__free_unpacked(resp, NULL);
+	return r;
+}
+
+static void vm_cancel(struct vmrec *vm)
+{
+	Mig__Ctl__Request req = MIG__CTL__REQUEST__INIT;
+	Mig__Ctl__Empty empty = MIG__CTL__EMPTY__INIT;
+	char err[256];
+
+	req.req_case = MIG__CTL__REQUEST__REQ_CANCEL;
+	req.cancel = &empty;
+	vm_request(vm, &req, err, sizeof(err));
+}
+
+/* The "error" of a JSON result, crudely: the daemon only relays it. */
+static void json_error(const char *json, char *out, size_t len)
+{
+	const char *p = strstr(json, "\"error\":\"");
+	size_t n = 0;
+
+	if (!p) {
+		snprintf(out, len, "migration failed");
+		return;
+	}
+	p += 9;
+	while (p[n] && p[n] != '"' && n + 1 < len)
+		n++;
+	snprintf(out, len, "%.*s", (int)n, p);
+}
+
+static void *migrate_thread(void *arg)
+{
+	struct mig_args *a = arg;
+	struct vmrec *vm = a->vm;
+	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
+	Mig__D__Reserve res = MIG__D__RESERVE__INIT;
+	Mig__D__VmConfig cfg = MIG__D__VM_CONFIG__INIT;
+	Mig__D__Reply *rep = NULL;
+	Mig__Ctl__Request req = MIG__CTL__REQUEST__INIT;
+	Mig__Ctl__Migrate mreq = MIG__CTL__MIGRATE__INIT;
+	Mig__Ctl__Param *params = NULL, **pp = NULL;
+	char err[1024] = "", uri[300], *prev_result = NULL;
+	bool ok = false, reserved = false, cancelled = false, committed = false;
+	int fd = -1, exit_status = 0;
+
+	/* Stage 0: the destination daemon, authenticated both ways. */
+	set_phase(vm, "connect");
+	fd = peer_connect(a->host, a->port, err, sizeof(err));
+	if (fd < 0)
+		goto done;
+	/* Stage 1: reservation. */
+	set_phase(vm, "reserve");
+	pthread_mutex_lock(&g.lock);
+	cfg.name = vm->name;
+	cfg.mem_mib = vm->mem_mib;
+	cfg.cpus = vm->cpus;
+	cfg.kernel = vm->kernel;
+	cfg.cmdline = vm->cmdline;
+	res.migration_id = vm->mig_id;
+	pthread_mutex_unlock(&g.lock);
+	res.config = &cfg;
+	m.msg_case = MIG__D__PEER_MSG__MSG_RESERVE;
+	m.reserve = &res;
+	if (peer_call(fd, &m, &rep, 60000, err, sizeof(err)) < 0)
+		goto done;
+	if (!rep->ok) {
+		snprintf(err, sizeof(err), "peer refused the reservation: %s",
+			 rep->message);
+		goto done;
+	}
+	reserved = true;
+	snprintf(uri, sizeof(uri), strchr(a->host, ':') ? "tcp:[%s]:%u"
+		 : "tcp:%s:%u", a->host, rep->port);
+	mlog(LOG_INFO, vm, "reserved on %s:%d, data to %s", a->host, a->port,
+	     uri);
+	/* Stage 2: pre-copy, by our migvm straight to theirs. */
+	params = calloc(a->n_params + 1, sizeof(*params));
+	pp = calloc(a->n_params + 1, sizeof(*pp));
+	for (size_t i = 0; params && pp && i < a->n_params; i++) {
+		mig__ctl__param__init(&params[i]);
+		params[i].key = a->keys[i];
+		params[i].value = a->values[i];
+		pp[i] = &params[i];
+	}
+	mreq.uri = uri;
+	mreq.token = rep->token;
+	mreq.n_params = params && pp ? a->n_params : 0;
+	mreq.params = pp;
+	req.req_case = MIG__CTL__REQUEST__REQ_MIGRATE;
+	req.migrate = &mreq;
+	{
+		Mig__Ctl__Response *st;
+		if (vmctl_status(vm->ctl_path, &st) == 0) {
+			if (st->status && st->status->migration)
+				prev_result = strdup(st->status->migration);
+			mig__ctl__response__free_unpacked(st, NULL);
+		}
+	}
+	pthread_mutex_lock(&g.lock);
+	cancelled = vm->cancel_req;
+	pthread_mutex_unlock(&g.lock);
+	if (cancelled) {
+		snprintf(err, sizeof(err), "cancelled before the copy began");
+		goto done;
+	}
+	if (vm_request(vm, &req, err, sizeof(err)) < 0) {
+		char tmp[sizeof(err)];
+		memcpy(tmp, err, sizeof(tmp));
+		snprintf(err, sizeof(err), "migvm refused to migrate: %.900s",
+			 tmp);
+		goto done;
+	}
+	set_phase(vm, "setup");
+	/* Wait for the end: our migvm exits 0 (committed) or reports. */
+	for (;;) {
+		Mig__Ctl__Response *st = NULL;
+		bool alive, want_cancel;
+
+		pthread_mutex_lock(&g.lock);
+		alive = vm->child != NULL;
+		exit_status = vm->exit_status;
+		want_cancel = vm->cancel_req && !cancelled;
+		pthread_mutex_unlock(&g.lock);
+		if (!alive) {
+			if (exit_status == 0) {
+				committed = true;
+				ok = true;
+			} else {
+				snprintf(err, sizeof(err), "migvm died during "
+					 "the migration (%s %d): %s",
+					 exit_status < 0 ? "signal" : "status",
+					 exit_status < 0 ? -exit_status
+							 : exit_status,
+					 vm->last_stderr);
+			}
+			break;
+		}
+		if (want_cancel) {
+			cancelled = true;
+			mlog(LOG_INFO, vm, "cancelling");
+			snprintf(err, sizeof(err), "cancelled");
+			vm_cancel(vm);
+		}
+		if (!cancelled && peer_gone(fd)) {
+			cancelled = true;
+			snprintf(err, sizeof(err), "the destination daemon "
+				 "went away during the migration");
+			mlog(LOG_WARN, vm, "%s: cancelling", err);
+			vm_cancel(vm);
+		}
+		if (vmctl_status(vm->ctl_path, &st) == 0 && st->ok &&
+		    st->status) {
+			Mig__Ctl__Status *s = st->status;
+			const char *res_json = s->migration ? s->migration : "";
+			pthread_mutex_lock(&g.lock);
+			if (s->progress) {
+				struct progress *p = &vm->progress;
+				snprintf(p->phase, sizeof(p->phase), "%s",
+					 s->progress->phase);
+				p->rounds = s->progress->rounds;
+				p->pages_sent = s->progress->pages_sent;
+				p->bytes_on_wire = s->progress->bytes_on_wire;
+				p->expected_downtime_us =
+					s->progress->expected_downtime_us;
+				p->throughput = s->progress->throughput;
+				p->dirty_rate = s->progress->dirty_rate;
+				p->throttle_pct = s->progress->throttle_pct;
+			}
+			vm->progress.guest_pages = s->guest_pages;
+			pthread_mutex_unlock(&g.lock);
+			if (!s->progress && res_json[0] &&
+			    (!prev_result || strcmp(prev_result, res_json))) {
+				/* Over. ok means committed: wait for the exit. */
+				if (!strstr(res_json, "\"status\":\"ok\"")) {
+					char why[512];
+					json_error(res_json, why, sizeof(why));
+					if (!cancelled)
+						snprintf(err, sizeof(err), "%s",
+							 why);
+					else
+						snprintf(err + strlen(err),
+							 sizeof(err) -
+							 strlen(err), " (%s)",
+							 why);
+					pthread_mutex_lock(&g.lock);
+					free(vm->last_result);
+					vm->last_result = strdup(res_json);
+					pthread_mutex_unlock(&g.lock);
+					mig__ctl__response__free_unpacked(st,
+									  NULL);
+					break;
+				}
+			}
+		}
+		if (st)
+			mig__ctl__response__free_unpacked(st, NULL);
+		usleep(POLL_MS * 1000);
+	}
+done:
+	/* Stage 4/5, or the release. */
+	if (fd >= 0 && reserved) {
+		Mig__D__PeerMsg cm = MIG__D__PEER_MSG__INIT;
+		Mig__D__Commit c = MIG__D__COMMIT__INIT;
+		Mig__D__Release rl = MIG__D__RELEASE__INIT;
+		Mig__D__Reply *r2 = NULL;
+		char err2[512];
+
+		if (committed) {
+			c.migration_id = vm->mig_id;
+			c.name = vm->name;
+			cm.msg_case = MIG__D__PEER_MSG__MSG_COMMIT;
+			cm.commit = &c;
+		} else {
+			rl.migration_id = vm->mig_id;
+			rl.name = vm->name;
+			rl.reason = err;
+			cm.msg_case = MIG__D__PEER_MSG__MSG_RELEASE;
+			cm.release = &rl;
+		}
+		if (peer_call(fd, &cm, &r2, 10000, err2, sizeof(err2)) < 0)
+			mlog(committed ? LOG_WARN : LOG_INFO, vm, "%s: %s",
+			     committed ? "commit not confirmed" : "release not "
+			     "confirmed", err2);
+		else if (!r2->ok)
+			mlog(LOG_WARN, vm, "the destination says: %s",
+			     r2->message);
+		if (r2)
+			mig__d__reply__free_unpacked(r2, NULL);
+	}
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_lock(&g.lock);
+	if (ok) {
+		vm->state = VM_MIGRATED;
+		vm->migrations_out++;
+		g.n_mig_ok++;
+		vm->last_error[0] = '\0';
+	} else {
+		vm->state = vm->child ? VM_RUNNING : VM_EXITED;
+		g.n_mig_failed++;
+		snprintf(vm->last_error, sizeof(vm->last_error),
+			 "migration to %.200s failed: %.700s", vm->peer, err);
+	}
+	memset(&vm->progress, 0, sizeof(vm->progress));
+	vm->thread_running = false;
+	pthread_mutex_unlock(&g.lock);
+	if (ok) {
+		mlog(LOG_INFO, vm, "migrated to %s: the VM runs there now",
+		     vm->peer);
+		vm_remove_config(vm);
+	} else {
+		mlog(LOG_ERR, vm, "%s; the VM %s here", vm->last_error,
+		     vm->child ? "keeps running" : "is gone");
+	}
+	if (rep)
+		mig__d__reply__free_unpacked(rep, NULL);
+	free(params);
+	free(pp);
+	free(prev_result);
+	args_free(a);
+	return NULL;
+}
+
+int migrate_spawn(struct mig_args *a, char *errbuf, size_t errlen)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int r;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &attr, migrate_thread, a);
+	pthread_attr_destroy(&attr);
+	if (r) {
+		snprintf(errbuf, errlen, "pthread_create: %s", strerror(r));
+		args_free(a);
+		return -r;
+	}
+	return 0;
+}

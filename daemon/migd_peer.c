@@ -1,0 +1,580 @@
+/*
+ * The peer protocol between daemons over TCP (daemon.proto PeerMsg, u32
+ * length framing). The server challenges every connection; until the
+ * client has proven it holds the pre-shared key (HMAC-SHA256 over both
+ * nonces) nothing but Auth is accepted and frames are capped at 4 KiB.
+ * The client checks the server's proof in turn, so a daemon never hands a
+ * VM to an impostor either.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migd.h"
+
+#define NONCE_LEN 32
+
+static const char CLIENT_TAG[] = "migd-auth-v1 client";
+static const char SERVER_TAG[] = "migd-auth-v1 server";
+
+static void mac_of(const char *tag, const uint8_t *n1, size_t l1,
+		   const uint8_t *n2, size_t l2, uint8_t out[32])
+{
+	struct iovec_c parts[3] = {
+		{ tag, strlen(tag) }, { n1, l1 }, { n2, l2 },
+	};
+	hmac_sha256(g.psk, g.psk_len, parts, 3, out);
+}
+
+/* ---- server --------------------------------------------------------- */
+
+struct peer_conn {
+	uv_tcp_t tcp;
+	bool authed, closing;
+	uint8_t nonce[NONCE_LEN];
+	char addr[128];
+	uint8_t *buf;
+	size_t len, cap;
+};
+
+static uv_tcp_t peer_server;
+
+static void conn_closed(uv_handle_t *h)
+{
+	struct peer_conn *c = h->data;
+	free(c->buf);
+	free(c);
+}
+
+static void conn_close(struct peer_conn *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	/* A reservation of this connection that was never committed goes:
+	 * unless the VM already runs here (then the source gave it up). */
+	for (struct vmrec *v = g.vms; v; v = v->next) {
+		if (v->reserver == c)
+			v->reserver = NULL;
+		if (v->owner != c)
+			continue;
+		v->owner = NULL;
+		if (v->state == VM_INCOMING && !v->activated && v->child) {
+			snprintf(v->last_error, sizeof(v->last_error),
+				 "the source daemon %s went away before the "
+				 "commit", c->addr);
+			mlog(LOG_WARN, v, "%s: releasing", v->last_error);
+			vm_kill(v, SIGTERM);
+		}
+	}
+	uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+static void write_done(uv_write_t *w, int status)
+{
+	(void)status;
+	free(w->data);
+	free(w);
+}
+
+static void send_peer(struct peer_conn *c, Mig__D__PeerMsg *m)
+{
+	size_t n = mig__d__peer_msg__get_packed_size(m);
+	uint8_t *buf = malloc(n + 4);
+	uv_write_t *w = malloc(sizeof(*w));
+	uv_buf_t b;
+
+	if (!buf || !w || c->closing) {
+		free(buf);
+		free(w);
+		return;
+	}
+	buf[0] = (uint8_t)n;
+	buf[1] = (uint8_t)(n >> 8);
+	buf[2] = (uint8_t)(n >> 16);
+	buf[3] = (uint8_t)(n >> 24);
+	mig__d__peer_msg__pack(m, buf + 4);
+	w->data = buf;
+	b = uv_buf_init((char *)buf, (unsigned int)(n + 4));
+	if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, write_done) < 0) {
+		free(buf);
+		free(w);
+	}
+}
+
+static void reply(struct peer_conn *c, bool ok, const char *msg, int port,
+		  const char *token)
+{
+	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
+	Mig__D__Reply r = MIG__D__REPLY__INIT;
+
+	r.ok = ok;
+	r.message = (char *)(msg ? msg : "");
+	r.port = (uint32_t)(port > 0 ? port : 0);
+	r.token = (char *)(token ? token : "");
+	m.msg_case = MIG__D__PEER_MSG__MSG_REPLY;
+	m.reply = &r;
+	send_peer(c, &m);
+}
+
+void peer_reserve_done(struct vmrec *vm, const char *error)
+{
+	struct peer_conn *c = vm->reserver;
+
+	if (!c)
+		return;
+	vm->reserver = NULL;
+	if (error) {
+		reply(c, false, error, 0, NULL);
+		return;
+	}
+	mlog(LOG_INFO, vm, "reserved for %s: incoming migvm on port %d",
+	     vm->peer, vm->incoming_port);
+	reply(c, true, NULL, vm->incoming_port, vm->token);
+}
+
+static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
+{
+	Mig__D__VmConfig *cfg = r->config;
+	char msg[512];
+	uint64_t avail = mem_available_mib(), room;
+	struct vmrec *vm;
+	int err;
+
+	if (!cfg || !cfg->name || !name_valid(cfg->name) || cfg->mem_mib < 2 ||
+	    cfg->cpus < 1 || cfg->cpus > 64 || !r->migration_id ||
+	    strlen(r->migration_id) >= sizeof(vm->mig_id)) {
+		reply(c, false, "bad reservation (name, mem, cpus)", 0, NULL);
+		return;
+	}
+	room = avail;
+	if (g.max_mem_mib) {
+		uint64_t used = mem_used_mib();
+		uint64_t cap = g.max_mem_mib > used ? g.max_mem_mib - used : 0;
+		if (cap < room)
+			room = cap;
+	}
+	if (cfg->mem_mib > room) {
+		snprintf(msg, sizeof(msg), "not enough memory for %s: %llu MiB "
+			 "asked, %llu MiB available", cfg->name,
+			 (unsigned long long)cfg->mem_mib,
+			 (unsigned long long)room);
+		g.n_reserve_refused++;
+		mlog(LOG_WARN, NULL, "reservation from %s refused: %s", c->addr,
+		     msg);
+		reply(c, false, msg, 0, NULL);
+		return;
+	}
+	pthread_mutex_lock(&g.lock);
+	vm = vm_claim(cfg->name, &err);
+	if (!vm) {
+		pthread_mutex_unlock(&g.lock);
+		snprintf(msg, sizeof(msg), "%s: %s", cfg->name,
+			 err == -EEXIST ? "a VM of that name exists on the "
+					  "destination" : strerror(-err));
+		g.n_reserve_refused++;
+		mlog(LOG_WARN, NULL, "reservation from %s refused: %s", c->addr,
+		     msg);
+		reply(c, false, msg, 0, NULL);
+		return;
+	}
+	vm->mem_mib = cfg->mem_mib;
+	vm->cpus = cfg->cpus;
+	vm->kernel = strdup(cfg->kernel ? cfg->kernel : "");
+	vm->cmdline = strdup(cfg->cmdline ? cfg->cmdline : "");
+	vm->state = VM_INCOMING;
+	snprintf(vm->mig_id, sizeof(vm->mig_id), "%s", r->migration_id);
+	snprintf(vm->peer, sizeof(vm->peer), "%s", c->addr);
+	random_hex(vm->token, 32);
+	vm->reserver = c;
+	vm->owner = c;
+	if (vm_spawn(vm, true, msg, sizeof(msg)) < 0) {
+		vm->state = VM_RELEASED;
+		vm->reserver = NULL;
+		snprintf(vm->last_error, sizeof(vm->last_error), "%s", msg);
+		pthread_mutex_unlock(&g.lock);
+		reply(c, false, msg, 0, NULL);
+		return;
+	}
+	vm_save_config(vm);
+	pthread_mutex_unlock(&g.lock);
+	/* The reply waits for the port line of the incoming migvm. */
+}
+
+static struct vmrec *find_mig(const char *name, const char *id)
+{
+	struct vmrec *v = name ? vm_find(name) : NULL;
+	return v && id && !strcmp(v->mig_id, id) ? v : NULL;
+}
+
+static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
+{
+	Mig__D__PeerMsg *m = mig__d__peer_msg__unpack(NULL, len, data);
+	struct vmrec *vm;
+
+	if (!m) {
+		mlog(LOG_WARN, NULL, "peer %s: a message that does not decode",
+		     c->addr);
+		conn_close(c);
+		return;
+	}
+	if (!c->authed) {
+		Mig__D__PeerMsg out = MIG__D__PEER_MSG__INIT;
+		Mig__D__AuthResult ar = MIG__D__AUTH_RESULT__INIT;
+		uint8_t mac[32], smac[32];
+
+		out.msg_case = MIG__D__PEER_MSG__MSG_AUTH_RESULT;
+		out.auth_result = &ar;
+		if (m->msg_case != MIG__D__PEER_MSG__MSG_AUTH ||
+		    m->auth->nonce.len != NONCE_LEN ||
+		    m->auth->mac.len != 32) {
+			ar.message = (char *)"authenticate first";
+		} else {
+			mac_of(CLIENT_TAG, c->nonce, NONCE_LEN,
+			       m->auth->nonce.data, NONCE_LEN, mac);
+			if (mac_equal(mac, m->auth->mac.data, 32)) {
+				c->authed = true;
+				ar.ok = true;
+				mac_of(SERVER_TAG, m->auth->nonce.data,
+				       NONCE_LEN, c->nonce, NONCE_LEN, smac);
+				ar.mac.data = smac;
+				ar.mac.len = 32;
+			} else {
+				ar.message = (char *)"authentication failed "
+					"(wrong pre-shared key?)";
+			}
+		}
+		send_peer(c, &out);
+		if (!c->authed) {
+			g.n_auth_failed++;
+			mlog(LOG_WARN, NULL, "peer %s: %s", c->addr,
+			     ar.message);
+			conn_close(c);
+		} else {
+			mlog(LOG_DEBUG, NULL, "peer %s authenticated", c->addr);
+		}
+		mig__d__peer_msg__free_unpacked(m, NULL);
+		return;
+	}
+	switch (m->msg_case) {
+	case MIG__D__PEER_MSG__MSG_RESERVE:
+		handle_reserve(c, m->reserve);
+		break;
+	case MIG__D__PEER_MSG__MSG_COMMIT:
+		vm = find_mig(m->commit->name, m->commit->migration_id);
+		if (!vm) {
+			reply(c, false, "no such reservation", 0, NULL);
+			break;
+		}
+		vm->committed = true;
+		if (vm->child) {
+			vm->state = VM_RUNNING;
+			vm_save_config(vm);
+		}
+		mlog(LOG_INFO, vm, "committed by %s: the VM is ours (%s)",
+		     c->addr, vm->child ? "running" : "but its migvm ended");
+		reply(c, vm->child != NULL, vm->child ? NULL
+		      : "the incoming migvm is gone", 0, NULL);
+		break;
+	case MIG__D__PEER_MSG__MSG_RELEASE:
+		vm = find_mig(m->release->name, m->release->migration_id);
+		if (!vm) {
+			reply(c, true, "nothing to release", 0, NULL);
+			break;
+		}
+		if (vm->activated) {
+			/* Never kill a VM that runs: the source committed. */
+			mlog(LOG_ERR, vm, "release from %s refused: the VM "
+			     "already runs here", c->addr);
+			reply(c, false, "the VM already runs on the "
+			      "destination", 0, NULL);
+			break;
+		}
+		snprintf(vm->last_error, sizeof(vm->last_error),
+			 "released by the source: %s",
+			 m->release->reason ? m->release->reason : "");
+		mlog(LOG_WARN, vm, "%s", vm->last_error);
+		if (vm->child)
+			vm_kill(vm, SIGTERM);
+		else
+			vm->state = VM_RELEASED;
+		reply(c, true, NULL, 0, NULL);
+		break;
+	default:
+		reply(c, false, "unexpected message", 0, NULL);
+		break;
+	}
+	mig__d__peer_msg__free_unpacked(m, NULL);
+}
+
+static void peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct peer_conn *c = h->data;
+	size_t limit = (c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX) + 4;
+	(void)hint;
+	if (c->cap - c->len < 4096 && c->cap < limit + 4096) {
+		size_t cap = c->cap ? c->cap * 2 : 8192;
+		uint8_t *p = realloc(c->buf, cap);
+		if (p) {
+			c->buf = p;
+			c->cap = cap;
+		}
+	}
+	*buf = uv_buf_init((char *)c->buf + c->len,
+			   (unsigned int)(c->cap - c->len));
+}
+
+static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct peer_conn *c = s->data;
+	size_t off = 0;
+	(void)buf;
+
+	if (nread < 0) {
+		conn_close(c);
+		return;
+	}
+	c->len += (size_t)nread;
+	while (!c->closing && c->len - off >= 4) {
+		const uint8_t *b = c->buf + off;
+		uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
+			     (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+		if (n > (c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX)) {
+			mlog(LOG_WARN, NULL, "peer %s: frame of %u bytes "
+			     "refused", c->addr, n);
+			conn_close(c);
+			return;
+		}
+		if (c->len - off - 4 < n)
+			break;
+		handle(c, b + 4, n);
+		off += 4 + n;
+	}
+	if (c->closing)
+		return;
+	memmove(c->buf, c->buf + off, c->len - off);
+	c->len -= off;
+}
+
+static void peer_connection(uv_stream_t *server, int status)
+{
+	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
+	Mig__D__Challenge ch = MIG__D__CHALLENGE__INIT;
+	struct sockaddr_storage sa;
+	int salen = sizeof(sa);
+	struct peer_conn *c;
+
+	if (status < 0 || !(c = calloc(1, sizeof(*c))))
+		return;
+	uv_tcp_init(g.loop, &c->tcp);
+	c->tcp.data = c;
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+		c->closing = true;
+		uv_close((uv_handle_t *)&c->tcp, conn_closed);
+		return;
+	}
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0)
+		uv_ip_name((struct sockaddr *)&sa, c->addr, sizeof(c->addr));
+	if (getrandom(c->nonce, NONCE_LEN, 0) != NONCE_LEN) {
+		conn_close(c);
+		return;
+	}
+	ch.version = 1;
+	ch.nonce.data = c->nonce;
+	ch.nonce.len = NONCE_LEN;
+	m.msg_case = MIG__D__PEER_MSG__MSG_CHALLENGE;
+	m.challenge = &ch;
+	send_peer(c, &m);
+	uv_read_start((uv_stream_t *)&c->tcp, peer_alloc, peer_read);
+}
+
+int peer_listen(char *errbuf, size_t errlen)
+{
+	struct sockaddr_storage sa;
+	int r = uv_ip4_addr(g.listen_host, g.listen_port,
+			    (struct sockaddr_in *)&sa);
+
+	if (r < 0)
+		r = uv_ip6_addr(g.listen_host, g.listen_port,
+				(struct sockaddr_in6 *)&sa);
+	uv_tcp_init(g.loop, &peer_server);
+	if (r == 0)
+		r = uv_tcp_bind(&peer_server, (struct sockaddr *)&sa, 0);
+	if (r == 0)
+		r = uv_listen((uv_stream_t *)&peer_server, 16, peer_connection);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "--listen %s:%d: %s", g.listen_host,
+			 g.listen_port, uv_strerror(r));
+		return r;
+	}
+	return 0;
+}
+
+/* ---- client (blocking, from a migration thread) --------------------- */
+
+static int send_peer_fd(int fd, Mig__D__PeerMsg *m)
+{
+	size_t n = mig__d__peer_msg__get_packed_size(m);
+	uint8_t *buf = malloc(n ? n : 1);
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	mig__d__peer_msg__pack(m, buf);
+	r = send_frame(fd, buf, n);
+	free(buf);
+	return r;
+}
+
+static Mig__D__PeerMsg *recv_peer_fd(int fd, int timeout_ms, int *err)
+{
+	uint8_t *buf;
+	size_t len;
+	Mig__D__PeerMsg *m;
+
+	*err = recv_frame(fd, &buf, &len, MIGD_FRAME_MAX, timeout_ms);
+	if (*err < 0)
+		return NULL;
+	m = mig__d__peer_msg__unpack(NULL, len, buf);
+	free(buf);
+	if (!m)
+		*err = -EBADMSG;
+	return m;
+}
+
+int peer_connect(const char *host, int port, char *errbuf, size_t errlen)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT, *in;
+	Mig__D__Auth auth = MIG__D__AUTH__INIT;
+	uint8_t nonce[NONCE_LEN], mac[32];
+	char portstr[16];
+	int fd = -1, r;
+
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	r = getaddrinfo(host, portstr, &hints, &ai);
+	if (r) {
+		snprintf(errbuf, errlen, "peer %s: %s", host, gai_strerror(r));
+		return -1;
+	}
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+		    0);
+	if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
+	    errno == EINPROGRESS) {
+		struct pollfd p = { fd, POLLOUT, 0 };
+		int so = 0;
+		socklen_t sl = sizeof(so);
+		r = poll(&p, 1, 5000);
+		if (r == 0)
+			errno = ETIMEDOUT;
+		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) == 0)
+			errno = so;
+		if (r > 0 && so == 0)
+			errno = 0;
+	} else if (fd >= 0) {
+		errno = 0;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0 || errno) {
+		snprintf(errbuf, errlen, "cannot reach the peer daemon at "
+			 "%s:%d: %s", host, port, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	in = recv_peer_fd(fd, 10000, &r);
+	if (!in || in->msg_case != MIG__D__PEER_MSG__MSG_CHALLENGE ||
+	    in->challenge->nonce.len != NONCE_LEN) {
+		snprintf(errbuf, errlen, "peer %s:%d is not a migd (no "
+			 "challenge: %s)", host, port,
+			 in ? "unexpected message" : strerror(-r));
+		goto fail;
+	}
+	if (getrandom(nonce, NONCE_LEN, 0) != NONCE_LEN)
+		goto fail;
+	mac_of(CLIENT_TAG, in->challenge->nonce.data, NONCE_LEN, nonce,
+	       NONCE_LEN, mac);
+	auth.nonce.data = nonce;
+	auth.nonce.len = NONCE_LEN;
+	auth.mac.data = mac;
+	auth.mac.len = 32;
+	m.msg_case = MIG__D__PEER_MSG__MSG_AUTH;
+	m.auth = &auth;
+	/* Keep the server nonce for checking its proof. */
+	{
+		uint8_t snonce[NONCE_LEN];
+		memcpy(snonce, in->challenge->nonce.data, NONCE_LEN);
+		mig__d__peer_msg__free_unpacked(in, NULL);
+		in = NULL;
+		if (send_peer_fd(fd, &m) < 0) {
+			snprintf(errbuf, errlen, "peer %s:%d closed the "
+				 "connection", host, port);
+			goto fail;
+		}
+		in = recv_peer_fd(fd, 10000, &r);
+		if (!in || in->msg_case != MIG__D__PEER_MSG__MSG_AUTH_RESULT) {
+			snprintf(errbuf, errlen, "peer refused: no answer to "
+				 "the authentication (%s)",
+				 in ? "unexpected message" : strerror(-r));
+			goto fail;
+		}
+		if (!in->auth_result->ok) {
+			snprintf(errbuf, errlen, "peer refused: %s",
+				 in->auth_result->message);
+			goto fail;
+		}
+		mac_of(SERVER_TAG, nonce, NONCE_LEN, snonce, NONCE_LEN, mac);
+		if (in->auth_result->mac.len != 32 ||
+		    !mac_equal(mac, in->auth_result->mac.data, 32)) {
+			snprintf(errbuf, errlen, "peer %s:%d could not prove it "
+				 "holds the pre-shared key", host, port);
+			goto fail;
+		}
+	}
+	mig__d__peer_msg__free_unpacked(in, NULL);
+	return fd;
+fail:
+	if (in)
+		mig__d__peer_msg__free_unpacked(in, NULL);
+	close(fd);
+	return -1;
+}
+
+int peer_call(int fd, Mig__D__PeerMsg *msg, Mig__D__Reply **out,
+	      int timeout_ms, char *errbuf, size_t errlen)
+{
+	Mig__D__PeerMsg *in;
+	int r = send_peer_fd(fd, msg);
+
+	*out = NULL;
+	if (r < 0) {
+		snprintf(errbuf, errlen, "the peer daemon went away (%s)",
+			 strerror(-r));
+		return r;
+	}
+	in = recv_peer_fd(fd, timeout_ms, &r);
+	if (!in) {
+		snprintf(errbuf, errlen, "no answer from the peer daemon (%s)",
+			 strerror(-r));
+		return r;
+	}
+	if (in->msg_case != MIG__D__PEER_MSG__MSG_REPLY) {
+		mig__d__peer_msg__free_unpacked(in, NULL);
+		snprintf(errbuf, errlen, "the peer daemon answered nonsense");
+		return -EBADMSG;
+	}
+	/* Detach the reply from its envelope for the caller. */
+	*out = in->reply;
+	in->reply = NULL;
+	in->msg_case = MIG__D__PEER_MSG__MSG__NOT_SET;
+	mig__d__peer_msg__free_unpacked(in, NULL);
+	return 0;
+}

@@ -661,93 +661,117 @@ static uint64_t queue_round(mig_source *s, int *err)
 	return queued;
 }
 
+/* Set up connection i and start its thread, which connects and sends the
+ * hello. */
+static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *ss)
+{
+	int r;
+
+	struct src_conn *c = &s->conns[i];
+	c->s = s;
+	c->index = i;
+	c->addr = *ss;
+	c->rd.limit = MIG_PREAUTH_FRAME_MAX;
+	r = mig__enc_create(&c->enc, s->params.compress,
+			    s->params.compress_level);
+	if (r < 0)
+		return mig__err(&s->result, r, "zstd encoder: %s",
+				mig_strerror(r));
+	if ((r = uv_loop_init(&c->loop)) < 0)
+		return mig__err(&s->result, r, "event loop: %s",
+				mig_strerror(r));
+	uv_tcp_init(&c->loop, &c->tcp);
+	uv_async_init(&c->loop, &c->async, on_async);
+	uv_timer_init(&c->loop, &c->timer);
+	c->loop_ok = 1;
+	c->tcp.data = c;
+	c->async.data = c;
+	c->timer.data = c;
+
+	Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	h.version_major = MIG_PROTOCOL_VERSION;
+	h.version_minor = 0;
+	h.features = MIG_FEATURES_SUPPORTED;
+	h.token.data = s->token;
+	h.token.len = s->token_len;
+	h.connection_index = i;
+	h.connection_count = s->nconns;
+	h.session_id.data = s->session_id;
+	h.session_id.len = sizeof(s->session_id);
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
+	env.hello = &h;
+	struct item *it = calloc(1, sizeof(*it));
+	if (!it || mig__msg_pack(&env, &it->frame) < 0) {
+		free(it);
+		return mig__err(&s->result, -ENOMEM, "out of memory");
+	}
+	c->head = c->tail = it;
+	if (pthread_create(&c->thread, NULL, conn_main, c) != 0)
+		return mig__err(&s->result, -EAGAIN,
+				"cannot start connection thread");
+	c->thread_ok = 1;
+	return 0;
+}
+
+/* Wait for connection i's hello to be answered. */
+static int await_hello(mig_source *s, uint32_t i, uint64_t t0)
+{
+	int r;
+
+	Mig__Wire__Envelope *env;
+	r = wait_msg(s, i, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK,
+		     HELLO_TIMEOUT_MS, &env);
+	if (r < 0)
+		return r;
+	if (i == 0) {
+		s->rtt_us = mig__now_us() - t0;
+		s->features = env->hello_ack->features & MIG_FEATURES_SUPPORTED;
+	}
+	if (!env->hello_ack->ok) {
+		int code = env->hello_ack->error;
+		if (code != MIG_E_AUTH && code != MIG_E_VERSION)
+			code = MIG_E_PEER;
+		r = mig__err(&s->result, code, "destination refused hello: %s",
+			     env->hello_ack->message);
+		mig__msg_free(env);
+		return r;
+	}
+	if (env->hello_ack->version_major != MIG_PROTOCOL_VERSION) {
+		mig__msg_free(env);
+		return mig__err(&s->result, MIG_E_VERSION,
+				"destination speaks protocol %u, we speak %u",
+				env->hello_ack->version_major,
+				MIG_PROTOCOL_VERSION);
+	}
+	mig__msg_free(env);
+	/* Authenticated: full-size frames from now on. */
+	pthread_mutex_lock(&s->lock);
+	s->conns[i].rd.limit = MIG_FRAME_MAX;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
 static int connect_all(mig_source *s)
 {
 	struct sockaddr_storage ss;
+	uint64_t t0;
 	int r;
 
 	r = mig__resolve(s->host, s->port, &ss, &s->result);
 	if (r < 0)
 		return r;
-	for (uint32_t i = 0; i < s->nconns; i++) {
-		struct src_conn *c = &s->conns[i];
-		c->s = s;
-		c->index = i;
-		c->addr = ss;
-		c->rd.limit = MIG_PREAUTH_FRAME_MAX;
-		r = mig__enc_create(&c->enc, s->params.compress,
-				    s->params.compress_level);
-		if (r < 0)
-			return mig__err(&s->result, r, "zstd encoder: %s",
-					mig_strerror(r));
-		if ((r = uv_loop_init(&c->loop)) < 0)
-			return mig__err(&s->result, r, "event loop: %s",
-					mig_strerror(r));
-		uv_tcp_init(&c->loop, &c->tcp);
-		uv_async_init(&c->loop, &c->async, on_async);
-		uv_timer_init(&c->loop, &c->timer);
-		c->loop_ok = 1;
-		c->tcp.data = c;
-		c->async.data = c;
-		c->timer.data = c;
-
-		Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
-		Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
-		h.version_major = MIG_PROTOCOL_VERSION;
-		h.version_minor = 0;
-		h.features = MIG_FEATURES_SUPPORTED;
-		h.token.data = s->token;
-		h.token.len = s->token_len;
-		h.connection_index = i;
-		h.connection_count = s->nconns;
-		h.session_id.data = s->session_id;
-		h.session_id.len = sizeof(s->session_id);
-		env.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
-		env.hello = &h;
-		struct item *it = calloc(1, sizeof(*it));
-		if (!it || mig__msg_pack(&env, &it->frame) < 0) {
-			free(it);
-			return mig__err(&s->result, -ENOMEM, "out of memory");
-		}
-		c->head = c->tail = it;
-		if (pthread_create(&c->thread, NULL, conn_main, c) != 0)
-			return mig__err(&s->result, -EAGAIN,
-					"cannot start connection thread");
-		c->thread_ok = 1;
-	}
-	uint64_t t0 = mig__now_us();
-	for (uint32_t i = 0; i < s->nconns; i++) {
-		Mig__Wire__Envelope *env;
-		r = wait_msg(s, i, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK,
-			     HELLO_TIMEOUT_MS, &env);
-		if (r < 0)
+	/* The control connection first: the destination opens the session on
+	 * it and refuses data connections for a session it does not know. */
+	t0 = mig__now_us();
+	if ((r = open_conn(s, 0, &ss)) < 0 || (r = await_hello(s, 0, t0)) < 0)
+		return r;
+	for (uint32_t i = 1; i < s->nconns; i++)
+		if ((r = open_conn(s, i, &ss)) < 0)
 			return r;
-		if (i == 0) {
-			s->rtt_us = mig__now_us() - t0;
-			s->features = env->hello_ack->features & MIG_FEATURES_SUPPORTED;
-		}
-		if (!env->hello_ack->ok) {
-			int code = env->hello_ack->error;
-			if (code != MIG_E_AUTH && code != MIG_E_VERSION)
-				code = MIG_E_PEER;
-			r = mig__err(&s->result, code, "destination refused hello: %s",
-				     env->hello_ack->message);
-			mig__msg_free(env);
+	for (uint32_t i = 1; i < s->nconns; i++)
+		if ((r = await_hello(s, i, t0)) < 0)
 			return r;
-		}
-		if (env->hello_ack->version_major != MIG_PROTOCOL_VERSION) {
-			mig__msg_free(env);
-			return mig__err(&s->result, MIG_E_VERSION,
-					"destination speaks protocol %u, we speak %u",
-					env->hello_ack->version_major,
-					MIG_PROTOCOL_VERSION);
-		}
-		mig__msg_free(env);
-		/* Authenticated: full-size frames from now on. */
-		pthread_mutex_lock(&s->lock);
-		s->conns[i].rd.limit = MIG_FRAME_MAX;
-		pthread_mutex_unlock(&s->lock);
-	}
 	return 0;
 }
 

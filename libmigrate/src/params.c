@@ -4,13 +4,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "internal.h"
 
 /* Bounds, in one place so validation and the docs agree. */
 #define DOWNTIME_MIN 1u
 #define DOWNTIME_MAX 60000u
-#define LEVEL_MIN 1
-#define LEVEL_MAX 19
+#define LEVEL_MIN MIG_ZSTD_LEVEL_MIN
+#define LEVEL_MAX MIG_ZSTD_LEVEL_MAX
 #define CONN_MIN 1u
 #define CONN_MAX 16u
 #define ROUNDS_MIN 1u

@@ -1,0 +1,219 @@
+/*
+ * Writes the seed corpus of the fuzz targets: valid frames and streams made
+ * by the library itself, which the fuzzer then mutates (random bytes seldom
+ * reach a valid zstd stream on their own).
+ *
+ *   fuzz_seeds DIR  ->  DIR/fuzz_frame/seed-*  DIR/fuzz_codec/seed-*
+ *
+ * Deterministic: the same seeds on every run.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fuzz_common.h"
+
+#define PG MIG_PAGE_SIZE
+
+static const char *outdir;
+static uint64_t rng = 0x5eed;
+
+static uint64_t next(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng * 0x2545f4914f6cdd1dull;
+}
+
+static void put(const char *target, const char *name, const void *p, size_t n)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s/seed-%s", outdir, target, name);
+	f = fopen(path, "wb");
+	FUZZ_CHECK(f);
+	FUZZ_CHECK(fwrite(p, 1, n, f) == n);
+	FUZZ_CHECK(fclose(f) == 0);
+}
+
+/* kind 0 zero, 1 random, 2 text, 3 sparse */
+static void fill(uint8_t *p, int kind)
+{
+	static const char *const words[] = { "page ", "dirty ", "round ", "the ",
+					     "migration ", "of ", "kvm\n", "guest " };
+	size_t o = 0;
+	memset(p, 0, PG);
+	if (kind == 1) {
+		for (size_t i = 0; i < PG; i += 8) {
+			uint64_t v = next();
+			memcpy(p + i, &v, 8);
+		}
+	} else if (kind == 2) {
+		while (o < PG) {
+			const char *w = words[next() % 8];
+			size_t k = strlen(w) < PG - o ? strlen(w) : PG - o;
+			memcpy(p + o, w, k);
+			o += k;
+		}
+	} else if (kind == 3) {
+		p[next() % PG] = 1;
+	}
+}
+
+/* Append `batches` PAGES frames from one encoder to *out: batches of 1..npages
+ * pages of the fake guest, of the kinds given. */
+static void stream(mig_buf *out, mig_compress mode, int batches, size_t npages,
+		   const int *kinds, size_t nkinds)
+{
+	static uint8_t pages[FUZZ_PAGES][PG];
+	const uint8_t *data[FUZZ_PAGES];
+	uint64_t idx[FUZZ_PAGES];
+	mig_enc *e;
+	mig_enc_stats st = { 0 };
+
+	FUZZ_CHECK(mig__enc_create(&e, mode, 1) == 0);
+	for (int b = 0; b < batches; b++) {
+		size_t n = 1 + next() % npages;
+		for (size_t i = 0; i < n; i++) {
+			idx[i] = next() % FUZZ_PAGES;
+			fill(pages[i], kinds[next() % nkinds]);
+			data[i] = pages[i];
+		}
+		FUZZ_CHECK(mig__enc_batch(e, (uint32_t)(next() % FUZZ_REGIONS), idx,
+					  data, n, out, &st) == 0);
+	}
+	mig__enc_destroy(e);
+}
+
+static void msg(mig_buf *out, Mig__Wire__Envelope *env)
+{
+	FUZZ_CHECK(mig__msg_pack(env, out) == 0);
+}
+
+static void frame_seeds(void)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	Mig__Wire__Hello hello = MIG__WIRE__HELLO__INIT;
+	Mig__Wire__VmConfig cfg = MIG__WIRE__VM_CONFIG__INIT;
+	Mig__Wire__Region reg = MIG__WIRE__REGION__INIT, *regs[1] = { &reg };
+	Mig__Wire__RoundEnd end = MIG__WIRE__ROUND_END__INIT;
+	mig_buf all = { 0 }, b = { 0 };
+	static const int text[] = { 2 }, zero[] = { 0 }, mixed[] = { 0, 1, 2, 3 };
+
+	hello.version_major = 1;
+	hello.features = 7;
+	hello.token.data = (uint8_t *)"one-time-token";
+	hello.token.len = 14;
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
+	env.hello = &hello;
+	msg(&b, &env);
+	put("fuzz_frame", "hello", b.data, b.len);
+	mig__buf_append(&all, b.data, b.len);
+
+	b.len = 0;
+	reg.slot = 1;
+	reg.gpa = 1ull << 32;
+	reg.size = 1ull << 30;
+	cfg.n_regions = 1;
+	cfg.regions = regs;
+	cfg.vcpus = 2;
+	cfg.page_size = PG;
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_VM_CONFIG;
+	env.vm_config = &cfg;
+	msg(&b, &env);
+	put("fuzz_frame", "config", b.data, b.len);
+	mig__buf_append(&all, b.data, b.len);
+
+	b.len = 0;
+	end.round = 3;
+	end.pages = 1000;
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_ROUND_END;
+	env.round_end = &end;
+	msg(&b, &env);
+	put("fuzz_frame", "round_end", b.data, b.len);
+
+	b.len = 0;
+	stream(&b, MIG_COMPRESS_OFF, 1, 2, mixed, 4);
+	put("fuzz_frame", "pages_raw", b.data, b.len);
+	mig__buf_append(&all, b.data, b.len);
+	b.len = 0;
+	stream(&b, MIG_COMPRESS_ON, 1, 4, text, 1);
+	put("fuzz_frame", "pages_zstd", b.data, b.len);
+	mig__buf_append(&all, b.data, b.len);
+	b.len = 0;
+	stream(&b, MIG_COMPRESS_ON, 1, FUZZ_PAGES, zero, 1);
+	put("fuzz_frame", "pages_zero", b.data, b.len);
+	mig__buf_append(&all, b.data, b.len);
+	put("fuzz_frame", "stream", all.data, all.len);
+	mig__buf_free(&all);
+	mig__buf_free(&b);
+}
+
+static void codec_seeds(void)
+{
+	static const int text[] = { 2 }, mixed[] = { 0, 1, 2, 3 }, sparse[] = { 0, 3 };
+	static const struct {
+		const char *name;
+		mig_compress mode;
+		int batches;
+		size_t npages;
+		const int *kinds;
+		size_t nkinds;
+	} s[] = {
+		{ "dec_zstd_text", MIG_COMPRESS_ON, 4, 4, text, 1 },
+		{ "dec_zstd_mixed", MIG_COMPRESS_ON, 3, 3, mixed, 4 },
+		{ "dec_raw_mixed", MIG_COMPRESS_OFF, 3, 2, mixed, 4 },
+		{ "dec_auto_sparse", MIG_COMPRESS_AUTO, 6, FUZZ_PAGES, sparse, 2 },
+	};
+	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
+		mig_buf b = { 0 };
+		uint8_t op = FUZZ_OP_DECODE;
+		mig__buf_append(&b, &op, 1);
+		stream(&b, s[i].mode, s[i].batches, s[i].npages, s[i].kinds, s[i].nkinds);
+		put("fuzz_codec", s[i].name, b.data, b.len);
+		mig__buf_free(&b);
+	}
+	/* Round-trip recipes: op, mode, level, then batches. */
+	for (int i = 0; i < 8; i++) {
+		uint8_t r[1 + 2 + 8 * (3 + 3 * FUZZ_PAGES)];
+		size_t n = 0;
+		char name[32];
+		r[n++] = FUZZ_OP_ROUNDTRIP;
+		r[n++] = (uint8_t)(i % 3);
+		r[n++] = 0;
+		for (int b = 0; b < 8; b++) {
+			size_t np = 1 + next() % FUZZ_PAGES;
+			r[n++] = (uint8_t)next();
+			r[n++] = (uint8_t)(np - 1);
+			r[n++] = (uint8_t)next();
+			for (size_t p = 0; p < np; p++) {
+				r[n++] = (uint8_t)next();
+				r[n++] = (uint8_t)(i < 4 ? 2 : next());
+				r[n++] = (uint8_t)next();
+			}
+		}
+		snprintf(name, sizeof(name), "roundtrip_%d", i);
+		put("fuzz_codec", name, r, n);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	char path[4096];
+
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s DIR\n", argv[0]);
+		return 2;
+	}
+	outdir = argv[1];
+	mkdir(outdir, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_frame", outdir);
+	mkdir(path, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_codec", outdir);
+	mkdir(path, 0777);
+	frame_seeds();
+	codec_seeds();
+	return 0;
+}

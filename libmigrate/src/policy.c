@@ -10,10 +10,19 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 	 * the rate the link really carried. */
 	*expect_us = (uint64_t)((double)o->remaining * o->bytes_per_page * 1e6 /
 				tput) + p->fixed_us;
-	if (*expect_us <= p->target_us)
-		return MIG_SWITCH;
 	if (o->round >= p->max_rounds)
 		return MIG_SWITCH;
+	/* Under the target, one more round is still worth it while it shrinks
+	 * the dirty set by a quarter or more: each costs little (it is short)
+	 * and takes downtime off (the target is a ceiling, not a goal). */
+	if (*expect_us <= p->target_us) {
+		if (*expect_us <= p->target_us / 4 || !p->prev_remaining ||
+		    o->remaining * 4 > p->prev_remaining * 3)
+			return MIG_SWITCH;
+		p->prev_remaining = o->remaining;
+		p->stalled = 0;
+		return MIG_CONTINUE;
+	}
 	/* Progress means the dirty set shrinks by a tenth round over round. */
 	if (p->prev_remaining && o->remaining * 10 > p->prev_remaining * 9)
 		p->stalled++;

@@ -30,6 +30,23 @@ static void test_switch_when_under_target(void **state)
 	assert_true(e > 40000 && e < 44000); /* 41 ms + 2 ms fixed */
 }
 
+/* Under the target but still shrinking fast: one more round; once it
+ * stops shrinking by a quarter, switch. */
+static void test_goes_below_target_while_shrinking(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	mig_round_obs o1 = obs(1, 100000, 100e6, 10e6);  /* 4 s: go on */
+	mig_round_obs o2 = obs(2, 5000, 100e6, 10e6);    /* 205 ms, shrank 95% */
+	mig_round_obs o3 = obs(3, 4000, 100e6, 10e6);    /* 166 ms, shrank 20% */
+	assert_int_equal(mig__policy_decide(&p, &o1, &e), MIG_CONTINUE);
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
+	assert_true(e <= p.target_us);
+	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_SWITCH);
+	assert_true(e <= p.target_us);
+}
+
 /* A shrinking dirty set: keep going until it fits. */
 static void test_converging_guest(void **state)
 {
@@ -45,9 +62,10 @@ static void test_converging_guest(void **state)
 		assert_int_equal(d, MIG_CONTINUE);
 		remaining /= 2;
 	}
-	assert_true(e <= p.target_us);
+	/* Halving every round, it goes on to a quarter of the target. */
+	assert_true(e <= p.target_us / 4);
 	assert_int_equal(p.throttle_pct, 0);
-	assert_true(round < 10);
+	assert_true(round <= 12);
 }
 
 /* A guest dirtying faster than the link: after two flat rounds the
@@ -128,6 +146,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_switch_when_under_target),
 		cmocka_unit_test(test_converging_guest),
+		cmocka_unit_test(test_goes_below_target_while_shrinking),
 		cmocka_unit_test(test_throttles_fast_dirtier),
 		cmocka_unit_test(test_no_throttle_switches_when_flat),
 		cmocka_unit_test(test_max_rounds),

@@ -192,20 +192,6 @@ static const char *run_state_name(enum run_state s)
 	return "unknown";
 }
 
-static const char *phase_name(mig_phase p)
-{
-	switch (p) {
-	case MIG_PHASE_NONE: return "none";
-	case MIG_PHASE_SETUP: return "setup";
-	case MIG_PHASE_PRECOPY: return "precopy";
-	case MIG_PHASE_STOPCOPY: return "stopcopy";
-	case MIG_PHASE_COMMIT: return "commit";
-	case MIG_PHASE_DONE: return "done";
-	case MIG_PHASE_FAILED: return "failed";
-	}
-	return "unknown";
-}
-
 static void fail(Mig__Ctl__Response *resp, mig_error *e)
 {
 	resp->ok = false;
@@ -249,7 +235,7 @@ static void fill_progress(Mig__Ctl__MigrationProgress *pr, mig_stats *ms)
 {
 	const mig_round_stats *last;
 
-	pr->phase = (char *)phase_name(ms->phase);
+	pr->phase = (char *)mig_phase_name(ms->phase);
 	pr->rounds = ms->rounds;
 	pr->pages_sent = ms->pages_sent;
 	pr->bytes_on_wire = ms->bytes_on_wire;

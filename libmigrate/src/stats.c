@@ -6,7 +6,7 @@
 
 #include "internal.h"
 
-static const char *phase_name(mig_phase p)
+MIG_API const char *mig_phase_name(mig_phase p)
 {
 	switch (p) {
 	case MIG_PHASE_NONE: return "none";
@@ -90,7 +90,7 @@ MIG_API int mig_stats_json(const mig_stats *st, const mig_error *err,
 		  "\"pages_sent\":%" PRIu64 ",\"zero_pages\":%" PRIu64 ","
 		  "\"compression_ratio\":%.3f,\"expected_downtime_ms\":%.3f,"
 		  "\"throttle_pct\":%" PRIu32 ",\"per_round\":[",
-		  phase_name(st->phase), ms(st->total_time_us), ms(st->downtime_us),
+		  mig_phase_name(st->phase), ms(st->total_time_us), ms(st->downtime_us),
 		  ms(st->setup_time_us), st->rounds, st->bytes_on_wire,
 		  st->raw_bytes, st->pages_sent, st->zero_pages, ratio,
 		  ms(st->expected_downtime_us), st->throttle_pct);

@@ -83,6 +83,9 @@ static void test_stats_json(void **state)
 	assert_non_null(strstr(buf, "\"error\":\"peer \\\"b\\\"\\u000asaid\\\\no\""));
 	assert_non_null(strstr(buf, "\"error_code\":\"ECONNRESET\""));
 
+	assert_string_equal(mig_phase_name(MIG_PHASE_PRECOPY), "precopy");
+	assert_string_equal(mig_phase_name((mig_phase)99), "unknown");
+
 	/* Too small a buffer: truncated, NUL-terminated, needed length back. */
 	char small[16];
 	int need = mig_stats_json(st, &e, small, sizeof(small));

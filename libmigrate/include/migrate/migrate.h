@@ -211,6 +211,10 @@ typedef enum mig_phase {
 	MIG_PHASE_FAILED,       /* source VM resumed, or destination discarded */
 } mig_phase;
 
+/* "none", "setup", "precopy", "stopcopy", "commit", "done", "failed";
+ * "unknown" for anything else. Static storage. */
+MIG_API const char *mig_phase_name(mig_phase p);
+
 #define MIG_MAX_ROUNDS_STATS 1000
 
 typedef struct mig_round_stats {

@@ -75,6 +75,7 @@ struct src_conn {
 	struct item *head, *tail;
 	unsigned writes;        /* uv_write requests outstanding */
 	int connected;
+	uint64_t connected_us;  /* when the hello went out */
 	int closing;
 	int error;
 	char errmsg[160];
@@ -417,6 +418,7 @@ static void on_connect(uv_connect_t *req, int status)
 	uv_read_start((uv_stream_t *)&c->tcp, mig__uv_alloc, on_read);
 	pthread_mutex_lock(&s->lock);
 	c->connected = 1;
+	c->connected_us = mig__now_us();
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	pump(c);
@@ -715,7 +717,7 @@ static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *s
 }
 
 /* Wait for connection i's hello to be answered. */
-static int await_hello(mig_source *s, uint32_t i, uint64_t t0)
+static int await_hello(mig_source *s, uint32_t i)
 {
 	int r;
 
@@ -725,7 +727,10 @@ static int await_hello(mig_source *s, uint32_t i, uint64_t t0)
 	if (r < 0)
 		return r;
 	if (i == 0) {
-		s->rtt_us = mig__now_us() - t0;
+		/* One round trip: the hello left when the connection was up. */
+		pthread_mutex_lock(&s->lock);
+		s->rtt_us = mig__now_us() - s->conns[0].connected_us;
+		pthread_mutex_unlock(&s->lock);
 		s->features = env->hello_ack->features & MIG_FEATURES_SUPPORTED;
 	}
 	if (!env->hello_ack->ok) {
@@ -755,7 +760,6 @@ static int await_hello(mig_source *s, uint32_t i, uint64_t t0)
 static int connect_all(mig_source *s)
 {
 	struct sockaddr_storage ss;
-	uint64_t t0;
 	int r;
 
 	r = mig__resolve(s->host, s->port, &ss, &s->result);
@@ -763,14 +767,13 @@ static int connect_all(mig_source *s)
 		return r;
 	/* The control connection first: the destination opens the session on
 	 * it and refuses data connections for a session it does not know. */
-	t0 = mig__now_us();
-	if ((r = open_conn(s, 0, &ss)) < 0 || (r = await_hello(s, 0, t0)) < 0)
+	if ((r = open_conn(s, 0, &ss)) < 0 || (r = await_hello(s, 0)) < 0)
 		return r;
 	for (uint32_t i = 1; i < s->nconns; i++)
 		if ((r = open_conn(s, i, &ss)) < 0)
 			return r;
 	for (uint32_t i = 1; i < s->nconns; i++)
-		if ((r = await_hello(s, i, t0)) < 0)
+		if ((r = await_hello(s, i)) < 0)
 			return r;
 	return 0;
 }

@@ -702,16 +702,39 @@ static void on_pages(struct dst_conn *c, const mig_frame *f)
 	pthread_mutex_unlock(&d->lock);
 }
 
+/* libuv reads straight into the connection's frame buffer: pages are
+ * copied once, from there into guest memory. */
+static void on_dalloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct dst_conn *c = h->data;
+	uint8_t *p;
+	size_t n;
+
+	(void)suggested;
+	if (mig__reader_space(&c->rd, 65536, &p, &n) < 0) {
+		*buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
+		return;
+	}
+	*buf = uv_buf_init((char *)p, (unsigned)MIG_MIN(n, (size_t)UINT32_MAX));
+}
+
 static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	struct dst_conn *c = st->data;
 	mig_dest *d = c->d;
 	mig_frame f;
 	long n;
-	int r;
 
+	(void)buf;
+	if (nread == UV_ENOBUFS) {
+		if (c->authed)
+			dest_fail(d, MIG_E_PROTOCOL, "connection %u: frame too large",
+				  c->index);
+		else
+			reject(c, "oversized frame before hello");
+		return;
+	}
 	if (nread < 0) {
-		free(buf->base);
 		if (!c->authed) {
 			conn_close(c);
 			return;
@@ -725,16 +748,7 @@ static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	d->last_activity_us = mig__now_us();
 	d->bytes += (uint64_t)nread;
-	r = nread ? mig__reader_append(&c->rd, buf->base, (size_t)nread) : 0;
-	free(buf->base);
-	if (r < 0) {
-		if (c->authed)
-			dest_fail(d, MIG_E_PROTOCOL, "connection %u: frame too large",
-				  c->index);
-		else
-			reject(c, "oversized frame before hello");
-		return;
-	}
+	mig__reader_commit(&c->rd, (size_t)nread);
 	while (!c->closing && !d->finished && (n = mig__reader_next(&c->rd, &f)) != 0) {
 		if (n < 0) {
 			if (c->authed)
@@ -806,7 +820,7 @@ static void on_connection(uv_stream_t *server, int status)
 	c->next = d->conns;
 	d->conns = c;
 	uv_tcp_nodelay(&c->tcp, 1);
-	uv_read_start((uv_stream_t *)&c->tcp, mig__uv_alloc, on_dread);
+	uv_read_start((uv_stream_t *)&c->tcp, on_dalloc, on_dread);
 }
 
 static void on_dasync(uv_async_t *a)

@@ -9,6 +9,8 @@
 #include "dirty.h"
 #include "net.h"
 
+static int reader_reserve(mig_reader *r, size_t n);
+
 int mig__parse_uri(const char *uri, char *host, size_t hostlen, int *port,
 		   mig_error *err)
 {
@@ -69,7 +71,34 @@ int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
 	return 0;
 }
 
+int mig__reader_space(mig_reader *r, size_t want, uint8_t **p, size_t *n)
+{
+	int e = reader_reserve(r, want);
+	if (e < 0)
+		return e;
+	*p = r->buf + r->len;
+	*n = r->cap - r->len;
+	return 0;
+}
+
+void mig__reader_commit(mig_reader *r, size_t n)
+{
+	r->len += n;
+}
+
 int mig__reader_append(mig_reader *r, const void *p, size_t n)
+{
+	int e = reader_reserve(r, n);
+	if (e < 0)
+		return e;
+	memcpy(r->buf + r->len, p, n);
+	r->len += n;
+	return 0;
+}
+
+/* Room for n more bytes at the tail: compact first, grow only as far as a
+ * frame under the limit (plus one read) can need. */
+static int reader_reserve(mig_reader *r, size_t n)
 {
 	if (r->off && r->off == r->len)
 		r->off = r->len = 0;
@@ -94,8 +123,6 @@ int mig__reader_append(mig_reader *r, const void *p, size_t n)
 			r->cap = cap;
 		}
 	}
-	memcpy(r->buf + r->len, p, n);
-	r->len += n;
 	return 0;
 }
 

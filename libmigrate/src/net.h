@@ -31,6 +31,13 @@ typedef struct mig_reader {
 
 int mig__reader_append(mig_reader *r, const void *p, size_t n);
 /*
+ * Zero-copy reading: room for at least `want` more bytes at the tail
+ * (*p, *n) for the socket to read into, then mig__reader_commit() with what
+ * it read. -EMSGSIZE past the reader's limit, -ENOMEM.
+ */
+int mig__reader_space(mig_reader *r, size_t want, uint8_t **p, size_t *n);
+void mig__reader_commit(mig_reader *r, size_t n);
+/*
  * Next whole frame: > 0 with *f valid until the next call, 0 when more bytes
  * are needed, or a negative errno (oversized / malformed: final).
  */

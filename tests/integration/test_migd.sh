@@ -7,6 +7,8 @@
 # keeps running on A and `migctl status` says why.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
+# shellcheck source=migd_common.sh
+source "$here/migd_common.sh"
 vm_init "$1" "$2"
 need_testguest
 MIGD=$BUILD/daemon/migd
@@ -51,26 +53,6 @@ start_migd() {
 		sleep 0.05
 	done
 	fail "migd $name did not start"
-}
-
-mc() { # mc HOST ARGS...
-	local h=$1
-	shift
-	timeout -s KILL 120 "$MIGCTL" --socket "$WORK/$h.sock" "$@"
-}
-
-jfield() { # jfield JSON KEY (top-level string or number)
-	python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v.get(sys.argv[2]))' "$1" "$2"
-}
-
-wait_vm_hb() { # wait_vm_hb HOST NAME N
-	local i s
-	for i in $(seq 300); do
-		s=$(mc "$1" --json status "$2") || fail "status $2 on $1: $s"
-		[ "$(jfield "$s" hb_lines)" -ge "$3" ] 2>/dev/null && return 0
-		sleep 0.1
-	done
-	fail "$2 on $1: fewer than $3 heartbeats: $s"
 }
 
 head -c 32 /dev/urandom | base64 >"$WORK/psk"

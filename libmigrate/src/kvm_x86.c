@@ -363,6 +363,20 @@ static int check_version(uint32_t v, const char *blob, mig_error *err)
 	return 0;
 }
 
+/* The checks every blob passes before it is decoded. */
+static int check_blob(const void *blob, size_t len, const char *what,
+		      mig_error *err)
+{
+	if (!blob && len)
+		return mig__err(err, -EINVAL, "%s state: NULL blob", what);
+	if (len == 0)
+		return mig__err(err, -EBADMSG, "%s state: empty blob", what);
+	if (len > MIG_X86_BLOB_MAX)
+		return mig__err(err, -EMSGSIZE, "%s state: %zu bytes, more "
+				"than %u", what, len, MIG_X86_BLOB_MAX);
+	return 0;
+}
+
 /* Decode and check a vCPU blob; nothing touches KVM. */
 static int vcpu_decode(const void *blob, size_t len, Mig__State__X86Vcpu **out,
 		       mig_error *err)
@@ -371,13 +385,8 @@ static int vcpu_decode(const void *blob, size_t len, Mig__State__X86Vcpu **out,
 	int r;
 
 	*out = NULL;
-	if (!blob && len)
-		return mig__err(err, -EINVAL, "vCPU state: NULL blob");
-	if (len == 0)
-		return mig__err(err, -EBADMSG, "vCPU state: empty blob");
-	if (len > MIG_X86_BLOB_MAX)
-		return mig__err(err, -EMSGSIZE, "vCPU state: %zu bytes, more "
-				"than %u", len, MIG_X86_BLOB_MAX);
+	if ((r = check_blob(blob, len, "vCPU", err)) < 0)
+		return r;
 	m = mig__state__x86_vcpu__unpack(NULL, len, blob);
 	if (!m)
 		return mig__err(err, -EBADMSG, "vCPU state: %zu bytes that do "
@@ -741,13 +750,8 @@ static int vm_decode(const void *blob, size_t len, Mig__State__X86Vm **out,
 	int r;
 
 	*out = NULL;
-	if (!blob && len)
-		return mig__err(err, -EINVAL, "VM state: NULL blob");
-	if (len == 0)
-		return mig__err(err, -EBADMSG, "VM state: empty blob");
-	if (len > MIG_X86_BLOB_MAX)
-		return mig__err(err, -EMSGSIZE, "VM state: %zu bytes, more "
-				"than %u", len, MIG_X86_BLOB_MAX);
+	if ((r = check_blob(blob, len, "VM", err)) < 0)
+		return r;
 	m = mig__state__x86_vm__unpack(NULL, len, blob);
 	if (!m)
 		return mig__err(err, -EBADMSG, "VM state: %zu bytes that do "

@@ -11,8 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +25,11 @@ struct migd g;
 struct child {
 	uv_process_t proc;
 	uv_pipe_t out, err;
+	/* A migvm taken back after a restart of migd: not our child, so no
+	 * exit status; its pidfd says when it ends. */
+	bool adopted;
+	int pidfd;
+	uv_poll_t pidw;
 	int open;                 /* handles not yet closed */
 	struct vmrec *vm;         /* NULL once the process exited */
 	char obuf[8192], ebuf[8192];
@@ -236,6 +243,8 @@ static void child_closed(uv_handle_t *h)
 	if (--c->open == 0) {
 		if (c->log_fd >= 0)
 			close(c->log_fd);
+		if (c->adopted)
+			close(c->pidfd);
 		free(c);
 	}
 }
@@ -320,30 +329,44 @@ static void child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	}
 }
 
-static void child_exit(uv_process_t *p, int64_t status, int sig)
+/* How a migvm ended, for messages: "status 1", "signal 9", or for an
+ * adopted one (not our child) "an unknown status". */
+static const char *exit_text(const struct vmrec *vm, char *buf, size_t len)
 {
-	struct child *c = p->data;
-	struct vmrec *vm = c->vm;
+	if (vm->exit_unknown)
+		snprintf(buf, len, "an unknown status: adopted after a migd "
+			 "restart");
+	else if (vm->exit_status < 0)
+		snprintf(buf, len, "signal %d", -vm->exit_status);
+	else
+		snprintf(buf, len, "status %d", vm->exit_status);
+	return buf;
+}
 
-	uv_close((uv_handle_t *)p, child_closed);
+static void vm_ended(struct child *c, int64_t status, int sig, bool unknown)
+{
+	struct vmrec *vm = c->vm;
+	char how[80];
+
 	if (!vm)
 		return;
 	pthread_mutex_lock(&g.lock);
 	vm->child = NULL;
 	c->vm = NULL;
 	vm->exit_status = sig ? -sig : (int)status;
+	vm->exit_unknown = unknown;
 	pthread_mutex_unlock(&g.lock);
+	exit_text(vm, how, sizeof(how));
 	if (vm->state == VM_MIGRATING) {
 		/* migd_migrate.c decides: exit 0 is a handed-over VM. */
 		mlog(status == 0 && !sig ? LOG_INFO : LOG_ERR, vm,
-		     "migvm (pid %d) exited during migration: %s %d", vm->pid,
-		     sig ? "signal" : "status", sig ? sig : (int)status);
+		     "migvm (pid %d) exited during migration: %s", vm->pid,
+		     how);
 		if (status || sig)
 			g.n_crashes++;
 	} else if (vm->state == VM_INCOMING) {
 		snprintf(vm->last_error, sizeof(vm->last_error),
-			 "incoming migvm exited (%s %d): %s",
-			 sig ? "signal" : "status", sig ? sig : (int)status,
+			 "incoming migvm exited (%s): %s", how,
 			 vm->last_stderr);
 		mlog(LOG_WARN, vm, "%s", vm->last_error);
 		vm->state = VM_RELEASED;
@@ -360,9 +383,8 @@ static void child_exit(uv_process_t *p, int64_t status, int sig)
 		} else {
 			/* Reported, never restarted behind the user's back. */
 			snprintf(vm->last_error, sizeof(vm->last_error),
-				 "migvm (pid %d) exited (%s %d): %s", vm->pid,
-				 sig ? "signal" : "status",
-				 sig ? sig : (int)status, vm->last_stderr);
+				 "migvm (pid %d) exited (%s): %s", vm->pid,
+				 how, vm->last_stderr);
 			mlog(status == 0 && !sig ? LOG_INFO : LOG_ERR, vm,
 			     "%s", vm->last_error);
 			if (status || sig)
@@ -370,6 +392,62 @@ static void child_exit(uv_process_t *p, int64_t status, int sig)
 		}
 		vm_remove_config(vm);
 	}
+}
+
+static void child_exit(uv_process_t *p, int64_t status, int sig)
+{
+	struct child *c = p->data;
+
+	uv_close((uv_handle_t *)p, child_closed);
+	vm_ended(c, status, sig, false);
+}
+
+static void adopted_exit(uv_poll_t *w, int status, int events)
+{
+	struct child *c = w->data;
+	(void)status;
+	(void)events;
+
+	uv_close((uv_handle_t *)w, child_closed);
+	vm_ended(c, 0, 0, true);
+}
+
+int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen)
+{
+	struct child *c = calloc(1, sizeof(*c));
+	int fd, r;
+
+	if (!c) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (fd < 0) {
+		r = -errno;
+		snprintf(errbuf, errlen, "pidfd_open(%d): %s", pid,
+			 strerror(errno));
+		free(c);
+		return r;
+	}
+	r = uv_poll_init(g.loop, &c->pidw, fd);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "watching pid %d: %s", pid,
+			 uv_strerror(r));
+		close(fd);
+		free(c);
+		return r;
+	}
+	c->adopted = true;
+	c->pidfd = fd;
+	c->log_fd = -1;
+	c->open = 1;
+	c->vm = vm;
+	c->pidw.data = c;
+	uv_poll_start(&c->pidw, UV_READABLE, adopted_exit);
+	vm->child = c;
+	vm->pid = pid;
+	vm->last_stderr[0] = '\0';
+	return 0;
 }
 
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
@@ -453,7 +531,9 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 
 void vm_kill(struct vmrec *vm, int sig)
 {
-	if (vm->child)
+	if (vm->child && vm->child->adopted)
+		syscall(SYS_pidfd_send_signal, vm->child->pidfd, sig, NULL, 0);
+	else if (vm->child)
 		uv_process_kill(&vm->child->proc, sig);
 }
 
@@ -503,6 +583,33 @@ static void on_signal(uv_signal_t *s, int signum)
 			vm_kill(v, SIGTERM);
 	unlink(g.control_path);
 	uv_stop(g.loop);
+}
+
+/* One migd per state dir: a second would take back the same VMs. The
+ * lock goes with the process (its fd stays open, close-on-exec). */
+static int lock_state_dir(void)
+{
+	char path[PATH_MAX + 16], pid[32];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/migd.lock", g.state_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		fprintf(stderr, "migd: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		ssize_t n = read(fd, pid, sizeof(pid) - 1);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		fprintf(stderr, "migd: another migd (pid %s) uses --state-dir "
+			"%s\n", pid[0] ? pid : "?", g.state_dir);
+		close(fd);
+		return -1;
+	}
+	if (ftruncate(fd, 0) == 0)
+		dprintf(fd, "%d\n", (int)getpid());
+	return 0;
 }
 
 static void usage(FILE *f)
@@ -695,9 +802,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "migd: --state-dir: %s\n", strerror(errno));
 		return 1;
 	}
+	if (lock_state_dir() < 0)
+		return 1;
 	signal(SIGPIPE, SIG_IGN);
 	pthread_mutex_init(&g.lock, NULL);
 	g.loop = uv_default_loop();
+	vm_adopt_all();
 	if (api_listen(g.control_path, errbuf, sizeof(errbuf)) < 0 ||
 	    (listen && peer_listen(errbuf, sizeof(errbuf)) < 0) ||
 	    (g.metrics && metrics_listen(g.metrics, errbuf,

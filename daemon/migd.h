@@ -9,6 +9,7 @@
  *   migd_migrate.c  an outgoing migration, stage by stage (a thread)
  *   migd_io.c       blocking framed I/O, the migvm control client
  *   migd_hmac.c     SHA-256, HMAC-SHA256
+ *   migd_adopt.c    at start, taking back the VMs of the state dir
  */
 #ifndef MIGD_H
 #define MIGD_H
@@ -59,6 +60,7 @@ struct vmrec {
 	struct child *child;             /* the migvm, while it runs */
 	int pid;
 	int exit_status;                 /* >= 0 code, < 0 -signal */
+	bool exit_unknown;               /* an adopted migvm's: not ours */
 	bool stop_requested;
 	char ctl_path[108], console[PATH_MAX], log_path[PATH_MAX];
 	char last_stderr[512];
@@ -112,6 +114,10 @@ bool name_valid(const char *name);
 /* Spawn migvm for vm; `incoming` adds --incoming with vm->token. */
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen);
 void vm_kill(struct vmrec *vm, int sig);
+/* Watch a migvm that a previous migd started (see migd_adopt.c). */
+int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen);
+/* migd_adopt.c: at start, take back the VMs of the state dir. */
+void vm_adopt_all(void);
 void vm_save_config(struct vmrec *vm);
 void vm_remove_config(struct vmrec *vm);
 uint64_t mem_available_mib(void);
@@ -145,6 +151,7 @@ struct mig_args {
 int migrate_spawn(struct mig_args *a, char *errbuf, size_t errlen);
 
 /* migd_io.c: blocking framed I/O with a deadline. */
+void peer_keepalive(int fd);
 int send_frame(int fd, const void *buf, size_t len);
 /* Receives one frame of at most `max` bytes (malloc'd). */
 int recv_frame(int fd, uint8_t **buf, size_t *len, size_t max, int timeout_ms);

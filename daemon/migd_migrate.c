@@ -115,6 +115,7 @@ static void *migrate_thread(void *arg)
 	Mig__Ctl__Param *params = NULL, **pp = NULL;
 	char err[1024] = "", uri[300], *prev_result = NULL;
 	bool ok = false, reserved = false, cancelled = false, committed = false;
+	bool result_ok = false, ended_unknown = false;
 	int fd = -1, exit_status = 0;
 
 	/* Stage 0: the destination daemon, authenticated both ways. */
@@ -188,17 +189,25 @@ static void *migrate_thread(void *arg)
 	/* Wait for the end: our migvm exits 0 (committed) or reports. */
 	for (;;) {
 		Mig__Ctl__Response *st = NULL;
-		bool alive, want_cancel;
+		bool alive, want_cancel, unknown;
 
 		pthread_mutex_lock(&g.lock);
 		alive = vm->child != NULL;
 		exit_status = vm->exit_status;
+		unknown = vm->exit_unknown;
 		want_cancel = vm->cancel_req && !cancelled;
 		pthread_mutex_unlock(&g.lock);
 		if (!alive) {
-			if (exit_status == 0) {
+			/* An adopted migvm's exit status is unknown: its
+			 * result said whether the destination committed. */
+			if (unknown ? result_ok : exit_status == 0) {
 				committed = true;
 				ok = true;
+			} else if (unknown) {
+				/* The destination knows: see the release. */
+				ended_unknown = true;
+				snprintf(err, sizeof(err), "migvm ended during "
+					 "the migration without a result");
 			} else {
 				snprintf(err, sizeof(err), "migvm died during "
 					 "the migration (%s %d): %s",
@@ -245,7 +254,9 @@ static void *migrate_thread(void *arg)
 			if (!s->progress && res_json[0] &&
 			    (!prev_result || strcmp(prev_result, res_json))) {
 				/* Over. ok means committed: wait for the exit. */
-				if (!strstr(res_json, "\"status\":\"ok\"")) {
+				result_ok = strstr(res_json,
+						   "\"status\":\"ok\"") != NULL;
+				if (!result_ok) {
 					char why[512];
 					json_error(res_json, why, sizeof(why));
 					if (!cancelled)
@@ -295,7 +306,15 @@ done:
 			mlog(committed ? LOG_WARN : LOG_INFO, vm, "%s: %s",
 			     committed ? "commit not confirmed" : "release not "
 			     "confirmed", err2);
-		else if (!r2->ok)
+		else if (!r2->ok && ended_unknown && !committed &&
+			 strstr(r2->message, "already runs on the destination")) {
+			/* An adopted migvm (exit status unknown) ended before
+			 * we saw its result: the destination, which refuses to
+			 * release a VM it activated, says it committed. */
+			committed = ok = true;
+			mlog(LOG_INFO, vm, "the destination runs the VM: the "
+			     "migration committed");
+		} else if (!r2->ok)
 			mlog(LOG_WARN, vm, "the destination says: %s",
 			     r2->message);
 		if (r2)

@@ -381,6 +381,11 @@ static void peer_connection(uv_stream_t *server, int status)
 		uv_close((uv_handle_t *)&c->tcp, conn_closed);
 		return;
 	}
+	{
+		uv_os_fd_t ofd;
+		if (uv_fileno((uv_handle_t *)&c->tcp, &ofd) == 0)
+			peer_keepalive(ofd);
+	}
 	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0)
 		uv_ip_name((struct sockaddr *)&sa, c->addr, sizeof(c->addr));
 	if (getrandom(c->nonce, NONCE_LEN, 0) != NONCE_LEN) {
@@ -490,6 +495,7 @@ int peer_connect(const char *host, int port, char *errbuf, size_t errlen)
 			close(fd);
 		return -1;
 	}
+	peer_keepalive(fd);
 	in = recv_peer_fd(fd, 10000, &r);
 	if (!in || in->msg_case != MIG__D__PEER_MSG__MSG_CHALLENGE ||
 	    in->challenge->nonce.len != NONCE_LEN) {

@@ -4,7 +4,9 @@
 # A moves to B and back through `migctl migrate`, and keeps running with no
 # mismatch; then the failures: a wrong key, a reservation refused for lack
 # of memory, the destination daemon killed during pre-copy. In each the VM
-# keeps running on A and `migctl status` says why.
+# keeps running on A and `migctl status` says why. Last, migd restarts: a
+# running VM is taken back (and migrates), one that ended meanwhile is
+# reported.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
 # shellcheck source=migd_common.sh
@@ -148,9 +150,47 @@ s=$(mc a --json status vm1)
 [ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on A: $s"
 ok "destination killed during pre-copy: $(jfield "$s" last_error)"
 
-mc a stop vm1 >/dev/null || fail "stop"
+# migd A crashes: vm1's migvm runs on. A second migd cannot take A's state
+# dir while the first runs; a restarted A takes vm1 back (no restart of
+# the VM), reports it, and still migrates it.
+vpid=$(cat "$WORK/a/vm1.pid")
+out=$("$MIGD" --state-dir "$WORK/a" --control "$WORK/a2.sock" 2>&1) && fail "two migd on one state dir"
+grep -q "another migd (pid $PID_a) uses --state-dir" <<<"$out" || fail "unclear error: $out"
+kill -KILL "$PID_a"
+sleep 0.3
+kill -0 "$vpid" || fail "vm1's migvm died with its daemon"
+rm -f "$WORK/a.sock"
+start_migd a "$WORK/psk"
+s=$(mc a --json status vm1) || fail "restarted A does not know vm1: $s"
+[ "$(jfield "$s" state)" = running ] && [ "$(jfield "$s" pid)" = "$vpid" ] ||
+	fail "restarted A: $s"
+grep -q "taken back after a migd restart: migvm pid $vpid" "$WORK/migd-a.err" ||
+	fail "A did not log the take-back"
+wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 2))
+start_migd b "$WORK/psk"
+res=$(mc a --json migrate vm1 --to "127.0.0.1:$PORT_b") || fail "migrate an adopted VM: $res"
+[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
+s=$(mc b --json status vm1)
+[ "$(jfield "$s" state)" = running ] || fail "B says $s"
+wait_vm_hb b vm1 $(($(jfield "$s" hb_lines) + 2))
+ok "migd restarted: vm1 (pid $vpid) taken back, then migrated to B"
+# B is killed: its VM's migvm dies while B is down; restarted, B says so.
+vpid=$(cat "$WORK/b/vm1.pid")
+kill -KILL "$PID_b"
+kill -KILL "$vpid"
+rm -f "$WORK/b.sock"
+start_migd b "$WORK/psk"
+s=$(mc b --json status vm1) || fail "restarted B does not know vm1: $s"
+[ "$(jfield "$s" state)" = exited ] || fail "restarted B: $s"
+grep -q "ended while migd was not running" <<<"$(jfield "$s" last_error)" || fail "B does not say why: $s"
+[ -e "$WORK/b/vm1.json" ] && fail "B kept the config of an ended VM"
+ok "a VM that ended while its migd was down: $(jfield "$s" last_error)"
+mc b start vm1 --mem 512 --cpus 1 --cmdline "touch=64M wss=16M hb=300" >/dev/null ||
+	fail "start vm1 again on B"
+wait_vm_hb b vm1 2
+mc b stop vm1 >/dev/null || fail "stop"
 for _ in $(seq 100); do
-	s=$(mc a --json status vm1)
+	s=$(mc b --json status vm1)
 	[ "$(jfield "$s" state)" = exited ] && break
 	sleep 0.1
 done

@@ -6,6 +6,10 @@
 # no mismatch; then `tc` shapes the link to 1 Gbit/s on both ends and the
 # VM moves back B -> A: the migration succeeds and the throughput it
 # reports (bytes / duration of its rounds) is consistent with the link.
+# Last, the link goes down in the middle of a pre-copy A -> B: the source
+# gives up (nothing moves for stall_timeout_ms), resumes the VM and says
+# why; B drops its incoming VM once the source goes silent; with the link
+# up again the same migration succeeds.
 # Skipped (77) without /dev/kvm or when `ip netns add` is not permitted.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -53,13 +57,13 @@ cleanup_netns() {
 	cleanup
 }
 trap cleanup_netns EXIT
-trap 'echo "FAIL: stopped (or took longer than 240 s)" >&2; exit 1' TERM INT
+trap 'echo "FAIL: stopped (or took longer than 360 s)" >&2; exit 1' TERM INT
 
 # Everything is bounded: each migctl by its own timeout, the whole test here.
 # The watchdog keeps none of the test's output open (CTest would wait for
 # its sleep to end before calling the test finished).
 (
-	sleep 240
+	sleep 360
 	kill -TERM $$
 ) >/dev/null 2>&1 &
 WATCHDOG=$!
@@ -196,9 +200,46 @@ check_runs_on a
 mc b list | grep -q "vm1 *migrated" || fail "B does not list vm1 as migrated"
 ok "and back to A at 1 Gbit/s: $g_shaped Gbit/s measured (unshaped: $g_free); tbf on B: $sent"
 
-mc a stop vm1 >/dev/null || fail "stop"
-for _ in $(seq 100); do
+# The link goes down mid pre-copy (4 MiB/s: 64 MiB take ~16 s).
+mc a --json migrate vm1 --to "$IP_B:7400" --max-bandwidth 4M --no-wait >/dev/null ||
+	fail "migrate A->B did not start"
+for _ in $(seq 150); do
 	s=$(mc a --json status vm1)
+	[ "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("progress", {}).get("pages_sent", 0))' "$s" 2>/dev/null)" -gt 1000 ] 2>/dev/null && break
+	sleep 0.1
+done
+grep -q '"phase":"precopy"' <<<"$s" || fail "no pre-copy progress: $s"
+ip -n "$NS_B" link set "$VETH_B" down || fail "link down"
+ok "link down during pre-copy"
+for _ in $(seq 400); do # stall_timeout_ms is 10 s; the release waits 10 s more
+	s=$(mc a --json status vm1)
+	[ "$(jfield "$s" state)" != migrating ] && break
+	sleep 0.1
+done
+[ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A after the link went down: $s"
+grep -q "no progress on the connection" <<<"$(jfield "$s" last_error)" ||
+	fail "status does not say why: $s"
+check_runs_on a
+ok "A resumed vm1: $(jfield "$s" last_error)"
+for _ in $(seq 450); do # B's incoming migvm gives up after 30 s of silence
+	s=$(mc b --json status vm1 2>/dev/null) || break
+	[ "$(jfield "$s" state)" != incoming ] && break
+	sleep 0.1
+done
+[ "$(jfield "$s" state)" != incoming ] || fail "B still holds the reservation: $s"
+mc b --json list | grep -q '"state":"incoming"' && fail "B lists an incoming VM: $(mc b --json list)"
+ok "B released it: $(jfield "$s" last_error)"
+ip -n "$NS_B" link set "$VETH_B" up || fail "link up"
+reach "$NS_A" "$IP_B" || fail "A cannot reach B again"
+res=$(mc a --json migrate vm1 --to "$IP_B:7400") || fail "migrate A->B after the link came back: $res"
+[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
+check_runs_on b
+ok "with the link up again vm1 moves to B"
+mc a --json list | grep -q '"state":"incoming"' && fail "A still holds an incoming record"
+
+mc b stop vm1 >/dev/null || fail "stop"
+for _ in $(seq 100); do
+	s=$(mc b --json status vm1)
 	[ "$(jfield "$s" state)" = exited ] && break
 	sleep 0.1
 done

@@ -447,10 +447,15 @@ static void *vcpu_thread(void *arg)
 
 		pthread_mutex_lock(&vm->lock);
 		if (!v->pending_op) {
-			while (vm->pause_req && !vm->stopping) {
+			if (vm->pause_req && !vm->stopping) {
+				/* Tell the pauser on its own condition: a
+				 * broadcast on `cond` would wake the other
+				 * parked vCPUs, whose broadcast would wake
+				 * this one, and so on for the whole pause. */
 				vm->nr_parked++;
-				pthread_cond_broadcast(&vm->cond);
-				pthread_cond_wait(&vm->cond, &vm->lock);
+				pthread_cond_broadcast(&vm->parked);
+				while (vm->pause_req && !vm->stopping)
+					pthread_cond_wait(&vm->cond, &vm->lock);
 				vm->nr_parked--;
 			}
 		}
@@ -481,6 +486,7 @@ static void *vcpu_thread(void *arg)
 	pthread_mutex_lock(&vm->lock);
 	vm->nr_parked++; /* an ended thread counts as parked for good */
 	pthread_cond_broadcast(&vm->cond);
+	pthread_cond_broadcast(&vm->parked);
 	pthread_mutex_unlock(&vm->lock);
 	return NULL;
 }
@@ -560,7 +566,7 @@ int vm_pause(struct vm *vm, mig_error *err)
 		t += 50000000ull;
 		ts.tv_sec = (time_t)(t / 1000000000ull);
 		ts.tv_nsec = (long)(t % 1000000000ull);
-		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+		pthread_cond_timedwait(&vm->parked, &vm->lock, &ts);
 	}
 out:
 	pthread_mutex_unlock(&vm->lock);

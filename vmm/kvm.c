@@ -104,6 +104,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, int console_fd,
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, &ca);
+	pthread_cond_init(&vm->parked, &ca);
 	pthread_condattr_destroy(&ca);
 	serial_init(&vm->serial, console_fd);
 
@@ -178,6 +179,7 @@ fail_event:
 	free(vm->migration_result);
 	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);
+	pthread_cond_destroy(&vm->parked);
 	pthread_mutex_destroy(&vm->lock);
 	vm_config_free(&vm->cfg);
 	return r;
@@ -200,6 +202,7 @@ void vm_destroy(struct vm *vm)
 	free(vm->migration_result);
 	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);
+	pthread_cond_destroy(&vm->parked);
 	pthread_mutex_destroy(&vm->lock);
 	vm_config_free(&vm->cfg);
 }

@@ -56,6 +56,7 @@ struct vm_config {
 	char *cmdline;          /* malloc'd, never NULL */
 	bool builtin_guest;     /* kernel is the project's test guest */
 	bool dirty_ring;        /* enable KVM's dirty ring (before vCPUs) */
+	bool prealloc;          /* back all guest RAM at start (--prealloc) */
 };
 
 /* ---- serial.c ----------------------------------------------------- */
@@ -136,6 +137,7 @@ struct vm {
 	/* Run control, all under `lock`. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;      /* any change below */
+	pthread_cond_t parked;    /* nr_parked went up: for vm_pause() */
 	unsigned int pause_depth; /* vm_pause() calls not yet resumed */
 	bool pause_req;           /* vCPUs must park */
 	bool stopping;            /* vCPU threads must end */

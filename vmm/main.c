@@ -51,6 +51,9 @@ static void usage(FILE *f)
 "  --cpus N               vCPUs, 1..%d (default 1)\n"
 "  --mem-backend private|memfd|anon  how guest RAM is allocated (default\n"
 "                         private: anonymous with huge pages)\n"
+"  --prealloc             back all guest RAM before the VM runs or an\n"
+"                         incoming migration is announced (like QEMU's\n"
+"                         -mem-prealloc)\n"
 "  --kernel FILE          a PVH ELF to boot (default: the test guest)\n"
 "  --cmdline STR          the guest's command line\n"
 "  --console FILE         serial output to FILE (default: stdout)\n"
@@ -156,7 +159,7 @@ static bool has_param(const char *cmdline, const char *key)
 	return false;
 }
 
-enum { OPT_MEM = 256, OPT_CPUS, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
+enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
        OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM };
@@ -167,6 +170,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "mem", required_argument, NULL, OPT_MEM },
 		{ "cpus", required_argument, NULL, OPT_CPUS },
 		{ "mem-backend", required_argument, NULL, OPT_BACKEND },
+		{ "prealloc", no_argument, NULL, OPT_PREALLOC },
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "cmdline", required_argument, NULL, OPT_CMDLINE },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
@@ -228,6 +232,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			}
 			o->cfg.cpus = (uint32_t)v;
 			o->cpus_set = true;
+			break;
+		case OPT_PREALLOC:
+			o->cfg.prealloc = true;
 			break;
 		case OPT_BACKEND:
 			if (!strcmp(optarg, "memfd"))

@@ -6,10 +6,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -59,6 +61,74 @@ int mem_check_host(uint64_t mem_mib, mig_error *err)
 	return 0;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+struct prealloc_part {
+	uint8_t *start;
+	size_t len;
+	int err;
+	pthread_t thread;
+};
+
+static void *prealloc_part(void *arg)
+{
+	struct prealloc_part *p = arg;
+
+	if (madvise(p->start, p->len, MADV_POPULATE_WRITE) == 0)
+		return NULL;
+	p->err = errno;
+	if (p->err != EINVAL)
+		return NULL;
+	/* Before Linux 5.14: a write to each page (RAM is all zero yet). */
+	p->err = 0;
+	for (size_t off = 0; off < p->len; off += 4096)
+		((volatile uint8_t *)p->start)[off] = 0;
+	return NULL;
+}
+
+/*
+ * --prealloc: back all of guest RAM now, as QEMU's -mem-prealloc does, a
+ * thread per CPU (up to 8). Allocation is paid before the VM runs or an
+ * incoming migration is announced, not while pages arrive, and a host
+ * without the memory says so now instead of killing the VM later.
+ */
+static int mem_prealloc(struct vm *vm, mig_error *err)
+{
+	struct prealloc_part parts[8];
+	int n = get_nprocs();
+	size_t chunk, off = 0;
+	int i, started = 0, r = 0;
+
+	n = n < 1 ? 1 : n > 8 ? 8 : n;
+	chunk = (vm->mem_size / (size_t)n + (2u << 20) - 1) & ~((size_t)(2u << 20) - 1);
+	for (i = 0; i < n && off < vm->mem_size; i++) {
+		parts[i].start = vm->mem + off;
+		parts[i].len = vm->mem_size - off < chunk ? vm->mem_size - off
+							  : chunk;
+		parts[i].err = 0;
+		off += parts[i].len;
+		if (pthread_create(&parts[i].thread, NULL, prealloc_part,
+				   &parts[i]) != 0) {
+			prealloc_part(&parts[i]);
+			parts[i].thread = 0;
+		}
+		started++;
+	}
+	for (i = 0; i < started; i++) {
+		if (parts[i].thread)
+			pthread_join(parts[i].thread, NULL);
+		if (parts[i].err && !r)
+			r = -parts[i].err;
+	}
+	if (r)
+		return vmm_err(err, r, "--prealloc: cannot back %llu MiB of "
+			       "guest RAM: %s", (unsigned long long)vm->cfg.mem_mib,
+			       strerror(-r));
+	return 0;
+}
+
 int mem_init(struct vm *vm, mig_error *err)
 {
 	uint64_t size = vm->cfg.mem_mib << 20;
@@ -101,6 +171,8 @@ int mem_init(struct vm *vm, mig_error *err)
 	vm->mem_size = size;
 	/* Guest RAM in a core dump would be huge and is rarely useful. */
 	madvise(vm->mem, size, MADV_DONTDUMP);
+	if (vm->cfg.prealloc && (r = mem_prealloc(vm, err)) < 0)
+		goto fail;
 
 	vm->nr_regions = mem_layout(vm->cfg.mem_mib, vm->regions);
 	for (uint32_t i = 0; i < vm->nr_regions; i++) {

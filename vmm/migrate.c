@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vm.h"
@@ -37,9 +38,18 @@ static void on_done(const mig_error *err, void *opaque)
 
 static void on_log(mig_log_level lvl, const char *msg, void *opaque)
 {
+	struct timespec ts;
+
 	(void)opaque;
-	if (lvl <= MIG_LOG_WARN || getenv("MIGVM_DEBUG"))
+	if (getenv("MIGVM_DEBUG")) {
+		/* Monotonic ms: the same clock on both sides of a loopback
+		 * migration, so the two logs interleave. */
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		fprintf(stderr, "migvm: %.3f libmigrate: %s\n",
+			(double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6, msg);
+	} else if (lvl <= MIG_LOG_WARN) {
 		fprintf(stderr, "migvm: libmigrate: %s\n", msg);
+	}
 }
 
 static void fill_vm(struct vm *vm, mig_vm *out)

@@ -21,7 +21,7 @@ start_dest() {
 		--console "$WORK/$name.con" "$@"
 	DEST_PID=$VM_PID
 	DEST_PORT=
-	for i in $(seq 100); do
+	for i in $(seq 300); do # --prealloc: 1-6 s per GiB here
 		DEST_PORT=$(sed -n 's/.*incoming migration on port \([0-9]*\).*/\1/p' \
 			"$WORK/$name.err" 2>/dev/null)
 		[ -n "$DEST_PORT" ] && return 0

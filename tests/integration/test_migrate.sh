@@ -4,7 +4,8 @@
 # on the destination with its timer ticking and no stamp mismatch, and the
 # memory hash at the source's pause equals the destination's before resume
 # (--verify: the destination refuses to commit otherwise). Once with each
-# dirty-tracking backend, and once over two connections with zstd on.
+# dirty-tracking backend, and once over two connections with zstd on (and
+# the destination's RAM preallocated).
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
@@ -14,7 +15,16 @@ guest="touch=128M wss=64M rate=max hb=500 duration=10"
 for mode in clear bitmap ring conn2; do
 	extra=(--dirty-log "$mode")
 	[ "$mode" = conn2 ] && extra=(--connections 2 --compress on)
-	start_dest dst-$mode --mem 1024 --cpus 2
+	if [ "$mode" = conn2 ]; then
+		# --prealloc: all guest RAM backed before the port is announced
+		start_dest dst-$mode --mem 1024 --cpus 2 --prealloc
+		rss=$(awk '/^VmRSS/ {print $2}' "/proc/$(pgrep -P "$DEST_PID" migvm)/status")
+		[ "${rss:-0}" -ge $((1000 * 1024)) ] ||
+			fail "--prealloc: the destination's RSS is ${rss:-?} KiB, not 1 GiB"
+		ok "--prealloc: destination RSS ${rss} KiB before the migration"
+	else
+		start_dest dst-$mode --mem 1024 --cpus 2
+	fi
 	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
 		--migrate-after 2.5 "${extra[@]}" --verify
 	[ "$RC" = 0 ] || fail "$mode: source exited $RC: $(cat "$WORK/src-$mode.out")"

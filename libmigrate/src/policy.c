@@ -14,10 +14,14 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 		return MIG_SWITCH;
 	/* Under the target, one more round is still worth it while it shrinks
 	 * the dirty set by a quarter or more: each costs little (it is short)
-	 * and takes downtime off (the target is a ceiling, not a goal). */
+	 * and takes downtime off (the target is a ceiling, not a goal). After
+	 * round 1 the set to compare with is what that round sent. Shrinking
+	 * by a quarter each time, the extra rounds are few and ever shorter;
+	 * they end when the copy is a tiny share of the target anyway. */
 	if (*expect_us <= p->target_us) {
-		if (*expect_us <= p->target_us / 4 || !p->prev_remaining ||
-		    o->remaining * 4 > p->prev_remaining * 3)
+		uint64_t before = p->prev_remaining ? p->prev_remaining : o->sent;
+		if (*expect_us - p->fixed_us <= p->target_us / MIG_SWITCH_FRACTION ||
+		    !before || o->remaining * 4 > before * 3)
 			return MIG_SWITCH;
 		p->prev_remaining = o->remaining;
 		p->stalled = 0;

@@ -11,6 +11,9 @@
 #define MIG_THROTTLE_INITIAL 20u
 #define MIG_THROTTLE_STEP 10u
 #define MIG_THROTTLE_MAX 99u
+/* Under target / MIG_SWITCH_FRACTION of expected copy time, one more
+ * round cannot take off enough to matter: stop and copy. */
+#define MIG_SWITCH_FRACTION 32u
 
 typedef struct mig_policy {
 	/* set once */
@@ -27,6 +30,7 @@ typedef struct mig_policy {
 typedef struct mig_round_obs {
 	uint32_t round;          /* the round that just ended, 1-based */
 	uint64_t remaining;      /* pages dirty now, to send next */
+	uint64_t sent;           /* pages the round sent (0: unknown) */
 	double bytes_per_page;   /* on the wire, as the last round measured */
 	double throughput;       /* wire bytes/s of the last round */
 	double dirty_bps;        /* bytes/s the guest dirtied in that round */

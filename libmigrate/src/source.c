@@ -1197,6 +1197,7 @@ static int precopy(mig_source *s)
 		mig_round_obs obs = {
 			.round = s->round,
 			.remaining = count_marked(s),
+			.sent = last.pages,
 			.bytes_per_page = last.pages ? (double)last.bytes / (double)last.pages
 						     : MIG_PAGE_SIZE,
 			.throughput = last.throughput,

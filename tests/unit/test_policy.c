@@ -15,7 +15,7 @@ static mig_policy policy(int can_throttle)
 static mig_round_obs obs(uint32_t round, uint64_t remaining, double tput,
 			 double dirty_bps)
 {
-	mig_round_obs o = { round, remaining, 4096, tput, dirty_bps };
+	mig_round_obs o = { round, remaining, 0, 4096, tput, dirty_bps };
 	return o;
 }
 
@@ -62,10 +62,37 @@ static void test_converging_guest(void **state)
 		assert_int_equal(d, MIG_CONTINUE);
 		remaining /= 2;
 	}
-	/* Halving every round, it goes on to a quarter of the target. */
-	assert_true(e <= p.target_us / 4);
+	/* Halving every round, it goes on until the copy is a tiny share of
+	 * the target (40 s of copy halved 13 times: under 9.4 ms). */
+	assert_true(e - p.fixed_us <= p.target_us / MIG_SWITCH_FRACTION);
 	assert_int_equal(p.throttle_pct, 0);
-	assert_true(round <= 12);
+	assert_true(round <= 14);
+}
+
+/* After round 1, what it sent is the set to compare with: a working set
+ * rewritten at full speed leaves a dirty set far smaller than round 1's
+ * copy, so pre-copy goes on while that set still shrinks, even though the
+ * first estimate is already under the target. */
+static void test_round1_compares_with_what_it_sent(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	mig_round_obs o1 = obs(1, 16390, 1e9, 1e9);  /* 67 ms of copy */
+	o1.sent = 132096;
+	assert_int_equal(mig__policy_decide(&p, &o1, &e), MIG_CONTINUE);
+	assert_true(e <= p.target_us);
+	mig_round_obs o2 = obs(2, 8000, 1e9, 1e9);   /* shrank by half */
+	o2.sent = 16390;
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
+	mig_round_obs o3 = obs(3, 7000, 1e9, 1e9);   /* by 12%: stop */
+	o3.sent = 8000;
+	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_SWITCH);
+	/* and a tiny set switches whatever round 1 sent */
+	mig_policy q = policy(1);
+	mig_round_obs t = obs(1, 100, 1e9, 1e9);
+	t.sent = 200000;
+	assert_int_equal(mig__policy_decide(&q, &t, &e), MIG_SWITCH);
 }
 
 /* A guest dirtying faster than the link: after two flat rounds the
@@ -146,6 +173,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_switch_when_under_target),
 		cmocka_unit_test(test_converging_guest),
+		cmocka_unit_test(test_round1_compares_with_what_it_sent),
 		cmocka_unit_test(test_goes_below_target_while_shrinking),
 		cmocka_unit_test(test_throttles_fast_dirtier),
 		cmocka_unit_test(test_no_throttle_switches_when_flat),

@@ -152,8 +152,9 @@ def migrate(a, wd, result):
     ctl_path = os.path.join(wd, "src.ctl")
     mem = ["--mem", str(a.mem), "--cpus", str(a.cpus)] + a.migvm_extra
 
-    dst = Proc("dst", [a.migvm] + mem + ["--incoming", "tcp:127.0.0.1:0", "--token", token,
-                                         "--console", dst_con_path], wd)
+    dst = Proc("dst", [a.migvm] + mem + a.dest_extra
+               + ["--incoming", "tcp:127.0.0.1:0", "--token", token,
+                  "--console", dst_con_path], wd)
     result["_procs"] = [dst]
 
     def port():
@@ -163,7 +164,8 @@ def migrate(a, wd, result):
             if "incoming migration on port" in line:
                 return int(line.rsplit(" ", 1)[1])
         return None
-    p = mb.wait_for(port, 20, 0.05, "the destination's port")
+    # --prealloc backs all guest RAM first: 1-6 s per GiB on this machine
+    p = mb.wait_for(port, 20 + 10 * a.mem / 1024, 0.05, "the destination's port")
     result["port"] = p
 
     src = Proc("src", [a.migvm] + mem + ["--cmdline", a.cmdline, "--console", src_con_path,
@@ -296,6 +298,8 @@ def parse_args(argv):
     r = ap.add_argument_group("run")
     r.add_argument("--migvm", default=DEFAULT_MIGVM, help="migvm binary (default %(default)s)")
     r.add_argument("--migvm-extra", default="", help="extra migvm options (both sides)")
+    r.add_argument("--dest-extra", default="",
+                   help="extra migvm options for the destination only, e.g. --prealloc")
     r.add_argument("--settle", type=float, default=2.0, help="seconds to run after 'ready' (default 2)")
     r.add_argument("--timeout", type=int, default=120, help="migration time limit, s (default 120)")
     r.add_argument("--boot-timeout", type=float, default=None,
@@ -308,6 +312,7 @@ def parse_args(argv):
     if a.boot_timeout is None:
         a.boot_timeout = 30 + 10 * touched / (1 << 30)
     a.migvm_extra = shlex.split(a.migvm_extra)
+    a.dest_extra = shlex.split(a.dest_extra)
     a.cmdline = guest_cmdline(a)
     return a
 

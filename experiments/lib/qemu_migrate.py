@@ -252,7 +252,7 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
     for ev in TRACE_EVENTS:
         argv += ["-trace", ev]
     if incoming:
-        argv += ["-incoming", "defer"]
+        argv += ["-incoming", "defer"] + a.dest_extra
     return argv + a.qemu_extra
 
 
@@ -276,7 +276,8 @@ def migrate(a, wd, result):
     result["_procs"] = [src, dst]
     result["settings"]["qemu_argv_src"] = src.argv
 
-    dst.qmp = QMP(os.path.join(wd, "dst.qmp"), 20, dst.alive)
+    # -mem-prealloc backs all guest RAM first: 1-6 s per GiB on this machine
+    dst.qmp = QMP(os.path.join(wd, "dst.qmp"), 20 + 10 * a.mem / 1024, dst.alive)
     src.qmp = QMP(os.path.join(wd, "src.qmp"), 20, src.alive)
     v = src.qmp.version
     result["qemu_version"] = "%s.%s.%s" % (v.get("major"), v.get("minor"), v.get("micro"))
@@ -518,6 +519,8 @@ def parse_args(argv):
                    help="-cpu model (PVM rejects the arch-capabilities MSR)")
     r.add_argument("--machine-opts", default="", help="extra -M microvm,... options")
     r.add_argument("--qemu-extra", default="", help="extra QEMU arguments (both sides)")
+    r.add_argument("--dest-extra", default="",
+                   help="extra QEMU arguments for the destination only, e.g. -mem-prealloc")
     r.add_argument("--settle", type=float, default=2.0, help="seconds to run after 'ready' (default 2)")
     r.add_argument("--timeout", type=int, default=120, help="migration time limit, s (default 120)")
     r.add_argument("--boot-timeout", type=float, default=None,
@@ -540,6 +543,7 @@ def parse_args(argv):
     if a.boot_timeout is None:
         a.boot_timeout = 30 + 10 * touched / (1 << 30)
     a.qemu_extra = shlex.split(a.qemu_extra)
+    a.dest_extra = shlex.split(a.dest_extra)
     a.append = guest_append(a)
     return a
 

@@ -148,9 +148,15 @@ static void adopt_one(const char *name)
 		     (unsigned long long)vm->mem_mib, vm->cpus);
 		return;
 	}
-	if (pid > 0 && is_our_migvm(pid, vm->ctl_path))
-		mlog(LOG_ERR, vm, "migvm pid %d runs but cannot be watched: %s",
-		     pid, msg);
+	if (pid > 0 && is_our_migvm(pid, vm->ctl_path)) {
+		/* Keep its config: a later migd may manage where this failed. */
+		vm->state = VM_EXITED;
+		snprintf(vm->last_error, sizeof(vm->last_error), "migvm pid %d "
+			 "runs but migd cannot watch it (%s): not managed",
+			 pid, msg);
+		mlog(LOG_ERR, vm, "%s", vm->last_error);
+		return;
+	}
 	vm->state = strcmp(state, "incoming") ? VM_EXITED : VM_RELEASED;
 	snprintf(vm->last_error, sizeof(vm->last_error),
 		 "migvm (pid %d) ended while migd was not running", pid);

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Install exactly the Debian packages that building, testing and the demo
 # need. Idempotent: when everything is there it only checks and returns.
-#   scripts/setup.sh          build + tests + demo
-#   scripts/setup.sh --bench  also QEMU and gnuplot for experiments/
+#   scripts/setup.sh          build, tests (incl. experiments' quick mode), demo
 set -euo pipefail
 
 pkgs=(
@@ -13,11 +12,9 @@ pkgs=(
 	iproute2                               # network namespaces, tc
 	binutils                               # nm for the export test
 	qemu-system-x86                        # the test guest under QEMU
+	gnuplot-nox                            # experiments/ plots (CI quick mode)
 	clang libclang-rt-14-dev               # fuzz targets (libFuzzer)
 )
-if [ "${1:-}" = "--bench" ]; then
-	pkgs+=(gnuplot-nox)
-fi
 
 missing=()
 for p in "${pkgs[@]}"; do

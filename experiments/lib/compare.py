@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -48,18 +47,13 @@ def run_one(tool, mode, case, g, a):
             "--settle", str(a.settle)]
     if g["guest_args"]:
         argv += ["--guest-args", g["guest_args"]]
+    if a.prealloc:
+        # the destination's RAM backed before the migration, on both sides
+        argv.append("--dest-extra=" + ("--prealloc" if tool == "migvm" else "-mem-prealloc"))
     t = time.monotonic()
-    p = subprocess.run(argv, capture_output=True, text=True)
-    r = None
-    for line in p.stdout.splitlines():
-        if line.startswith("{"):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                pass
-    if r is None:
-        r = {"tool": tool, "mode": mode, "status": "error",
-             "error": "no JSON (exit %d): %s" % (p.returncode, p.stderr.strip()[-400:])}
+    r = mb.run_json(argv)
+    r.setdefault("tool", tool)
+    r.setdefault("mode", mode)
     r["case"] = case
     r["fill"] = g["fill"]
     r["wall_s"] = round(time.monotonic() - t, 1)
@@ -164,6 +158,9 @@ def main(argv=None):
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--downtime-ms", type=int, default=300)
     ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--prealloc", action="store_true",
+                    help="preallocate the destination's RAM on both sides "
+                    "(migvm --prealloc, QEMU -mem-prealloc)")
     ap.add_argument("--out", default=None, help="output base (default experiments/results/compare-STAMP)")
     ap.add_argument("--report", nargs="*", default=None,
                     help="only print the table from these JSONL files")

@@ -395,6 +395,23 @@ def markdown_table(by, fields, best=None):
     return "\n".join(rows)
 
 
+def run_json(argv, env=None):
+    """Run a benchmark script; its result is the last JSON object line of
+    its stdout. Returns that dict, or {status: error, error: why}."""
+    p = subprocess.run(argv, capture_output=True, text=True, env=env)
+    r = None
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                pass
+    if r is None:
+        r = {"status": "error",
+             "error": "no JSON (exit %d): %s" % (p.returncode, p.stderr.strip()[-400:])}
+    return r
+
+
 def _read_jsonl(paths):
     rows = []
     for p in paths:

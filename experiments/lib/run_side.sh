@@ -54,9 +54,20 @@ trap 'exit 129' HUP
 
 if [[ ${MIGBENCH_NETNS:-auto} != off && $(id -u) == 0 ]] && unshare -n true 2>/dev/null; then
     # unshare execs (no fork), so $! is the Python process itself.
+    # MIGBENCH_SHAPE: tc tbf arguments for this namespace's loopback (the
+    # bandwidth study), e.g. "rate 1000000000bit burst 1250000 latency 200ms".
     MIGBENCH_NETNS=private unshare -n -- \
-        bash -c 'ip link set lo up 2>/dev/null || true; exec "$@"' _ \
+        bash -c 'ip link set lo up 2>/dev/null || true
+            if [[ -n ${MIGBENCH_SHAPE:-} ]]; then
+                # shellcheck disable=SC2086
+                tc qdisc add dev lo root tbf $MIGBENCH_SHAPE || {
+                    echo "run_side: tc tbf $MIGBENCH_SHAPE on lo failed" >&2; exit 2; }
+            fi
+            exec "$@"' _ \
         "${py[@]}" --workdir "$workdir" "$@" &
+elif [[ -n ${MIGBENCH_SHAPE:-} ]]; then
+    echo "run_side: MIGBENCH_SHAPE needs a private network namespace (root, unshare -n)" >&2
+    exit 2
 else
     "${py[@]}" --workdir "$workdir" "$@" &
 fi

@@ -6,7 +6,7 @@ case is its best mode there (lowest median total time to resume).
 
 Writes experiments/results/compare-STAMP.jsonl (one line per migration, plus
 a first line with the record: machine, commit, settings), a CSV of the
-summary and a markdown table (also printed on stdout).
+summary, a markdown table (also printed on stdout) and a PNG of the ratios.
 """
 
 import argparse
@@ -206,6 +206,12 @@ def main(argv=None):
                                   r["wall_s"], "  " + str(r.get("error"))[:200]
                                   if r.get("error") else ""), file=sys.stderr)
     md = report(rows, out)
+    try:
+        import studies  # the plot: ratios per case (gnuplot)
+        studies.gnuplot_compare(out + ".csv", out + ".png")
+    except studies.StudyError as e:
+        print("compare: no plot: %s" % e, file=sys.stderr)
+        return 1
     print("machine: %s, %d cpus, kvm=%s, kernel %s; commit %s%s; load %.1f at start; %s" % (
         rec["cpu"], rec["ncpu"], rec["kvm"], rec["kernel"], rec["commit"][:10],
         " (dirty tree)" if rec["commit_dirty"] else "", rec["loadavg"],

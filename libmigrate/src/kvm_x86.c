@@ -6,6 +6,7 @@
  * then applies it in the order KVM needs; a bad blob never reaches KVM.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,15 +47,62 @@ static int ioctl_err(mig_error *err, int r, const char *what)
 	return mig__err(err, r, "%s: %s", what, mig_strerror(r));
 }
 
+/*
+ * What the host's KVM offers does not change while it is loaded, and the
+ * answers are asked for every vCPU on both sides of the downtime: these
+ * system-wide questions are asked once per process. KVM_CAP_XSAVE2 is not
+ * among them (its size follows the process's guest XSAVE permissions, which
+ * arch_prctl may widen at any time), nor is a failed answer.
+ */
+static const long host_caps[] = { KVM_CAP_SREGS2, KVM_CAP_XSAVE, KVM_CAP_XCRS };
+static int host_cap_value[sizeof(host_caps) / sizeof(host_caps[0])]; /* + 1 */
+
+static int host_cap(int kvm_fd, long cap)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(host_caps) / sizeof(host_caps[0]); i++)
+		if (host_caps[i] == cap)
+			break;
+	if (i < sizeof(host_caps) / sizeof(host_caps[0])) {
+		r = __atomic_load_n(&host_cap_value[i], __ATOMIC_RELAXED);
+		if (r > 0)
+			return r - 1;
+	}
+	r = xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)cap);
+	if (r >= 0 && i < sizeof(host_caps) / sizeof(host_caps[0]))
+		__atomic_store_n(&host_cap_value[i], r + 1, __ATOMIC_RELAXED);
+	return r;
+}
+
 /* ---- MSR list -------------------------------------------------------- */
 
-/* KVM_GET_MSR_INDEX_LIST, malloc'd into *out. */
+static pthread_mutex_t msr_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kvm_msr_list *msr_list_cache;
+
+/* KVM_GET_MSR_INDEX_LIST (asked once per process), malloc'd into *out. */
 static int msr_index_list(int kvm_fd, struct kvm_msr_list **out,
 			  mig_error *err)
 {
 	struct kvm_msr_list probe = { .nmsrs = 0 };
 	struct kvm_msr_list *l;
+	size_t size;
 	int r;
+
+	pthread_mutex_lock(&msr_list_lock);
+	if (msr_list_cache) {
+		size = sizeof(*l) + (msr_list_cache->nmsrs + 1) * sizeof(l->indices[0]);
+		l = malloc(size);
+		if (l)
+			memcpy(l, msr_list_cache, size);
+		pthread_mutex_unlock(&msr_list_lock);
+		if (!l)
+			return mig__err(err, -ENOMEM, "MSR list: out of memory");
+		*out = l;
+		return 0;
+	}
+	pthread_mutex_unlock(&msr_list_lock);
 
 	r = xioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe);
 	if (r < 0 && r != -E2BIG)
@@ -72,6 +120,11 @@ static int msr_index_list(int kvm_fd, struct kvm_msr_list **out,
 		free(l);
 		return ioctl_err(err, r, "KVM_GET_MSR_INDEX_LIST");
 	}
+	size = sizeof(*l) + (l->nmsrs + 1) * sizeof(l->indices[0]);
+	pthread_mutex_lock(&msr_list_lock);
+	if (!msr_list_cache && (msr_list_cache = malloc(size)) != NULL)
+		memcpy(msr_list_cache, l, size);
+	pthread_mutex_unlock(&msr_list_lock);
 	*out = l;
 	return 0;
 }
@@ -237,7 +290,7 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 		goto fail;
 	}
 	BYTES(m.sregs, &b->sregs, sizeof(b->sregs));
-	if (xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_SREGS2) > 0) {
+	if (host_cap(kvm_fd, KVM_CAP_SREGS2) > 0) {
 		if ((r = xioctl(vcpu_fd, KVM_GET_SREGS2, &b->sregs2)) < 0) {
 			ioctl_err(err, r, "KVM_GET_SREGS2");
 			goto fail;
@@ -245,7 +298,7 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 		BYTES(m.sregs2, &b->sregs2, sizeof(b->sregs2));
 	}
 
-	xsave_size = xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XSAVE2);
+	xsave_size = host_cap(kvm_fd, KVM_CAP_XSAVE2);
 	if (xsave_size > 0) {
 		if ((size_t)xsave_size < sizeof(struct kvm_xsave) ||
 		    xsave_size > (int)X86_XSAVE_MAX) {
@@ -261,7 +314,7 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 			goto fail;
 		}
 		BYTES(m.xsave, b->xsave, (size_t)xsave_size);
-	} else if (xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XSAVE) > 0) {
+	} else if (host_cap(kvm_fd, KVM_CAP_XSAVE) > 0) {
 		b->xsave = calloc(1, sizeof(struct kvm_xsave));
 		if (!b->xsave)
 			goto fail_nomem;
@@ -277,7 +330,7 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 		}
 		BYTES(m.fpu, &b->fpu, sizeof(b->fpu));
 	}
-	if (xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XCRS) > 0) {
+	if (host_cap(kvm_fd, KVM_CAP_XCRS) > 0) {
 		if ((r = xioctl(vcpu_fd, KVM_GET_XCRS, &b->xcrs)) < 0) {
 			ioctl_err(err, r, "KVM_GET_XCRS");
 			goto fail;
@@ -547,13 +600,13 @@ static int set_msrs(int vcpu_fd, struct kvm_msrs *msrs, mig_error *err)
 static int load_xsave(int kvm_fd, int vcpu_fd, const ProtobufCBinaryData *x,
 		      mig_error *err)
 {
-	int host = xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XSAVE2);
+	int host = host_cap(kvm_fd, KVM_CAP_XSAVE2);
 	size_t size;
 	void *buf;
 	int r;
 
 	if (host <= 0) {
-		if (xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XSAVE) <= 0)
+		if (host_cap(kvm_fd, KVM_CAP_XSAVE) <= 0)
 			return mig__err(err, -ENOTSUP, "vCPU state: item "
 					"\"xsave\" but this KVM has no XSAVE");
 		host = (int)sizeof(struct kvm_xsave);
@@ -639,7 +692,7 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 		goto out;
 
 	if (m->sregs2.len &&
-	    xioctl(kvm_fd, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_SREGS2) > 0) {
+	    host_cap(kvm_fd, KVM_CAP_SREGS2) > 0) {
 		if ((r = xioctl(vcpu_fd, KVM_SET_SREGS2, &sregs2)) < 0) {
 			ioctl_err(err, r, "KVM_SET_SREGS2");
 			goto out;

@@ -97,6 +97,10 @@ struct mig_dest {
 	uint8_t src_hash[16];
 	int have_hash;
 	int committed;
+	int load_early;             /* config: load_state_early */
+	uint32_t state_items;       /* StateBlobs since the switchover */
+	int state_ended;            /* StateEnd seen */
+	int state_loaded;           /* load_state done */
 	int finished;
 	uint64_t last_activity_us;
 	uint64_t t_switch_us;
@@ -254,6 +258,9 @@ static void hello_reply(struct dst_conn *c, int ok, int code, const char *msg)
 	Mig__Wire__HelloAck ack = MIG__WIRE__HELLO_ACK__INIT;
 	ack.version_major = MIG_PROTOCOL_VERSION;
 	ack.features = MIG_FEATURES_SUPPORTED;
+	/* The state before the last pages only if the VMM can load it so. */
+	if (!c->d->load_early)
+		ack.features &= ~(uint64_t)MIG__WIRE__FEATURE__FEATURE_EARLY_STATE;
 	ack.ok = ok;
 	ack.error = code;
 	ack.message = (char *)msg;
@@ -471,6 +478,23 @@ static uint8_t *page_sink(void *opaque, uint32_t region, uint64_t idx)
 	return (uint8_t *)d->vm.regions[region].hva + idx * MIG_PAGE_SIZE;
 }
 
+/* The VMM loads the state: at StateEnd (load_state_early) or once the
+ * image is complete. */
+static int load_state(mig_dest *d)
+{
+	mig_error e = { 0 };
+	int r;
+
+	r = d->vm.vm.ops->load_state(d->vm.vm.opaque, &d->state, &e);
+	if (r < 0) {
+		dest_fail(d, r, "loading VM state: %s", e.msg[0] ? e.msg : mig_strerror(r));
+		return r;
+	}
+	d->state_loaded = 1;
+	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "state loaded");
+	return 0;
+}
+
 /* Every connection has said Complete: check, load, commit. */
 static void image_complete(mig_dest *d)
 {
@@ -495,12 +519,8 @@ static void image_complete(mig_dest *d)
 			return;
 		}
 	}
-	r = d->vm.vm.ops->load_state(d->vm.vm.opaque, &d->state, &e);
-	if (r < 0) {
-		dest_fail(d, r, "loading VM state: %s", e.msg[0] ? e.msg : mig_strerror(r));
+	if (!d->state_loaded && load_state(d) < 0)
 		return;
-	}
-	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "state loaded");
 	Mig__Wire__Commit commit = MIG__WIRE__COMMIT__INIT;
 	if (d->have_hash) {
 		commit.memory_hash.data = d->src_hash;
@@ -527,6 +547,7 @@ static void on_activate(mig_dest *d)
 		dest_fail(d, MIG_E_PROTOCOL, "activate before commit");
 		return;
 	}
+	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "activating: resuming the VM");
 	r = d->vm.vm.ops->resume(d->vm.vm.opaque, &e);
 	if (r < 0) {
 		/* The source has committed: the image is ours alone. */
@@ -535,8 +556,8 @@ static void on_activate(mig_dest *d)
 		finish(d);
 		return;
 	}
-	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "activated: VM resumed");
 	uint64_t t1 = mig__now_us();
+	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "activated: VM resumed");
 	Mig__Wire__Activated a = MIG__WIRE__ACTIVATED__INIT;
 	a.resume_us = t1 - t0;
 	send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_ACTIVATED, &a);
@@ -634,11 +655,40 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			dest_fail(d, MIG_E_PROTOCOL, "VM state before the switchover");
 			break;
 		}
+		if (d->state_ended) {
+			dest_fail(d, MIG_E_PROTOCOL, "VM state after its end");
+			break;
+		}
+		d->state_items++;
 		r = mig_state_add(&d->state, env->state->name, env->state->data.data,
 				  env->state->data.len);
-		if (r < 0)
+		if (r < 0) {
 			dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' refused: %s",
 				  env->state->name, mig_strerror(r));
+			break;
+		}
+		if (d->load_early && d->vm.vm.ops->load_state_item) {
+			mig_error e = { 0 };
+			r = d->vm.vm.ops->load_state_item(d->vm.vm.opaque, env->state->name,
+							  env->state->data.data,
+							  env->state->data.len, &e);
+			if (r < 0)
+				dest_fail(d, r, "loading VM state item '%.64s': %s",
+					  env->state->name, e.msg[0] ? e.msg : mig_strerror(r));
+		}
+		break;
+	case MIG__WIRE__ENVELOPE__MSG_STATE_END:
+		if (!d->load_early || !d->t_switch_us || d->state_ended) {
+			dest_fail(d, MIG_E_PROTOCOL, "unexpected end of VM state");
+			break;
+		}
+		if (env->state_end->items != d->state_items) {
+			dest_fail(d, MIG_E_PROTOCOL, "source sent %u state items, %u arrived",
+				  env->state_end->items, d->state_items);
+			break;
+		}
+		d->state_ended = 1;
+		(void)load_state(d);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_COMPLETE:
 		if (c->complete) {
@@ -893,6 +943,7 @@ MIG_API int mig_dest_create(mig_dest **out, const mig_dest_config *cfg,
 	d->token_len = strlen(cfg->token);
 	d->cb = cfg->cb;
 	d->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEST_DEFAULT_TIMEOUT_MS;
+	d->load_early = cfg->load_state_early != 0;
 	if ((r = mig__vm_copy(&d->vm, &cfg->vm, err)) < 0 ||
 	    (r = mig__parse_uri(cfg->uri, d->host, sizeof(d->host), &d->port, err)) < 0 ||
 	    (r = mig__resolve(d->host, d->port, &ss, err)) < 0) {

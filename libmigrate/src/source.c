@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #include "codec.h"
 #include "dirty.h"
@@ -24,6 +25,7 @@
 #include "state.h"
 
 #define SRC_HWM (8u << 20)          /* bytes in flight per connection */
+#define SRC_COALESCE (64u << 10)    /* small frames joined up to this */
 #define HELLO_TIMEOUT_MS 10000u
 #define COMMIT_TIMEOUT_MS 30000u
 #define ACTIVATED_TIMEOUT_MS 10000u
@@ -37,6 +39,11 @@ struct item {
 	int is_chunk;
 	int resident_only;
 	int final;          /* stop-and-copy: the log is closed, no rearm */
+	/* Complete, packed by the connection thread when it gets there, so
+	 * that it counts every page encoded before it on this connection. */
+	int is_complete;
+	int has_hash;
+	uint8_t hash[16];
 	uint32_t region;
 	uint64_t first;
 	uint32_t count;
@@ -111,6 +118,13 @@ struct mig_source {
 	int cancel;
 	int finished;
 	uint64_t last_progress_us;  /* a write completed or a message came */
+	/* Commitment, decided on connection 0's thread: while armed, the
+	 * Commit it reads is answered with Activate at once (no hand-off to
+	 * the engine thread and back inside the downtime). The engine disarms
+	 * before it gives up, so exactly one of the two happens. */
+	int commit_armed;
+	int activate_sent;
+	uint64_t activate_sent_us;
 	mig_stats *stats;
 	struct msg *mbox_head, *mbox_tail;
 
@@ -291,6 +305,66 @@ static uint64_t bw_delay_us(struct src_conn *c)
 	return (c->bw_bytes - allowed) * 1000000u / cap + 1;
 }
 
+static int pack_complete(struct src_conn *c, const struct item *it, mig_buf *out)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	Mig__Wire__Complete comp = MIG__WIRE__COMPLETE__INIT;
+
+	pthread_mutex_lock(&c->s->lock);
+	comp.pages_total = c->pages;
+	pthread_mutex_unlock(&c->s->lock);
+	if (it->has_hash) {
+		comp.memory_hash.data = (uint8_t *)it->hash;
+		comp.memory_hash.len = sizeof(it->hash);
+	}
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_COMPLETE;
+	env.complete = &comp;
+	return mig__msg_pack(&env, out);
+}
+
+/* Take the next item of c's queue, counted as a write until it is encoded
+ * (so a drain waiter never sees an empty queue with work still in hand). */
+static struct item *next_item(struct src_conn *c)
+{
+	mig_source *s = c->s;
+	struct item *it;
+
+	pthread_mutex_lock(&s->lock);
+	it = c->head;
+	if (it && !c->error && !c->closing && c->connected) {
+		c->head = it->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->writes++;
+	} else {
+		it = NULL;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return it;
+}
+
+/* Append item `it` to `out`, encoding pages or packing Complete; frees it. */
+static int item_out(struct src_conn *c, struct item *it, mig_buf *out)
+{
+	int r;
+
+	if (it->is_chunk) {
+		r = encode_chunk(c, it, out);
+	} else if (it->is_complete) {
+		r = pack_complete(c, it, out);
+	} else if (!out->len) {
+		mig__buf_free(out);
+		*out = it->frame;
+		memset(&it->frame, 0, sizeof(it->frame));
+		r = 0;
+	} else {
+		r = mig__buf_append(out, it->frame.data, it->frame.len);
+	}
+	mig__buf_free(&it->frame);
+	free(it);
+	return r;
+}
+
 static void pump(struct src_conn *c)
 {
 	mig_source *s = c->s;
@@ -298,8 +372,9 @@ static void pump(struct src_conn *c)
 	while (c->inflight < SRC_HWM) {
 		struct item *it;
 		mig_buf out = { 0 };
+		unsigned taken = 0;
 		uint64_t wait;
-		int r;
+		int r = 0;
 
 		wait = bw_delay_us(c);
 		if (wait) {
@@ -310,35 +385,21 @@ static void pump(struct src_conn *c)
 			}
 			return;
 		}
-		pthread_mutex_lock(&s->lock);
-		it = c->head;
-		if (it && !c->error && !c->closing && c->connected) {
-			c->head = it->next;
-			if (!c->head)
-				c->tail = NULL;
-			/* Counted as a write until encoded, so a drain waiter
-			 * never sees an empty queue with work still in hand. */
-			c->writes++;
-		} else {
-			it = NULL;
+		/* Small frames queued together go out in one write: in the
+		 * stop-and-copy (switchover, state, round end, complete) every
+		 * system call is downtime. */
+		while (r == 0 && out.len < SRC_COALESCE && (it = next_item(c))) {
+			taken++;
+			r = item_out(c, it, &out);
 		}
-		pthread_mutex_unlock(&s->lock);
-		if (!it)
+		if (!taken)
 			return;
-		if (it->is_chunk) {
-			r = encode_chunk(c, it, &out);
-		} else {
-			out = it->frame;
-			memset(&it->frame, 0, sizeof(it->frame));
-			r = 0;
-		}
-		free(it);
 		if (r == 0 && out.len) {
 			c->bw_bytes += out.len;
 			r = conn_write(c, &out);
 		}
 		pthread_mutex_lock(&s->lock);
-		c->writes--;
+		c->writes -= taken;
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
 		mig__buf_free(&out);
@@ -347,6 +408,34 @@ static void pump(struct src_conn *c)
 			return;
 		}
 	}
+}
+
+/* Connection 0's thread: the destination committed; activate it now if
+ * the engine is waiting for exactly that. */
+static void answer_commit(struct src_conn *c)
+{
+	mig_source *s = c->s;
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+	mig_buf out = { 0 };
+	int armed, r;
+
+	pthread_mutex_lock(&s->lock);
+	armed = s->commit_armed;
+	s->commit_armed = 0;
+	s->activate_sent = armed;
+	s->activate_sent_us = mig__now_us();
+	pthread_mutex_unlock(&s->lock);
+	if (!armed)
+		return;
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_ACTIVATE;
+	env.activate = &act;
+	r = mig__msg_pack(&env, &out);
+	if (r == 0)
+		r = conn_write(c, &out);
+	mig__buf_free(&out);
+	if (r < 0)
+		conn_fail(c, r, "sending activate");
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -389,6 +478,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			conn_fail(c, -ENOMEM, "read");
 			return;
 		}
+		if (c->index == 0 &&
+		    env->msg_case == MIG__WIRE__ENVELOPE__MSG_COMMIT)
+			answer_commit(c);
 		m->conn = c->index;
 		m->env = env;
 		pthread_mutex_lock(&s->lock);
@@ -485,6 +577,7 @@ static int send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
 		return -ENOMEM;
 	r = mig__msg_pack(env, &it->frame);
 	if (r < 0) {
+		mig__buf_free(&it->frame);
 		free(it);
 		return r;
 	}
@@ -829,14 +922,86 @@ static int send_config(mig_source *s)
 	return 0;
 }
 
-static int send_simple(mig_source *s, uint32_t conn,
-		       Mig__Wire__Envelope__MsgCase kind, void *msg)
+/*
+ * Stop-and-copy: when connection `conn` has nothing queued or in flight,
+ * write `b` from this thread at once instead of waking the connection's
+ * thread (on an idle CPU that wake-up alone can take 100 us, all of it
+ * downtime). Holding the lock keeps that thread from starting a write
+ * meanwhile, so the stream stays in order. Returns the bytes written;
+ * the caller queues the rest (a full socket buffer, an error that the
+ * connection's thread will then see).
+ */
+static size_t write_now(mig_source *s, uint32_t conn, const mig_buf *b)
+{
+	struct src_conn *c = &s->conns[conn];
+	uv_os_fd_t fd;
+	size_t done = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (!c->head && !c->writes && c->connected && !c->error && !c->closing &&
+	    uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+		while (done < b->len) {
+			ssize_t n = send(fd, b->data + done, b->len - done,
+					 MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			done += (size_t)n;
+		}
+		c->bytes += done;
+		if (done)
+			s->last_progress_us = mig__now_us();
+	}
+	pthread_mutex_unlock(&s->lock);
+	return done;
+}
+
+/* Queue the frames in `b` (one or more messages) on connection `conn`,
+ * as one item: they go out in one write. Takes b's memory. With `now`,
+ * first try to write them from this thread (write_now()). */
+static int send_frames(mig_source *s, uint32_t conn, mig_buf *b, int now)
+{
+	size_t done = now ? write_now(s, conn, b) : 0;
+
+	if (done == b->len) {
+		mig__buf_free(b);
+		return 0;
+	}
+	if (done) {
+		memmove(b->data, b->data + done, b->len - done);
+		b->len -= done;
+	}
+	struct item *it = calloc(1, sizeof(*it));
+
+	if (!it) {
+		mig__buf_free(b);
+		return -ENOMEM;
+	}
+	it->frame = *b;
+	memset(b, 0, sizeof(*b));
+	return queue_item(s, conn, it);
+}
+
+static int pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg)
 {
 	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
 	env.msg_case = kind;
-	/* Every member of the oneof sits at the same place in the union. */
-	env.hello = msg;
-	return send_msg(s, conn, &env);
+	env.hello = msg; /* every member of the oneof sits at the same place */
+	return mig__msg_pack(&env, b);
+}
+
+static int send_simple(mig_source *s, uint32_t conn,
+		       Mig__Wire__Envelope__MsgCase kind, void *msg)
+{
+	mig_buf b = { 0 };
+	int r = pack_simple(&b, kind, msg);
+
+	if (r < 0) {
+		mig__buf_free(&b);
+		return r;
+	}
+	return send_frames(s, conn, &b, 0);
 }
 
 static int set_throttle(mig_source *s, unsigned pct)
@@ -883,61 +1048,50 @@ static long sync_dirty(mig_source *s)
 	return n;
 }
 
-/*
- * One round: queue everything marked, wait until it is on the wire, then
- * collect what the guest dirtied meanwhile. Fills the round's stats.
- */
-static int run_round(mig_source *s, uint64_t *dirtied)
-{
-	uint64_t t0 = mig__now_us(), b0, p0, z0, raw0, b1, p1, z1, raw1;
-	int r;
-	long d;
+/* Where a round started: its time and the connections' counters. */
+struct round_mark {
+	uint64_t t0, bytes, pages, zero, raw;
+};
 
+/* Start a round: RoundStart, then every marked chunk, queued. */
+static int round_queue(mig_source *s, struct round_mark *m)
+{
+	int r;
+
+	m->t0 = mig__now_us();
 	s->round++;
-	conn_counters(s, &b0, &p0, &z0, &raw0);
+	conn_counters(s, &m->bytes, &m->pages, &m->zero, &m->raw);
 	Mig__Wire__RoundStart rs = MIG__WIRE__ROUND_START__INIT;
 	rs.round = s->round;
 	if ((r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ROUND_START, &rs)) < 0)
 		return mig__err(&s->result, r, "queueing round start");
-	uint64_t queued = queue_round(s, &r);
+	(void)queue_round(s, &r);
 	if (r < 0)
 		return mig__err(&s->result, r, "out of memory queueing pages");
-	(void)queued;
-	if ((r = wait_drained(s)) < 0)
-		return r;
-	/* A round ends on every connection; before the switchover the
-	 * destination acknowledges once it has written all of it, so the next
-	 * decision sees the real end-to-end rate and no backlog is left in
-	 * socket buffers to lengthen the downtime. */
+	return 0;
+}
+
+/* A round ends on every connection, queued after its pages. */
+static int round_end_queue(mig_source *s)
+{
 	Mig__Wire__RoundEnd re = MIG__WIRE__ROUND_END__INIT;
+	int r = 0;
+
 	re.round = s->round;
 	for (uint32_t i = 0; i < s->nconns && r == 0; i++)
 		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_ROUND_END, &re);
 	if (r < 0)
 		return mig__err(&s->result, r, "queueing round end");
-	if (!s->paused) {
-		Mig__Wire__Envelope *ack;
-		uint64_t limit = s->params.timeout_ms ? s->params.timeout_ms
-						      : ROUND_ACK_TIMEOUT_MS;
-		r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_STATS, limit, &ack);
-		if (r < 0)
-			return r;
-		if (ack->stats->round != s->round) {
-			r = mig__err(&s->result, MIG_E_PROTOCOL,
-				     "destination acknowledged round %u during round %u",
-				     ack->stats->round, s->round);
-			mig__msg_free(ack);
-			return r;
-		}
-		mig__msg_free(ack);
-	}
-	conn_counters(s, &b1, &p1, &z1, &raw1);
-	d = s->paused ? 0 : sync_dirty(s);
-	if (d < 0)
-		return (int)d;
-	*dirtied = (uint64_t)d;
+	return 0;
+}
 
-	uint64_t dur = mig__now_us() - t0;
+/* The round's stats, once its pages are on the wire. */
+static void round_record(mig_source *s, const struct round_mark *m, uint64_t d)
+{
+	uint64_t b1, p1, z1, raw1, b0 = m->bytes, p0 = m->pages, z0 = m->zero;
+
+	conn_counters(s, &b1, &p1, &z1, &raw1);
+	uint64_t dur = mig__now_us() - m->t0;
 	pthread_mutex_lock(&s->lock);
 	mig_stats *st = s->stats;
 	st->rounds = s->round;
@@ -958,6 +1112,43 @@ static int run_round(mig_source *s, uint64_t *dirtied)
 		rs2->throughput = dur ? (double)(b1 - b0) * 1e6 / (double)dur : 0;
 	}
 	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * One pre-copy round: queue everything marked, wait until it is on the
+ * wire and the destination has written it (its acknowledgement, so the
+ * next decision sees the real end-to-end rate and no backlog is left in
+ * socket buffers to lengthen the downtime), then collect what the guest
+ * dirtied meanwhile. Fills the round's stats.
+ */
+static int run_round(mig_source *s, uint64_t *dirtied)
+{
+	struct round_mark m;
+	Mig__Wire__Envelope *ack;
+	int r;
+	long d;
+
+	if ((r = round_queue(s, &m)) < 0 || (r = wait_drained(s)) < 0 ||
+	    (r = round_end_queue(s)) < 0)
+		return r;
+	uint64_t limit = s->params.timeout_ms ? s->params.timeout_ms
+					      : ROUND_ACK_TIMEOUT_MS;
+	r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_STATS, limit, &ack);
+	if (r < 0)
+		return r;
+	if (ack->stats->round != s->round) {
+		r = mig__err(&s->result, MIG_E_PROTOCOL,
+			     "destination acknowledged round %u during round %u",
+			     ack->stats->round, s->round);
+		mig__msg_free(ack);
+		return r;
+	}
+	mig__msg_free(ack);
+	d = sync_dirty(s);
+	if (d < 0)
+		return (int)d;
+	*dirtied = (uint64_t)d;
+	round_record(s, &m, *dirtied);
 	return 0;
 }
 
@@ -974,32 +1165,126 @@ static uint64_t count_marked(mig_source *s)
 
 /* ---- the engine ---------------------------------------------------------- */
 
+/* Where the VM state goes while the VMM saves it. */
+struct state_out {
+	mig_source *s;
+	mig_buf *b;        /* frames not sent yet */
+	int stream;        /* send each item as soon as it is added */
+	uint32_t n;        /* items */
+};
+
+static int state_item_out(void *opaque, const struct mig_state_item *it)
+{
+	struct state_out *o = opaque;
+	Mig__Wire__StateBlob sb = MIG__WIRE__STATE_BLOB__INIT;
+	int r;
+
+	sb.name = (char *)it->name;
+	sb.data.data = it->data;
+	sb.data.len = it->len;
+	r = pack_simple(o->b, MIG__WIRE__ENVELOPE__MSG_STATE, &sb);
+	if (r == 0 && o->stream)
+		r = send_frames(o->s, 0, o->b, 1);
+	if (r == 0)
+		o->n++;
+	return r;
+}
+
+/*
+ * Have the VMM save the VM state into frames after those already in `b`.
+ * With FEATURE_EARLY_STATE each item is sent as soon as the VMM adds it
+ * (with what `b` held before it), so that the destination loads the first
+ * vCPU while this one saves the next, and StateEnd follows the last;
+ * otherwise everything stays in `b` for the caller.
+ */
+static int put_state(mig_source *s, mig_buf *b)
+{
+	int early = (s->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE) != 0;
+	struct state_out o = { s, b, early, 0 };
+	mig_state st;
+	int r;
+
+	mig__state_init(&st);
+	st.on_add = state_item_out;
+	st.on_add_opaque = &o;
+	r = s->vm.vm.ops->save_state(s->vm.vm.opaque, &st, &s->result);
+	mig__state_clear(&st);
+	if (r < 0) {
+		mig__err_prefix(&s->result, "saving VM state: ");
+		return r;
+	}
+	if (early) {
+		Mig__Wire__StateEnd se = MIG__WIRE__STATE_END__INIT;
+		se.items = o.n;
+		r = pack_simple(b, MIG__WIRE__ENVELOPE__MSG_STATE_END, &se);
+		if (r == 0)
+			r = send_frames(s, 0, b, 1);
+	}
+	if (r < 0)
+		return mig__err(&s->result, r, "sending VM state");
+	return 0;
+}
+
+/*
+ * Clark's stop-and-copy: pause, the last pages, the VM state, Complete.
+ * Everything goes into the connections' queues at once, and each queue
+ * keeps its order, so nothing waits for anything else until the commit.
+ * With FEATURE_EARLY_STATE the state goes first and the destination loads
+ * it while the last pages follow; otherwise the connection threads encode
+ * and send the last pages while this thread saves the state, which the
+ * destination loads at the end.
+ */
+/* Disarm the commit answer; returns whether Activate already went out
+ * (then the destination owns the VM and this copy must never run again). */
+static int activation_went_out(mig_source *s)
+{
+	int sent;
+
+	pthread_mutex_lock(&s->lock);
+	s->commit_armed = 0;
+	sent = s->activate_sent;
+	pthread_mutex_unlock(&s->lock);
+	return sent;
+}
+
 static int stop_and_copy(mig_source *s)
 {
-	mig_state st;
-	uint64_t dirtied;
-	uint8_t hash[16];
+	int early = (s->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE) != 0;
+	Mig__Wire__Switchover sw = MIG__WIRE__SWITCHOVER__INIT;
+	struct round_mark m;
+	mig_buf b = { 0 };
 	int r;
 	long d;
 
 	set_phase(s, MIG_PHASE_STOPCOPY);
+	/* The downtime starts here: the vCPUs stop as they are kicked. */
+	uint64_t t_pause = mig__now_us();
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: pausing the VM");
 	r = s->vm.vm.ops->pause(s->vm.vm.opaque, &s->result);
 	if (r < 0) {
 		mig__err_prefix(&s->result, "pausing the VM: ");
 		return r;
 	}
 	s->paused = 1;
-	uint64_t t_pause = mig__now_us();
 	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: VM paused");
 	pthread_mutex_lock(&s->lock);
 	s->stats->downtime_us = 0;
 	pthread_mutex_unlock(&s->lock);
 
-	Mig__Wire__Switchover sw = MIG__WIRE__SWITCHOVER__INIT;
 	sw.round = s->round + 1;
 	sw.paused_at_ns = t_pause * 1000;
-	if ((r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw)) < 0)
-		return mig__err(&s->result, r, "queueing switchover");
+	r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw);
+	if (r < 0) {
+		mig__buf_free(&b);
+		return mig__err(&s->result, r, "packing switchover");
+	}
+	if (early)
+		r = put_state(s, &b); /* sends the switchover with the first item */
+	else if ((r = send_frames(s, 0, &b, 1)) < 0)
+		mig__err(&s->result, r, "queueing switchover");
+	mig__buf_free(&b);
+	if (r < 0)
+		return r;
 	/* The last look at the dirty log, with every vCPU out of KVM_RUN. */
 	d = mig__dirty_sync_final(s->dirty, s->send_bm, &s->result);
 	if (d < 0) {
@@ -1007,62 +1292,86 @@ static int stop_and_copy(mig_source *s)
 				mig__dirty_name(s->dirty));
 		return (int)d;
 	}
-	if ((r = run_round(s, &dirtied)) < 0)
+	if ((r = round_queue(s, &m)) < 0 || (r = round_end_queue(s)) < 0)
 		return r;
-
-	mig__state_init(&st);
-	r = s->vm.vm.ops->save_state(s->vm.vm.opaque, &st, &s->result);
-	if (r < 0) {
-		mig__err_prefix(&s->result, "saving VM state: ");
-		mig__state_clear(&st);
-		return r;
+	if (!early) {
+		if ((r = put_state(s, &b)) < 0) {
+			mig__buf_free(&b);
+			return r;
+		}
+		if ((r = send_frames(s, 0, &b, 0)) < 0)
+			return mig__err(&s->result, r, "queueing VM state");
 	}
-	for (size_t i = 0; i < st.nr_items && r == 0; i++) {
-		Mig__Wire__StateBlob b = MIG__WIRE__STATE_BLOB__INIT;
-		b.name = st.items[i].name;
-		b.data.data = st.items[i].data;
-		b.data.len = st.items[i].len;
-		r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_STATE, &b);
-	}
-	mig__state_clear(&st);
-	if (r < 0)
-		return mig__err(&s->result, r, "queueing VM state");
-	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: last pages sent, state queued");
+	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: state and last pages queued");
 
-	Mig__Wire__Complete comp = MIG__WIRE__COMPLETE__INIT;
+	uint8_t hash[16] = { 0 };
+	int has_hash = 0;
 	if (s->params.verify) {
 		r = mig__hash_regions(s->vm.regions, s->vm.vm.nr_regions, hash,
 				      &s->result);
 		if (r < 0)
 			return r;
-		comp.memory_hash.data = hash;
-		comp.memory_hash.len = sizeof(hash);
+		has_hash = 1;
 	}
-	for (uint32_t i = 0; i < s->nconns && r == 0; i++) {
-		/* Each connection says how many pages it carried. */
-		pthread_mutex_lock(&s->lock);
-		comp.pages_total = s->conns[i].pages;
-		pthread_mutex_unlock(&s->lock);
-		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_COMPLETE, &comp);
+	pthread_mutex_lock(&s->lock);
+	s->commit_armed = 1;
+	pthread_mutex_unlock(&s->lock);
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		/* Each connection says how many pages it carried, counted when
+		 * its thread reaches this item. */
+		struct item *it = calloc(1, sizeof(*it));
+		if (!it)
+			return mig__err(&s->result, -ENOMEM, "queueing completion");
+		it->is_complete = 1;
+		it->has_hash = has_hash;
+		memcpy(it->hash, hash, sizeof(hash));
+		queue_item(s, i, it);
 	}
-	if (r < 0)
-		return mig__err(&s->result, r, "queueing completion");
+	if ((r = wait_drained(s)) < 0) {
+		if (!activation_went_out(s))
+			return r;
+		/* While this thread slept, connection 0's thread answered the
+		 * commit and the destination resumed and hung up: committed. */
+		memset(&s->result, 0, sizeof(s->result));
+		r = 0;
+	}
+	round_record(s, &m, 0);
 	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: all sent, waiting for commit");
-	if ((r = wait_drained(s)) < 0)
-		return r;
 
-	/* Commitment: once Commit is read, this copy must never run again. */
+	/* Commitment: once Commit is read, this copy must never run again.
+	 * Connection 0's thread answers it with Activate unless this thread
+	 * has given up first (disarmed under the lock). */
 	set_phase(s, MIG_PHASE_COMMIT);
 	Mig__Wire__Envelope *env;
+	int activated;
 	r = wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_COMMIT, COMMIT_TIMEOUT_MS, &env);
-	if (r < 0)
+	uint64_t t_sent;
+	activated = activation_went_out(s);
+	pthread_mutex_lock(&s->lock);
+	t_sent = s->activate_sent_us;
+	pthread_mutex_unlock(&s->lock);
+	if (r == 0)
+		mig__msg_free(env);
+	if (r < 0 && !activated)
 		return r;
-	mig__msg_free(env);
+	if (r < 0) {
+		/* Activate went out before this thread saw the error (a
+		 * cancel, or the connection failing after it): committed. */
+		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_WARN,
+			 "destination committed; after that: %s", s->result.msg);
+		memset(&s->result, 0, sizeof(s->result));
+		r = 0;
+	}
 	s->committed = 1;
 	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "committed");
 
-	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
-	r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act);
+	if (!activated) {
+		/* Commit came before the arming (cannot happen: the
+		 * destination commits only after Complete). */
+		Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+		r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act);
+		t_sent = mig__now_us();
+	}
 	uint64_t t_act = mig__now_us();
 	uint64_t resume_us = 0;
 	if (r == 0)
@@ -1081,12 +1390,18 @@ static int stop_and_copy(mig_source *s)
 		t_act = mig__now_us();
 		mig__msg_free(env);
 	}
-	/* Downtime: pause until the destination's vCPUs run. The Activated
-	 * message arrives half a round trip after that. */
-	uint64_t half_rtt = s->rtt_us / 2;
-	uint64_t down = t_act - t_pause;
-	down = down > half_rtt ? down - half_rtt : down;
-	(void)resume_us;
+	/* Downtime: pause until the destination's vCPUs run, on two clocks
+	 * that need not agree. The resume happened after Activate left plus
+	 * the destination's resume time, and before Activated came back; the
+	 * two trips are taken as equally long, so the error is at most half
+	 * the round trip's transit (plus wake-ups) either way. */
+	if (t_sent < t_pause)
+		t_sent = t_pause;
+	if (t_act < t_sent)
+		t_act = t_sent;
+	uint64_t lo = t_sent - t_pause + resume_us;
+	uint64_t hi = t_act - t_pause;
+	uint64_t down = lo < hi ? lo + (hi - lo) / 2 : hi;
 	pthread_mutex_lock(&s->lock);
 	s->stats->downtime_us = down;
 	pthread_mutex_unlock(&s->lock);
@@ -1314,6 +1629,15 @@ static void *engine_main(void *arg)
 	if (r == 0)
 		r = stop_and_copy(s);
 
+	if (r < 0 && !s->committed && activation_went_out(s)) {
+		/* Never resume a VM the destination may be running. */
+		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_WARN,
+			 "destination committed and was told to resume; after that: %s",
+			 s->result.msg);
+		memset(&s->result, 0, sizeof(s->result));
+		s->committed = 1;
+		r = 0;
+	}
 	if (r < 0 && !s->committed) {
 		/* "migration to hostb:4444 failed in round 3: ..." */
 		char where[64];

@@ -71,7 +71,7 @@ MIG_API int mig_state_add(mig_state *st, const char *name, const void *data,
 	it->data = copy;
 	it->len = len;
 	st->total += len;
-	return 0;
+	return st->on_add ? st->on_add(st->on_add_opaque, it) : 0;
 }
 
 MIG_API int mig_state_get(const mig_state *st, const char *name,

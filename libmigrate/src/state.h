@@ -21,6 +21,10 @@ struct mig_state {
 	size_t nr_items;
 	size_t cap;
 	size_t total;
+	/* Optional: called with each item once it is stored (the source
+	 * streams the state as the VMM saves it); an error fails the add. */
+	int (*on_add)(void *opaque, const struct mig_state_item *it);
+	void *on_add_opaque;
 };
 
 void mig__state_init(mig_state *st);

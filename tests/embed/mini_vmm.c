@@ -174,7 +174,12 @@ static void log_cb(mig_log_level lvl, const char *msg, void *opaque)
 			ts.tv_nsec / 1000, msg);
 }
 
-static const mig_vm_ops ops = { vm_pause, vm_resume, vm_save, vm_load, NULL };
+static const mig_vm_ops ops = {
+	.pause = vm_pause,
+	.resume = vm_resume,
+	.save_state = vm_save,
+	.load_state = vm_load,
+};
 
 static void vm_create(struct vm *vm, int boot)
 {

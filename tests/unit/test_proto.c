@@ -151,13 +151,19 @@ static void test_every_message(void **state)
 	ENV(activated, ACTIVATED, &acd);
 	assert_int_equal(got->activated->resume_us, 77);
 	mig__msg_free(got);
+
+	Mig__Wire__StateEnd se = MIG__WIRE__STATE_END__INIT;
+	se.items = 9;
+	ENV(state_end, STATE_END, &se);
+	assert_int_equal(got->state_end->items, 9);
+	mig__msg_free(got);
 }
 
 /* Every case of the oneof was exercised above: catch new ones added later. */
 static void test_oneof_covered(void **state)
 {
 	(void)state;
-	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 15);
+	assert_int_equal(mig__wire__envelope__descriptor.n_fields, 16);
 }
 
 static void test_vmstate_roundtrip(void **state)

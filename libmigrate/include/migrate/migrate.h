@@ -176,7 +176,9 @@ typedef struct mig_vm_ops {
 	int (*save_state)(void *opaque, mig_state *out, mig_error *err);
 	/*
 	 * Destination, before resume: load the state saved by the source's
-	 * save_state (look items up with mig_state_get()).
+	 * save_state (look items up with mig_state_get()). Called once every
+	 * page is in guest memory, or, with mig_dest_config.load_state_early,
+	 * as soon as the state has arrived.
 	 */
 	int (*load_state)(void *opaque, const mig_state *in,
 			  mig_error *err);
@@ -187,6 +189,16 @@ typedef struct mig_vm_ops {
 	 * auto-converge). Without it the source cannot throttle.
 	 */
 	int (*throttle)(void *opaque, unsigned int pct, mig_error *err);
+	/*
+	 * Optional (may be NULL), destination with
+	 * mig_dest_config.load_state_early: load one state item as soon as it
+	 * arrives, in the order the source's save_state added them, so that
+	 * loading overlaps the source's saving. load_state still runs once
+	 * all items are in, to load whatever this did not and to check that
+	 * nothing is missing.
+	 */
+	int (*load_state_item)(void *opaque, const char *name, const void *data,
+			       size_t len, mig_error *err);
 } mig_vm_ops;
 
 /* Copy `len` bytes under `name` (at most 63 chars; replaces an old item). */
@@ -323,6 +335,16 @@ typedef struct mig_dest_config {
 	const char *token;           /* accept only a source that presents it */
 	uint32_t timeout_ms;         /* idle limit while migrating, 0 = 30000 */
 	mig_callbacks cb;
+	/*
+	 * 1 if ops->load_state neither reads guest memory nor needs what it
+	 * writes there to survive (true of mig_x86_vm_load() and
+	 * mig_x86_vcpu_load(), which set KVM state only): the source then
+	 * sends the state before the last pages, and load_state runs while
+	 * they arrive, off the downtime's critical path. 0 (the default):
+	 * load_state runs once every page is in guest memory. Either way the
+	 * VM is resumed only after the whole image has arrived and committed.
+	 */
+	int load_state_early;
 } mig_dest_config;
 
 /* Validate, bind and listen (so the port is known). Nothing is accepted

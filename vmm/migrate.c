@@ -152,6 +152,9 @@ int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 	cfg.uri = uri;
 	cfg.token = token;
 	cfg.timeout_ms = timeout_ms;
+	/* vm_load_state() sets KVM and serial state only: it may run while
+	 * the last pages arrive. */
+	cfg.load_state_early = 1;
 	cfg.cb.done = on_done;
 	cfg.cb.log = on_log;
 	r = mig_dest_create(&m->dst, &cfg, err);

@@ -158,25 +158,82 @@ static int get_item(const struct state_source *src, const char *name,
 	return 0;
 }
 
-int vm_load_state(struct vm *vm, const struct state_source *src,
-		  mig_error *err)
+static bool loadable(struct vm *vm)
+{
+	return vm_run_state(vm) == RUN_STARTING || vm_is_paused(vm);
+}
+
+/* "x86.vcpu.N" -> N, or -1. */
+static long vcpu_index(struct vm *vm, const char *name)
+{
+	char *end;
+	long i;
+
+	if (strncmp(name, "x86.vcpu.", 9) || !name[9] || name[9] == '-')
+		return -1;
+	i = strtol(name + 9, &end, 10);
+	return *end || i < 0 || (uint32_t)i >= vm->nr_vcpus ? -1 : i;
+}
+
+int vm_load_state_item(struct vm *vm, const char *name, const void *data,
+		       size_t len, mig_error *err)
+{
+	long i;
+	int r;
+
+	if (!loadable(vm))
+		return vmm_err(err, -EBUSY, "load state: the VM is running");
+	if (!strcmp(name, ITEM_CONFIG)) {
+		if ((r = vm_check_config(vm, data, len, err)) < 0)
+			return r;
+		vm->loaded.config = true;
+	} else if (!vm->loaded.config) {
+		return 0; /* nothing before the config check */
+	} else if (!strcmp(name, ITEM_VM)) {
+		if ((r = mig_x86_vm_load(vm->vm_fd, data, len, err)) < 0)
+			return r;
+		vm->loaded.vm = true;
+	} else if ((i = vcpu_index(vm, name)) >= 0) {
+		if (!vm->loaded.vm)
+			return 0; /* devices before vCPUs (see kvm_x86.h) */
+		r = mig_x86_vcpu_load(vm->kvm_fd, vm->vcpus[i].fd, data, len, err);
+		if (r < 0) {
+			vmm_err_prefix(err, "vCPU %ld: ", i);
+			return r;
+		}
+		vm->loaded.vcpu[i] = true;
+	} else if (!strcmp(name, ITEM_SERIAL)) {
+		if ((r = serial_load(&vm->serial, data, len, err)) < 0)
+			return r;
+		vm->loaded.serial = true;
+	}
+	return 0;
+}
+
+static int load_missing(struct vm *vm, const struct state_source *src,
+			mig_error *err)
 {
 	const void *data;
 	char name[32];
 	size_t len;
 	int r;
 
-	if (vm_run_state(vm) != RUN_STARTING && !vm_is_paused(vm))
+	if (!loadable(vm))
 		return vmm_err(err, -EBUSY, "load state: the VM is running");
-	if ((r = get_item(src, ITEM_CONFIG, &data, &len, err)) < 0 ||
-	    (r = vm_check_config(vm, data, len, err)) < 0)
-		return r;
+	if (!vm->loaded.config) {
+		if ((r = get_item(src, ITEM_CONFIG, &data, &len, err)) < 0 ||
+		    (r = vm_check_config(vm, data, len, err)) < 0)
+			return r;
+	}
 	/* Devices before vCPUs (see kvm_x86.h). */
-	if ((r = get_item(src, ITEM_VM, &data, &len, err)) < 0)
-		return r;
-	if ((r = mig_x86_vm_load(vm->vm_fd, data, len, err)) < 0)
-		return r;
+	if (!vm->loaded.vm) {
+		if ((r = get_item(src, ITEM_VM, &data, &len, err)) < 0 ||
+		    (r = mig_x86_vm_load(vm->vm_fd, data, len, err)) < 0)
+			return r;
+	}
 	for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+		if (vm->loaded.vcpu[i])
+			continue;
 		vcpu_item(name, sizeof(name), i);
 		if ((r = get_item(src, name, &data, &len, err)) < 0)
 			return r;
@@ -187,10 +244,21 @@ int vm_load_state(struct vm *vm, const struct state_source *src,
 			return r;
 		}
 	}
-	if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||
-	    (r = serial_load(&vm->serial, data, len, err)) < 0)
-		return r;
+	if (!vm->loaded.serial) {
+		if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||
+		    (r = serial_load(&vm->serial, data, len, err)) < 0)
+			return r;
+	}
 	return 0;
+}
+
+int vm_load_state(struct vm *vm, const struct state_source *src,
+		  mig_error *err)
+{
+	int r = load_missing(vm, src, err);
+
+	memset(&vm->loaded, 0, sizeof(vm->loaded));
+	return r;
 }
 
 /* ---- libmigrate's mig_vm_ops --------------------------------------- */
@@ -244,6 +312,12 @@ int vm_ops_load_state(void *opaque, const mig_state *in, mig_error *err)
 	return vm_load_state(opaque, &src, err);
 }
 
+int vm_ops_load_state_item(void *opaque, const char *name, const void *data,
+			   size_t len, mig_error *err)
+{
+	return vm_load_state_item(opaque, name, data, len, err);
+}
+
 int vm_ops_throttle(void *opaque, unsigned int pct, mig_error *err)
 {
 	return vm_set_throttle(opaque, pct, err);
@@ -255,4 +329,5 @@ const mig_vm_ops vm_mig_ops = {
 	.save_state = vm_ops_save_state,
 	.load_state = vm_ops_load_state,
 	.throttle = vm_ops_throttle,
+	.load_state_item = vm_ops_load_state_item,
 };

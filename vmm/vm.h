@@ -155,6 +155,14 @@ struct vm {
 
 	struct serial serial;
 
+	/* state.c: items vm_load_state_item() has loaded (an incoming
+	 * migration loads them as they arrive); vm_load_state() loads the
+	 * rest and clears this. */
+	struct {
+		bool config, vm, serial;
+		bool vcpu[VM_MAX_VCPUS];
+	} loaded;
+
 	/* migrate.c: the migration in progress, if any, and the JSON result
 	 * of the last one that ended (main thread only) */
 	struct migration *migration;
@@ -233,6 +241,11 @@ int vm_save_state(struct vm *vm, const struct state_sink *sink,
 /* The VM must be created from a matching config and not yet running. */
 int vm_load_state(struct vm *vm, const struct state_source *src,
 		  mig_error *err);
+/* Load one item now, if what it needs is loaded (config first, "x86.vm"
+ * before vCPUs); otherwise vm_load_state() loads it later. Same
+ * conditions as vm_load_state(). */
+int vm_load_state_item(struct vm *vm, const char *name, const void *data,
+		       size_t len, mig_error *err);
 /* Check that a saved "vmm.config" matches this VM (-EINVAL naming it). */
 int vm_check_config(struct vm *vm, const void *data, size_t len,
 		    mig_error *err);
@@ -242,6 +255,8 @@ int vm_ops_pause(void *opaque, mig_error *err);
 int vm_ops_resume(void *opaque, mig_error *err);
 int vm_ops_save_state(void *opaque, mig_state *out, mig_error *err);
 int vm_ops_load_state(void *opaque, const mig_state *in, mig_error *err);
+int vm_ops_load_state_item(void *opaque, const char *name, const void *data,
+			   size_t len, mig_error *err);
 int vm_ops_throttle(void *opaque, unsigned int pct, mig_error *err);
 
 /* snapfile.c */

@@ -44,6 +44,10 @@ cleanup() {
             fi
         done <"$workdir/pids"
     fi
+    # MIGBENCH_KEEP=DIR keeps the run's logs and consoles (for diagnosis).
+    if [[ -n ${MIGBENCH_KEEP:-} ]]; then
+        mkdir -p -- "$MIGBENCH_KEEP" && cp -r -- "$workdir"/. "$MIGBENCH_KEEP"/ 2>/dev/null || true
+    fi
     rm -rf -- "$workdir"
     exit "$rc"
 }

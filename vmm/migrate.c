@@ -148,6 +148,7 @@ int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 
 	if (!m)
 		return err->code;
+	vm_forget_loaded_items(vm);
 	fill_vm(vm, &cfg.vm);
 	cfg.uri = uri;
 	cfg.token = token;
@@ -208,6 +209,8 @@ int migrate_finish(struct vm *vm, bool *committed, mig_error *err)
 	if (m->incoming) {
 		r = mig_dest_wait(m->dst, err);
 		mig_dest_stats(m->dst, m->stats);
+		if (r < 0)
+			vm_forget_loaded_items(vm);
 	} else {
 		r = mig_source_wait(m->src, err);
 		mig_source_stats(m->src, m->stats);

@@ -163,16 +163,23 @@ static bool loadable(struct vm *vm)
 	return vm_run_state(vm) == RUN_STARTING || vm_is_paused(vm);
 }
 
-/* "x86.vcpu.N" -> N, or -1. */
+/* "x86.vcpu.N" -> N, or -1: N in plain decimal as vcpu_item() writes
+ * it ("0", "12"; not "01", "+1", " 1"), below the vCPU count. */
 static long vcpu_index(struct vm *vm, const char *name)
 {
-	char *end;
-	long i;
+	const char *p = name + 9;
+	long i = 0;
 
-	if (strncmp(name, "x86.vcpu.", 9) || !name[9] || name[9] == '-')
+	if (strncmp(name, "x86.vcpu.", 9) || !*p || (p[0] == '0' && p[1]))
 		return -1;
-	i = strtol(name + 9, &end, 10);
-	return *end || i < 0 || (uint32_t)i >= vm->nr_vcpus ? -1 : i;
+	for (; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		i = i * 10 + (*p - '0');
+		if ((uint64_t)i >= vm->nr_vcpus)
+			return -1;
+	}
+	return i;
 }
 
 int vm_load_state_item(struct vm *vm, const char *name, const void *data,
@@ -252,12 +259,17 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 	return 0;
 }
 
+void vm_forget_loaded_items(struct vm *vm)
+{
+	memset(&vm->loaded, 0, sizeof(vm->loaded));
+}
+
 int vm_load_state(struct vm *vm, const struct state_source *src,
 		  mig_error *err)
 {
 	int r = load_missing(vm, src, err);
 
-	memset(&vm->loaded, 0, sizeof(vm->loaded));
+	vm_forget_loaded_items(vm);
 	return r;
 }
 

@@ -246,6 +246,9 @@ int vm_load_state(struct vm *vm, const struct state_source *src,
  * conditions as vm_load_state(). */
 int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 		       size_t len, mig_error *err);
+/* Forget the items vm_load_state_item() loaded: an incoming migration
+ * starts afresh or failed before vm_load_state(). */
+void vm_forget_loaded_items(struct vm *vm);
 /* Check that a saved "vmm.config" matches this VM (-EINVAL naming it). */
 int vm_check_config(struct vm *vm, const void *data, size_t len,
 		    mig_error *err);

@@ -98,6 +98,7 @@ struct mig_dest {
 	int have_hash;
 	int committed;
 	int load_early;             /* config: load_state_early */
+	int early_state;            /* negotiated: state streamed, then StateEnd */
 	uint32_t state_items;       /* StateBlobs since the switchover */
 	int state_ended;            /* StateEnd seen */
 	int state_loaded;           /* load_state done */
@@ -316,6 +317,11 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 		reject(c, "connection for another or duplicate session");
 		return;
 	}
+	/* The source streams its state before the last pages only if both
+	 * sides said so in the control connection's hello. */
+	if (h->connection_index == 0)
+		d->early_state = d->load_early &&
+			(h->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE);
 	c->authed = 1;
 	c->index = h->connection_index;
 	c->rd.limit = MIG_FRAME_MAX;
@@ -644,7 +650,11 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			on_hint(d, env->hint);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_SWITCHOVER:
-	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
+		if (d->t_switch_us) {
+			dest_fail(d, MIG_E_PROTOCOL, "second switchover");
+			break;
+		}
+		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
 		d->t_switch_us = mig__now_us();
 		pthread_mutex_lock(&d->lock);
 		d->stats->phase = MIG_PHASE_STOPCOPY;
@@ -655,7 +665,9 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			dest_fail(d, MIG_E_PROTOCOL, "VM state before the switchover");
 			break;
 		}
-		if (d->state_ended) {
+		/* State is loaded once: after StateEnd, Complete or the
+		 * commit, more of it is a protocol error, never a reload. */
+		if (d->state_ended || c->complete || d->state_loaded || d->committed) {
 			dest_fail(d, MIG_E_PROTOCOL, "VM state after its end");
 			break;
 		}
@@ -667,7 +679,7 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 				  env->state->name, mig_strerror(r));
 			break;
 		}
-		if (d->load_early && d->vm.vm.ops->load_state_item) {
+		if (d->early_state && d->vm.vm.ops->load_state_item) {
 			mig_error e = { 0 };
 			r = d->vm.vm.ops->load_state_item(d->vm.vm.opaque, env->state->name,
 							  env->state->data.data,
@@ -678,7 +690,8 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		}
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_STATE_END:
-		if (!d->load_early || !d->t_switch_us || d->state_ended) {
+		if (!d->early_state || !d->t_switch_us || d->state_ended ||
+		    c->complete || d->state_loaded || d->committed) {
 			dest_fail(d, MIG_E_PROTOCOL, "unexpected end of VM state");
 			break;
 		}
@@ -693,6 +706,10 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 	case MIG__WIRE__ENVELOPE__MSG_COMPLETE:
 		if (c->complete) {
 			dest_fail(d, MIG_E_PROTOCOL, "connection %u completed twice", c->index);
+			break;
+		}
+		if (c->index == 0 && d->early_state && !d->state_ended) {
+			dest_fail(d, MIG_E_PROTOCOL, "stream completed before the end of VM state");
 			break;
 		}
 		if (env->complete->pages_total != c->pages) {

@@ -420,11 +420,15 @@ static void answer_commit(struct src_conn *c)
 	mig_buf out = { 0 };
 	int armed, r;
 
+	/* Once Activate may be on the wire the flag stays set: a second
+	 * Commit (a confused or hostile peer) must not clear it. */
 	pthread_mutex_lock(&s->lock);
 	armed = s->commit_armed;
 	s->commit_armed = 0;
-	s->activate_sent = armed;
-	s->activate_sent_us = mig__now_us();
+	if (armed) {
+		s->activate_sent = 1;
+		s->activate_sent_us = mig__now_us();
+	}
 	pthread_mutex_unlock(&s->lock);
 	if (!armed)
 		return;
@@ -434,8 +438,15 @@ static void answer_commit(struct src_conn *c)
 	if (r == 0)
 		r = conn_write(c, &out);
 	mig__buf_free(&out);
-	if (r < 0)
+	if (r < 0) {
+		/* Refused before any byte left (uv_write reports later
+		 * errors through its callback): the destination cannot
+		 * activate, so the engine may resume this copy. */
+		pthread_mutex_lock(&s->lock);
+		s->activate_sent = 0;
+		pthread_mutex_unlock(&s->lock);
 		conn_fail(c, r, "sending activate");
+	}
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)

@@ -1,0 +1,491 @@
+/*
+ * The destination against a scripted source on loopback: the message order
+ * of stop-and-copy is enforced, and the VM state is loaded exactly once,
+ * whatever a confused or hostile peer sends. No KVM: the "VM" is an
+ * anonymous mapping and ops that count their calls.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "mig_test.h"
+#include "frame.h"
+#include "session.h"
+#include "migrate/migrate.h"
+
+#define MEM_SIZE (64u << 10)
+#define TOKEN "t0ken"
+#define EARLY MIG__WIRE__FEATURE__FEATURE_EARLY_STATE
+
+static const uint8_t cpuid[4] = { 1, 2, 3, 4 };
+
+struct fake_vm {
+	int load_state, load_item, resume;
+	char last_item[64];
+};
+
+static int op_pause(void *o, mig_error *e) { (void)o; (void)e; return 0; }
+static int op_save(void *o, mig_state *s, mig_error *e)
+{
+	(void)o; (void)s; (void)e;
+	return 0;
+}
+static int op_resume(void *o, mig_error *e)
+{
+	(void)e;
+	((struct fake_vm *)o)->resume++;
+	return 0;
+}
+static int op_load(void *o, const mig_state *in, mig_error *e)
+{
+	const void *data;
+	size_t len;
+
+	((struct fake_vm *)o)->load_state++;
+	if (mig_state_get(in, "dev", &data, &len) < 0)
+		return mig__err(e, -ENOENT, "no \"dev\" item");
+	return 0;
+}
+static int op_load_item(void *o, const char *name, const void *data,
+			size_t len, mig_error *e)
+{
+	struct fake_vm *vm = o;
+
+	(void)data; (void)len; (void)e;
+	vm->load_item++;
+	snprintf(vm->last_item, sizeof(vm->last_item), "%s", name);
+	return 0;
+}
+
+static const mig_vm_ops ops = {
+	.pause = op_pause,
+	.resume = op_resume,
+	.save_state = op_save,
+	.load_state = op_load,
+	.load_state_item = op_load_item,
+};
+
+struct rig {
+	struct fake_vm vm;
+	mig_dest *dst;
+	void *mem;
+	int nullfd, sock;
+	uint8_t in[1 << 16];
+	size_t in_len;
+};
+
+static void rig_up(struct rig *g, int load_early, uint64_t features)
+{
+	mig_dest_config cfg = { 0 };
+	mig_region reg = { 0 };
+	mig_error err = { 0 };
+	struct sockaddr_in sa = { 0 };
+	struct timeval tv = { .tv_sec = 5 };
+	int port;
+
+	memset(g, 0, sizeof(*g));
+	g->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(g->mem != MAP_FAILED);
+	g->nullfd = open("/dev/null", O_RDONLY);
+	assert_true(g->nullfd >= 0);
+	reg.gpa = 0;
+	reg.size = MEM_SIZE;
+	reg.hva = g->mem;
+	cfg.vm.vm_fd = g->nullfd;
+	cfg.vm.regions = &reg;
+	cfg.vm.nr_regions = 1;
+	cfg.vm.vcpu_fds = &g->nullfd;
+	cfg.vm.nr_vcpus = 1;
+	cfg.vm.cpuid = cpuid;
+	cfg.vm.cpuid_len = sizeof(cpuid);
+	cfg.vm.ops = &ops;
+	cfg.vm.opaque = &g->vm;
+	cfg.uri = "tcp:127.0.0.1:0";
+	cfg.token = TOKEN;
+	cfg.timeout_ms = 5000;
+	cfg.load_state_early = load_early;
+	assert_int_equal(mig_dest_create(&g->dst, &cfg, &err), 0);
+	assert_int_equal(mig_dest_start(g->dst, &err), 0);
+	port = mig_dest_port(g->dst);
+	assert_true(port > 0);
+
+	g->sock = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(g->sock >= 0);
+	setsockopt(g->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(g->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+
+	/* Hello on the control connection, then the VM config. */
+	uint8_t sid[16] = { 7 };
+	Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
+	h.version_major = MIG_PROTOCOL_VERSION;
+	h.features = features;
+	h.token.data = (uint8_t *)TOKEN;
+	h.token.len = strlen(TOKEN);
+	h.connection_count = 1;
+	h.session_id.data = sid;
+	h.session_id.len = sizeof(sid);
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
+	e.hello = &h;
+	mig_buf b = { 0 };
+	assert_int_equal(mig__msg_pack(&e, &b), 0);
+
+	Mig__Wire__Region wr = MIG__WIRE__REGION__INIT, *wrp = &wr;
+	wr.size = MEM_SIZE;
+	Mig__Wire__VmConfig vc = MIG__WIRE__VM_CONFIG__INIT;
+	vc.n_regions = 1;
+	vc.regions = &wrp;
+	vc.vcpus = 1;
+	vc.page_size = MIG_PAGE_SIZE;
+	vc.cpuid.data = (uint8_t *)cpuid;
+	vc.cpuid.len = sizeof(cpuid);
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_VM_CONFIG;
+	e.vm_config = &vc;
+	assert_int_equal(mig__msg_pack(&e, &b), 0);
+	assert_int_equal(write(g->sock, b.data, b.len), (ssize_t)b.len);
+	mig__buf_free(&b);
+}
+
+static void rig_down(struct rig *g)
+{
+	close(g->sock);
+	mig_dest_destroy(g->dst);
+	close(g->nullfd);
+	munmap(g->mem, MEM_SIZE);
+}
+
+/* The next message from the destination, or NULL at EOF. */
+static Mig__Wire__Envelope *next_msg(struct rig *g)
+{
+	for (;;) {
+		mig_frame f;
+		long n = mig__frame_parse(g->in, g->in_len, &f);
+		assert_true(n >= 0);
+		if (n > 0) {
+			int err = 0;
+			Mig__Wire__Envelope *env;
+
+			assert_int_equal(f.type, MIG_FRAME_MSG);
+			env = mig__msg_unpack(f.body, f.len, &err);
+			assert_non_null(env);
+			memmove(g->in, g->in + n, g->in_len - (size_t)n);
+			g->in_len -= (size_t)n;
+			return env;
+		}
+		assert_true(g->in_len < sizeof(g->in));
+		ssize_t r = read(g->sock, g->in + g->in_len, sizeof(g->in) - g->in_len);
+		assert_true(r >= 0); /* a timeout fails the test */
+		if (r == 0)
+			return NULL;
+		g->in_len += (size_t)r;
+	}
+}
+
+static void expect_msg(struct rig *g, Mig__Wire__Envelope__MsgCase want)
+{
+	Mig__Wire__Envelope *env = next_msg(g);
+
+	assert_non_null(env);
+	if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT)
+		fail_msg("destination aborted: %s", env->abort->reason);
+	assert_int_equal(env->msg_case, want);
+	if (want == MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK)
+		assert_true(env->config_ack->ok);
+	if (want == MIG__WIRE__ENVELOPE__MSG_HELLO_ACK)
+		assert_true(env->hello_ack->ok);
+	mig__msg_free(env);
+}
+
+/* Script steps: each appends one message to the outgoing buffer. */
+static void put(mig_buf *b, Mig__Wire__Envelope *e)
+{
+	assert_int_equal(mig__msg_pack(e, b), 0);
+}
+
+static void put_switchover(mig_buf *b)
+{
+	Mig__Wire__Switchover sw = MIG__WIRE__SWITCHOVER__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	sw.round = 1;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_SWITCHOVER;
+	e.switchover = &sw;
+	put(b, &e);
+}
+
+static void put_state(mig_buf *b, const char *name)
+{
+	Mig__Wire__StateBlob sb = MIG__WIRE__STATE_BLOB__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	sb.name = (char *)name;
+	sb.data.data = (uint8_t *)"x";
+	sb.data.len = 1;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_STATE;
+	e.state = &sb;
+	put(b, &e);
+}
+
+static void put_state_end(mig_buf *b, uint32_t items)
+{
+	Mig__Wire__StateEnd se = MIG__WIRE__STATE_END__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	se.items = items;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_STATE_END;
+	e.state_end = &se;
+	put(b, &e);
+}
+
+static void put_complete(mig_buf *b)
+{
+	Mig__Wire__Complete c = MIG__WIRE__COMPLETE__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_COMPLETE;
+	e.complete = &c;
+	put(b, &e);
+}
+
+static void put_activate(mig_buf *b)
+{
+	Mig__Wire__Activate a = MIG__WIRE__ACTIVATE__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_ACTIVATE;
+	e.activate = &a;
+	put(b, &e);
+}
+
+static void send_buf(struct rig *g, mig_buf *b)
+{
+	assert_int_equal(write(g->sock, b->data, b->len), (ssize_t)b->len);
+	mig__buf_free(b);
+}
+
+/* The destination ends with a protocol error naming `what`, having told
+ * the source with an Abort, and never resumes. */
+static void expect_protocol_error(struct rig *g, const char *what)
+{
+	mig_error err = { 0 };
+	Mig__Wire__Envelope *env;
+	int aborted = 0;
+
+	while ((env = next_msg(g))) {
+		if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT) {
+			assert_int_equal(env->abort->error, MIG_E_PROTOCOL);
+			aborted = 1;
+		}
+		mig__msg_free(env);
+	}
+	assert_true(aborted);
+	assert_int_equal(mig_dest_wait(g->dst, &err), MIG_E_PROTOCOL);
+	if (!strstr(err.msg, what))
+		fail_msg("error \"%s\" does not name \"%s\"", err.msg, what);
+	assert_non_null(strstr(err.msg, "VM not resumed"));
+	assert_int_equal(g->vm.resume, 0);
+}
+
+static void handshake(struct rig *g)
+{
+	expect_msg(g, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK);
+	expect_msg(g, MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK);
+}
+
+/* The well-behaved stop-and-copy up to the destination's Commit: the
+ * switchover, one state item, StateEnd when `early`, Complete. */
+static void run_to_commit(struct rig *g, int early)
+{
+	mig_buf b = { 0 };
+
+	handshake(g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	if (early)
+		put_state_end(&b, 1);
+	put_complete(&b);
+	send_buf(g, &b);
+	expect_msg(g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
+}
+
+/* The well-behaved early-state order: items load as they arrive, the
+ * rest once, then commit and activation. */
+static void test_early_state_ok(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+	mig_error err = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	run_to_commit(&g, 1);
+	put_activate(&b);
+	send_buf(&g, &b);
+	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED);
+	assert_int_equal(mig_dest_wait(g.dst, &err), 0);
+	assert_int_equal(g.vm.load_item, 1);
+	assert_string_equal(g.vm.last_item, "dev");
+	assert_int_equal(g.vm.load_state, 1);
+	assert_int_equal(g.vm.resume, 1);
+	rig_down(&g);
+}
+
+/* State after the commit must not be loaded again. */
+static void test_state_after_commit(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	run_to_commit(&g, 1);
+	put_state(&b, "dev");
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "VM state after its end");
+	assert_int_equal(g.vm.load_item, 1);
+	assert_int_equal(g.vm.load_state, 1);
+	rig_down(&g);
+}
+
+static void test_state_end_after_commit(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	run_to_commit(&g, 1);
+	put_state_end(&b, 1);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "unexpected end of VM state");
+	assert_int_equal(g.vm.load_state, 1);
+	rig_down(&g);
+}
+
+/* With early state negotiated, Complete needs StateEnd first. */
+static void test_complete_before_state_end(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	handshake(&g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_complete(&b);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "before the end of VM state");
+	assert_int_equal(g.vm.load_state, 0);
+	rig_down(&g);
+}
+
+static void test_second_switchover(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	handshake(&g);
+	put_switchover(&b);
+	put_switchover(&b);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "second switchover");
+	rig_down(&g);
+}
+
+/* A source that did not ask for early state: its items wait for the
+ * complete image, and a StateEnd from it is a protocol error. */
+static void test_not_negotiated_loads_at_end(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+	mig_error err = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, 0);
+	run_to_commit(&g, 0);
+	assert_int_equal(g.vm.load_item, 0);
+	assert_int_equal(g.vm.load_state, 1);
+	put_activate(&b);
+	send_buf(&g, &b);
+	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED);
+	assert_int_equal(mig_dest_wait(g.dst, &err), 0);
+	rig_down(&g);
+}
+
+/* Without early state, State after the commit is refused too, not
+ * stored over what was loaded nor loaded item by item. */
+static void test_not_negotiated_state_after_commit(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, 0);
+	run_to_commit(&g, 0);
+	put_state(&b, "dev");
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "VM state after its end");
+	assert_int_equal(g.vm.load_item, 0);
+	assert_int_equal(g.vm.load_state, 1);
+	rig_down(&g);
+}
+
+static void test_not_negotiated_state_end(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, 0);
+	handshake(&g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_state_end(&b, 1);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "unexpected end of VM state");
+	assert_int_equal(g.vm.load_item, 0);
+	assert_int_equal(g.vm.load_state, 0);
+	rig_down(&g);
+}
+
+/* Activate before the image is committed never resumes. */
+static void test_activate_before_commit(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 0, 0);
+	handshake(&g);
+	put_switchover(&b);
+	put_activate(&b);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "activate before commit");
+	rig_down(&g);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_early_state_ok),
+		cmocka_unit_test(test_state_after_commit),
+		cmocka_unit_test(test_state_end_after_commit),
+		cmocka_unit_test(test_complete_before_state_end),
+		cmocka_unit_test(test_second_switchover),
+		cmocka_unit_test(test_not_negotiated_loads_at_end),
+		cmocka_unit_test(test_not_negotiated_state_after_commit),
+		cmocka_unit_test(test_not_negotiated_state_end),
+		cmocka_unit_test(test_activate_before_commit),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -20,12 +20,27 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 	 * they end when the copy is a tiny share of the target anyway. */
 	if (*expect_us <= p->target_us) {
 		uint64_t before = p->prev_remaining ? p->prev_remaining : o->sent;
-		if (*expect_us - p->fixed_us <= p->target_us / MIG_SWITCH_FRACTION ||
-		    !before || o->remaining * 4 > before * 3)
+		uint64_t copy_us = *expect_us - p->fixed_us;
+		if (copy_us <= p->target_us / MIG_SWITCH_FRACTION || !before)
 			return MIG_SWITCH;
-		p->prev_remaining = o->remaining;
 		p->stalled = 0;
-		return MIG_CONTINUE;
+		if (o->remaining * 4 <= before * 3) {
+			p->prev_remaining = o->remaining;
+			return MIG_CONTINUE;
+		}
+		/* The set no longer shrinks because the guest dirties about as
+		 * fast as the link carries: one round with the vCPUs at half
+		 * speed halves what they dirty and gives the copy their CPU,
+		 * which takes most of a still sizeable copy off the downtime.
+		 * A throttle already as strong, or a copy already small: stop. */
+		if (p->can_throttle && p->throttle_pct < MIG_THROTTLE_FINISH &&
+		    o->dirty_bps * 2 >= tput &&
+		    copy_us > p->target_us / MIG_FINISH_FRACTION) {
+			p->throttle_pct = MIG_THROTTLE_FINISH;
+			p->prev_remaining = o->remaining;
+			return MIG_THROTTLE;
+		}
+		return MIG_SWITCH;
 	}
 	/* Progress means the dirty set shrinks by a tenth round over round. */
 	if (p->prev_remaining && o->remaining * 10 > p->prev_remaining * 9)

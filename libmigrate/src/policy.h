@@ -14,6 +14,11 @@
 /* Under target / MIG_SWITCH_FRACTION of expected copy time, one more
  * round cannot take off enough to matter: stop and copy. */
 #define MIG_SWITCH_FRACTION 32u
+/* Under the target, a dirty set that stopped shrinking while its copy
+ * would still take over target / MIG_FINISH_FRACTION gets one round at
+ * MIG_THROTTLE_FINISH percent throttle before the switch. */
+#define MIG_FINISH_FRACTION 8u
+#define MIG_THROTTLE_FINISH 50u
 
 typedef struct mig_policy {
 	/* set once */

@@ -95,6 +95,41 @@ static void test_round1_compares_with_what_it_sent(void **state)
 	assert_int_equal(mig__policy_decide(&q, &t, &e), MIG_SWITCH);
 }
 
+/* Under the target, a sizeable set that stopped shrinking because the
+ * guest dirties about as fast as the link carries: one round at half
+ * speed (MIG_THROTTLE_FINISH) before the switch, and only one; without a
+ * throttle, or with a guest that dirties slowly, switch at once. */
+static void test_finishing_throttle(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	mig_round_obs o2 = obs(2, 65542, 1e9, 0.8e9);  /* 268 ms of copy */
+	o2.sent = 132096;
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
+	mig_round_obs o3 = obs(3, 55000, 1e9, 0.8e9);  /* shrank 16% */
+	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_THROTTLE);
+	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
+	mig_round_obs o4 = obs(4, 25000, 1.2e9, 0.4e9); /* throttled: -55% */
+	assert_int_equal(mig__policy_decide(&p, &o4, &e), MIG_CONTINUE);
+	mig_round_obs o5 = obs(5, 22000, 1.2e9, 0.4e9); /* flat again */
+	assert_int_equal(mig__policy_decide(&p, &o5, &e), MIG_SWITCH);
+	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
+
+	mig_policy q = policy(0);                       /* cannot throttle */
+	q.prev_remaining = 65542;
+	assert_int_equal(mig__policy_decide(&q, &o3, &e), MIG_SWITCH);
+	mig_policy r = policy(1);                       /* slow dirtier */
+	r.prev_remaining = 65542;
+	mig_round_obs slow = obs(3, 55000, 1e9, 0.1e9);
+	assert_int_equal(mig__policy_decide(&r, &slow, &e), MIG_SWITCH);
+	mig_policy t = policy(1);                       /* copy already small */
+	t.prev_remaining = 8000;
+	mig_round_obs small = obs(3, 7000, 1e9, 1e9);   /* 29 ms < 300 / 8 */
+	assert_int_equal(mig__policy_decide(&t, &small, &e), MIG_SWITCH);
+	assert_int_equal(t.throttle_pct, 0);
+}
+
 /* A guest dirtying faster than the link: after two flat rounds the
  * throttle starts, then tightens every flat round, faster while dirtying
  * outpaces the link; once the guest slows enough it switches. */
@@ -175,6 +210,7 @@ int main(void)
 		cmocka_unit_test(test_converging_guest),
 		cmocka_unit_test(test_round1_compares_with_what_it_sent),
 		cmocka_unit_test(test_goes_below_target_while_shrinking),
+		cmocka_unit_test(test_finishing_throttle),
 		cmocka_unit_test(test_throttles_fast_dirtier),
 		cmocka_unit_test(test_no_throttle_switches_when_flat),
 		cmocka_unit_test(test_max_rounds),

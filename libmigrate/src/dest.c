@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 
 #include "codec.h"
@@ -42,14 +43,23 @@ struct dst_conn {
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* A MemoryHint waiting for the prefault thread. */
+/* A MemoryHint waiting for the prefault threads; `pos` is the next page
+ * to hand out (under the lock). */
 struct hint {
 	struct hint *next;
 	uint32_t region;
 	uint64_t first_page;
 	uint64_t nwords;
+	uint64_t pos;
 	uint64_t words[];
 };
+
+/* Threads that fault in hinted pages: two, so that populating RAM (which
+ * costs page zeroing and, in a nested VM, the outer host's faults) runs
+ * on both cores beside the decoder. */
+#define PREFAULT_THREADS 2
+/* Pages per madvise: 2 MiB, one huge page, so a stop is noticed soon. */
+#define PREFAULT_RUN 512u
 
 struct dwreq {
 	uv_write_t req;
@@ -67,6 +77,7 @@ struct mig_dest {
 	uv_tcp_t listener;
 	uv_async_t async;
 	uv_timer_t timer;
+	uv_idle_t spin;             /* active: the loop polls, never sleeps */
 	int port;
 	char host[256];
 	int loop_ok;
@@ -79,11 +90,11 @@ struct mig_dest {
 	/* locked */
 	int cancel;
 	mig_stats *stats;
-	struct hint *hints;         /* for the prefault thread */
+	struct hint *hints;         /* for the prefault threads */
 	int prefault_stop;
-	pthread_t prefault_thread;
-	int prefault_running;
-	int prefault_thread_ok;     /* joined at destroy (loop thread only) */
+	pthread_t prefault_thread[PREFAULT_THREADS];
+	int prefault_running;       /* threads not yet out of work */
+	int prefault_thread_ok[PREFAULT_THREADS]; /* joined by the loop thread */
 
 	/* loop thread */
 	struct dst_conn *conns;
@@ -217,6 +228,20 @@ static void conn_close(struct dst_conn *c)
 		uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
+/*
+ * From the switchover until the end, the loop never sleeps in epoll: a
+ * thread woken by loopback data is often queued behind its waker on the
+ * same busy CPU (a synchronous wake-up) for as long as the waker runs,
+ * which during stop-and-copy is the source saving the VM state. Spinning,
+ * it stays on its own CPU, reads each message as it lands, and yields to
+ * anything else runnable there.
+ */
+static void on_spin(uv_idle_t *h)
+{
+	(void)h;
+	sched_yield();
+}
+
 static void finish(mig_dest *d)
 {
 	if (d->finished)
@@ -231,6 +256,7 @@ static void finish(mig_dest *d)
 		uv_close((uv_handle_t *)&d->listener, NULL);
 	uv_close((uv_handle_t *)&d->async, NULL);
 	uv_close((uv_handle_t *)&d->timer, NULL);
+	uv_close((uv_handle_t *)&d->spin, NULL);
 	pthread_mutex_lock(&d->lock);
 	d->stats->phase = d->result.code ? MIG_PHASE_FAILED : MIG_PHASE_DONE;
 	d->stats->status = d->result.code;
@@ -376,51 +402,71 @@ static void on_config(mig_dest *d, const Mig__Wire__VmConfig *cfg)
 
 /*
  * Fault in the pages the source said round 1 will bring, ahead of the
- * stream and on another core: MADV_POPULATE_WRITE allocates without
+ * stream and on other cores: MADV_POPULATE_WRITE allocates without
  * writing, so racing the decoder on the same page is harmless. Where the
  * kernel lacks it (before 5.14) the hint is simply dropped.
- */
+ *
+ * Under d->lock: the next run of hinted pages (at most PREFAULT_RUN), or
+ * 0 when every hint has been handed out. */
+static uint64_t next_run(mig_dest *d, uint8_t **addr)
+{
+	struct hint *h;
+
+	while ((h = d->hints)) {
+		uint64_t n = h->nwords * 64, i = h->pos, j;
+
+		while (i < n && !(h->words[i / 64] >> (i % 64) & 1))
+			i = (h->words[i / 64] >> (i % 64)) ? i + 1 : (i | 63) + 1;
+		if (i >= n) {
+			d->hints = h->next;
+			free(h);
+			continue;
+		}
+		for (j = i; j < n && j - i < PREFAULT_RUN &&
+			    (h->words[j / 64] >> (j % 64) & 1); j++)
+			;
+		h->pos = j;
+		*addr = (uint8_t *)d->vm.regions[h->region].hva +
+			(h->first_page + i) * MIG_PAGE_SIZE;
+		return j - i;
+	}
+	return 0;
+}
+
 static void *prefault_main(void *arg)
 {
 	mig_dest *d = arg;
 
+	mig__thread_name("mig-prefault");
 	for (;;) {
+		uint8_t *addr = NULL;
+		uint64_t n = 0;
+
 		pthread_mutex_lock(&d->lock);
-		struct hint *h = d->prefault_stop ? NULL : d->hints;
-		if (h)
-			d->hints = h->next;
-		else
-			d->prefault_running = 0;
+		if (!d->prefault_stop)
+			n = next_run(d, &addr);
+		if (!n)
+			d->prefault_running--;
 		pthread_mutex_unlock(&d->lock);
-		if (!h)
+		if (!n)
 			return NULL;
-		const mig_region *r = &d->vm.regions[h->region];
-		uint64_t n = h->nwords * 64, i = 0;
-		int stop = 0;
-		while (i < n && !stop) {
-			uint64_t w = h->words[i / 64] >> (i % 64);
-			if (!(w & 1)) {
-				i++;
-				continue;
-			}
-			uint64_t j = i;
-			/* A run, at most 2 MiB so that a stop is noticed soon. */
-			while (j < n && j - i < 512 && (h->words[j / 64] >> (j % 64) & 1))
-				j++;
-			if (madvise((uint8_t *)r->hva + (h->first_page + i) * MIG_PAGE_SIZE,
-				    (j - i) * MIG_PAGE_SIZE, MADV_POPULATE_WRITE) < 0 &&
-			    (errno == EINVAL || errno == ENOMEM))
-				stop = 1; /* unsupported, or out of memory: stop */
-			i = j;
-			pthread_mutex_lock(&d->lock);
-			stop |= d->prefault_stop;
-			pthread_mutex_unlock(&d->lock);
-		}
-		free(h);
-		if (stop) {
+		if (madvise(addr, n * MIG_PAGE_SIZE, MADV_POPULATE_WRITE) < 0 &&
+		    (errno == EINVAL || errno == ENOMEM)) {
+			/* Unsupported, or out of memory: no more hints. */
 			pthread_mutex_lock(&d->lock);
 			d->prefault_stop = 1;
 			pthread_mutex_unlock(&d->lock);
+		}
+	}
+}
+
+/* Loop thread: wait for prefault threads that have run out of work. */
+static void prefault_join(mig_dest *d)
+{
+	for (int i = 0; i < PREFAULT_THREADS; i++) {
+		if (d->prefault_thread_ok[i]) {
+			pthread_join(d->prefault_thread[i], NULL);
+			d->prefault_thread_ok[i] = 0;
 		}
 	}
 }
@@ -447,6 +493,7 @@ static void on_hint(mig_dest *d, const Mig__Wire__MemoryHint *m)
 	h->region = m->region;
 	h->first_page = m->first_page;
 	h->nwords = nwords;
+	h->pos = 0;
 	memcpy(h->words, m->bitmap.data, nwords * 8);
 	/* The last word may reach past the region: drop those bits. */
 	if ((m->first_page + nwords * 64) > npages) {
@@ -458,18 +505,21 @@ static void on_hint(mig_dest *d, const Mig__Wire__MemoryHint *m)
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = h;
+	/* Threads still running take the new hint; once all have run out
+	 * of work (and so are exiting), start a new set. */
 	int start = !d->prefault_running && !d->prefault_stop;
 	if (start)
-		d->prefault_running = 1;
+		d->prefault_running = PREFAULT_THREADS;
 	pthread_mutex_unlock(&d->lock);
-	if (start) {
-		if (d->prefault_thread_ok)
-			pthread_join(d->prefault_thread, NULL);
-		d->prefault_thread_ok =
-			pthread_create(&d->prefault_thread, NULL, prefault_main, d) == 0;
-		if (!d->prefault_thread_ok) {
+	if (!start)
+		return;
+	prefault_join(d);
+	for (int i = 0; i < PREFAULT_THREADS; i++) {
+		d->prefault_thread_ok[i] = pthread_create(&d->prefault_thread[i], NULL,
+							  prefault_main, d) == 0;
+		if (!d->prefault_thread_ok[i]) {
 			pthread_mutex_lock(&d->lock);
-			d->prefault_running = 0;
+			d->prefault_running--;
 			pthread_mutex_unlock(&d->lock);
 		}
 	}
@@ -656,6 +706,9 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		}
 		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
 		d->t_switch_us = mig__now_us();
+		/* The VM is down until it resumes here: poll rather than sleep,
+		 * so that no wake-up latency adds to the downtime. */
+		uv_idle_start(&d->spin, on_spin);
 		pthread_mutex_lock(&d->lock);
 		d->stats->phase = MIG_PHASE_STOPCOPY;
 		pthread_mutex_unlock(&d->lock);
@@ -919,13 +972,11 @@ static void *dest_main(void *arg)
 {
 	mig_dest *d = arg;
 
+	mig__thread_name("mig-dest");
 	d->last_activity_us = mig__now_us();
 	uv_timer_start(&d->timer, on_dtimer, DEST_TICK_MS, DEST_TICK_MS);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
-	if (d->prefault_thread_ok) {
-		pthread_join(d->prefault_thread, NULL);
-		d->prefault_thread_ok = 0;
-	}
+	prefault_join(d);
 	if (d->cb.done)
 		d->cb.done(&d->result, d->vm.vm.opaque);
 	return NULL;
@@ -974,6 +1025,7 @@ MIG_API int mig_dest_create(mig_dest **out, const mig_dest_config *cfg,
 	uv_tcp_init(&d->loop, &d->listener);
 	uv_async_init(&d->loop, &d->async, on_dasync);
 	uv_timer_init(&d->loop, &d->timer);
+	uv_idle_init(&d->loop, &d->spin);
 	d->loop_ok = 1;
 	d->listener.data = d;
 	d->async.data = d;
@@ -1063,6 +1115,7 @@ MIG_API void mig_dest_destroy(mig_dest *d)
 			uv_close((uv_handle_t *)&d->listener, NULL);
 			uv_close((uv_handle_t *)&d->async, NULL);
 			uv_close((uv_handle_t *)&d->timer, NULL);
+			uv_close((uv_handle_t *)&d->spin, NULL);
 		}
 		uv_run(&d->loop, UV_RUN_DEFAULT);
 		uv_loop_close(&d->loop);

@@ -547,8 +547,11 @@ static void on_async(uv_async_t *a)
 static void *conn_main(void *arg)
 {
 	struct src_conn *c = arg;
+	char name[16];
 	int r;
 
+	snprintf(name, sizeof(name), "mig-conn%u", c->index);
+	mig__thread_name(name);
 	c->creq.data = c;
 	r = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&c->addr,
 			   on_connect);
@@ -1268,6 +1271,18 @@ static int stop_and_copy(mig_source *s)
 	long d;
 
 	set_phase(s, MIG_PHASE_STOPCOPY);
+	/* The switchover goes out while the VM still runs: the destination
+	 * wakes up to it (and then polls) during the pause, not after. Should
+	 * the pause fail, the failure path aborts the destination as usual. */
+	sw.round = s->round + 1;
+	sw.paused_at_ns = mig__now_us() * 1000;
+	r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw);
+	if (r == 0)
+		r = send_frames(s, 0, &b, 1);
+	mig__buf_free(&b);
+	if (r < 0)
+		return mig__err(&s->result, r, "queueing switchover");
+
 	/* The downtime starts here: the vCPUs stop as they are kicked. */
 	uint64_t t_pause = mig__now_us();
 	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "stop-and-copy: pausing the VM");
@@ -1282,20 +1297,10 @@ static int stop_and_copy(mig_source *s)
 	s->stats->downtime_us = 0;
 	pthread_mutex_unlock(&s->lock);
 
-	sw.round = s->round + 1;
-	sw.paused_at_ns = t_pause * 1000;
-	r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw);
-	if (r < 0) {
+	if (early && (r = put_state(s, &b)) < 0) {
 		mig__buf_free(&b);
-		return mig__err(&s->result, r, "packing switchover");
-	}
-	if (early)
-		r = put_state(s, &b); /* sends the switchover with the first item */
-	else if ((r = send_frames(s, 0, &b, 1)) < 0)
-		mig__err(&s->result, r, "queueing switchover");
-	mig__buf_free(&b);
-	if (r < 0)
 		return r;
+	}
 	/* The last look at the dirty log, with every vCPU out of KVM_RUN. */
 	d = mig__dirty_sync_final(s->dirty, s->send_bm, &s->result);
 	if (d < 0) {
@@ -1627,6 +1632,7 @@ static void *engine_main(void *arg)
 	mig_source *s = arg;
 	int r;
 
+	mig__thread_name("mig-source");
 	s->t_start_us = mig__now_us();
 	pthread_mutex_lock(&s->lock);
 	s->last_progress_us = s->t_start_us;

@@ -190,6 +190,12 @@ def main(argv=None):
                     qmodes = a.qemu_modes.split(",") if a.qemu_modes else QEMU_MODES[(kind, fill)]
                     runs = [("migvm", m) for m in a.migvm_modes.split(",")] + \
                         [("qemu", m) for m in qmodes]
+                    # Rotate the order every repetition: on this host a run's
+                    # cost depends on what ran just before it (memory the
+                    # previous run freed may still be backed by the outer
+                    # host), so no tool keeps the same place.
+                    k = (rep - 1) % len(runs)
+                    runs = runs[k:] + runs[:k]
                     for tool, mode in runs:
                         r = run_one(tool, mode, case, g, a)
                         r["rep"] = rep

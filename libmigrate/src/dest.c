@@ -22,6 +22,7 @@
 #define DEST_DEFAULT_TIMEOUT_MS 30000u
 #define DEST_TICK_MS 200u
 #define DEST_MAX_REJECTS 64u
+#define SPIN_IDLE_US 20000u         /* see on_spin() */
 
 struct dst_conn {
 	mig_dest *d;
@@ -238,8 +239,14 @@ static void conn_close(struct dst_conn *c)
  */
 static void on_spin(uv_idle_t *h)
 {
-	(void)h;
-	sched_yield();
+	mig_dest *d = h->data;
+
+	/* A source that went quiet (a slow save, a stalled link) is waited
+	 * for asleep: spin only while data came in the last SPIN_IDLE_US. */
+	if (mig__now_us() - d->last_activity_us > SPIN_IDLE_US)
+		uv_idle_stop(h);
+	else
+		sched_yield();
 }
 
 static void finish(mig_dest *d)
@@ -709,6 +716,7 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		/* The VM is down until it resumes here: poll rather than sleep,
 		 * so that no wake-up latency adds to the downtime. */
 		uv_idle_start(&d->spin, on_spin);
+		d->last_activity_us = mig__now_us();
 		pthread_mutex_lock(&d->lock);
 		d->stats->phase = MIG_PHASE_STOPCOPY;
 		pthread_mutex_unlock(&d->lock);
@@ -867,6 +875,8 @@ static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	d->last_activity_us = mig__now_us();
+	if (d->t_switch_us && !d->finished && !uv_is_active((uv_handle_t *)&d->spin))
+		uv_idle_start(&d->spin, on_spin); /* the source is back */
 	d->bytes += (uint64_t)nread;
 	mig__reader_commit(&c->rd, (size_t)nread);
 	while (!c->closing && !d->finished && (n = mig__reader_next(&c->rd, &f)) != 0) {
@@ -1026,6 +1036,7 @@ MIG_API int mig_dest_create(mig_dest **out, const mig_dest_config *cfg,
 	uv_async_init(&d->loop, &d->async, on_dasync);
 	uv_timer_init(&d->loop, &d->timer);
 	uv_idle_init(&d->loop, &d->spin);
+	d->spin.data = d;
 	d->loop_ok = 1;
 	d->listener.data = d;
 	d->async.data = d;

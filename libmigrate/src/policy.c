@@ -24,23 +24,18 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 		if (copy_us <= p->target_us / MIG_SWITCH_FRACTION || !before)
 			return MIG_SWITCH;
 		p->stalled = 0;
-		if (o->remaining * 4 <= before * 3) {
-			p->prev_remaining = o->remaining;
-			return MIG_CONTINUE;
-		}
-		/* The set no longer shrinks because the guest dirties about as
-		 * fast as the link carries: one round with the vCPUs at half
-		 * speed halves what they dirty and gives the copy their CPU,
-		 * which takes most of a still sizeable copy off the downtime.
-		 * A throttle already as strong, or a copy already small: stop. */
+		p->prev_remaining = o->remaining;
+		/* A guest that dirties pages at least half as fast as the link
+		 * carries them would make the rounds below the target shrink
+		 * slowly, each costing total time for little downtime: run
+		 * them with the vCPUs at half speed, which halves what they
+		 * dirty and gives the copy their CPU. */
 		if (p->can_throttle && p->throttle_pct < MIG_THROTTLE_FINISH &&
-		    o->dirty_bps * 2 >= tput &&
-		    copy_us > p->target_us / MIG_FINISH_FRACTION) {
+		    o->dirty_bps * 2 >= tput) {
 			p->throttle_pct = MIG_THROTTLE_FINISH;
-			p->prev_remaining = o->remaining;
 			return MIG_THROTTLE;
 		}
-		return MIG_SWITCH;
+		return o->remaining * 4 <= before * 3 ? MIG_CONTINUE : MIG_SWITCH;
 	}
 	/* Progress means the dirty set shrinks by a tenth round over round. */
 	if (p->prev_remaining && o->remaining * 10 > p->prev_remaining * 9)

@@ -14,10 +14,8 @@
 /* Under target / MIG_SWITCH_FRACTION of expected copy time, one more
  * round cannot take off enough to matter: stop and copy. */
 #define MIG_SWITCH_FRACTION 32u
-/* Under the target, a dirty set that stopped shrinking while its copy
- * would still take over target / MIG_FINISH_FRACTION gets one round at
- * MIG_THROTTLE_FINISH percent throttle before the switch. */
-#define MIG_FINISH_FRACTION 8u
+/* Under the target, the rounds left run at this throttle when the guest
+ * dirties pages at least half as fast as the link carries them. */
 #define MIG_THROTTLE_FINISH 50u
 
 typedef struct mig_policy {

@@ -78,14 +78,14 @@ static void test_round1_compares_with_what_it_sent(void **state)
 	mig_policy p = policy(1);
 	uint64_t e;
 	(void)state;
-	mig_round_obs o1 = obs(1, 16390, 1e9, 1e9);  /* 67 ms of copy */
+	mig_round_obs o1 = obs(1, 16390, 1e9, 0.3e9); /* 67 ms of copy */
 	o1.sent = 132096;
 	assert_int_equal(mig__policy_decide(&p, &o1, &e), MIG_CONTINUE);
 	assert_true(e <= p.target_us);
-	mig_round_obs o2 = obs(2, 8000, 1e9, 1e9);   /* shrank by half */
+	mig_round_obs o2 = obs(2, 8000, 1e9, 0.3e9); /* shrank by half */
 	o2.sent = 16390;
 	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
-	mig_round_obs o3 = obs(3, 7000, 1e9, 1e9);   /* by 12%: stop */
+	mig_round_obs o3 = obs(3, 7000, 1e9, 0.3e9); /* by 12%: stop */
 	o3.sent = 8000;
 	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_SWITCH);
 	/* and a tiny set switches whatever round 1 sent */
@@ -95,10 +95,11 @@ static void test_round1_compares_with_what_it_sent(void **state)
 	assert_int_equal(mig__policy_decide(&q, &t, &e), MIG_SWITCH);
 }
 
-/* Under the target, a sizeable set that stopped shrinking because the
- * guest dirties about as fast as the link carries: one round at half
- * speed (MIG_THROTTLE_FINISH) before the switch, and only one; without a
- * throttle, or with a guest that dirties slowly, switch at once. */
+/* Under the target, a guest that dirties pages at least half as fast as
+ * the link carries them: the rounds left run at half speed
+ * (MIG_THROTTLE_FINISH), set once; they go on while the set shrinks by a
+ * quarter. Without a throttle, or with a slow dirtier, no throttle; a copy
+ * already tiny switches whatever the guest does. */
 static void test_finishing_throttle(void **state)
 {
 	mig_policy p = policy(1);
@@ -106,27 +107,27 @@ static void test_finishing_throttle(void **state)
 	(void)state;
 	mig_round_obs o2 = obs(2, 65542, 1e9, 0.8e9);  /* 268 ms of copy */
 	o2.sent = 132096;
-	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_CONTINUE);
-	mig_round_obs o3 = obs(3, 55000, 1e9, 0.8e9);  /* shrank 16% */
-	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_THROTTLE);
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_THROTTLE);
 	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
-	mig_round_obs o4 = obs(4, 25000, 1.2e9, 0.4e9); /* throttled: -55% */
-	assert_int_equal(mig__policy_decide(&p, &o4, &e), MIG_CONTINUE);
-	mig_round_obs o5 = obs(5, 22000, 1.2e9, 0.4e9); /* flat again */
-	assert_int_equal(mig__policy_decide(&p, &o5, &e), MIG_SWITCH);
+	mig_round_obs o3 = obs(3, 25000, 1.2e9, 0.4e9); /* throttled: -62% */
+	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_CONTINUE);
+	mig_round_obs o4 = obs(4, 22000, 1.2e9, 0.4e9); /* flat again */
+	assert_int_equal(mig__policy_decide(&p, &o4, &e), MIG_SWITCH);
 	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
 
 	mig_policy q = policy(0);                       /* cannot throttle */
 	q.prev_remaining = 65542;
-	assert_int_equal(mig__policy_decide(&q, &o3, &e), MIG_SWITCH);
+	mig_round_obs flat = obs(3, 55000, 1e9, 0.8e9); /* shrank 16% */
+	assert_int_equal(mig__policy_decide(&q, &flat, &e), MIG_SWITCH);
 	mig_policy r = policy(1);                       /* slow dirtier */
 	r.prev_remaining = 65542;
 	mig_round_obs slow = obs(3, 55000, 1e9, 0.1e9);
 	assert_int_equal(mig__policy_decide(&r, &slow, &e), MIG_SWITCH);
-	mig_policy t = policy(1);                       /* copy already small */
+	assert_int_equal(r.throttle_pct, 0);
+	mig_policy t = policy(1);                       /* copy already tiny */
 	t.prev_remaining = 8000;
-	mig_round_obs small = obs(3, 7000, 1e9, 1e9);   /* 29 ms < 300 / 8 */
-	assert_int_equal(mig__policy_decide(&t, &small, &e), MIG_SWITCH);
+	mig_round_obs tiny = obs(3, 2000, 1e9, 1e9);    /* 8 ms < 300 / 32 */
+	assert_int_equal(mig__policy_decide(&t, &tiny, &e), MIG_SWITCH);
 	assert_int_equal(t.throttle_pct, 0);
 }
 

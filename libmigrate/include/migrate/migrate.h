@@ -117,7 +117,10 @@ typedef struct mig_params {
 	                             default 30 */
 	uint32_t timeout_ms;      /* whole migration, 0 = none; default 0 */
 	int throttle;             /* slow a guest that dirties faster than the
-	                             link (auto-converge); default 1 */
+	                             link (auto-converge), and, once under the
+	                             downtime target, run the last rounds of a
+	                             guest dirtying at least half as fast as
+	                             the link at half speed; default 1 */
 	mig_dirty_log dirty_log;  /* default MIG_DIRTY_LOG_AUTO */
 	uint32_t stall_timeout_ms; /* fail when nothing moves on the link for
 	                             this long (a cut without a reset);

@@ -712,7 +712,14 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			break;
 		}
 		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
+		/* The source sends this just before it pauses the VM, so the
+		 * downtime measured here (to the resume) includes the pause. */
 		d->t_switch_us = mig__now_us();
+		/* Round 1's hints are long done; never compete with the
+		 * last pages for a CPU. */
+		pthread_mutex_lock(&d->lock);
+		d->prefault_stop = 1;
+		pthread_mutex_unlock(&d->lock);
 		/* The VM is down until it resumes here: poll rather than sleep,
 		 * so that no wake-up latency adds to the downtime. */
 		uv_idle_start(&d->spin, on_spin);
@@ -730,6 +737,15 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		 * commit, more of it is a protocol error, never a reload. */
 		if (d->state_ended || c->complete || d->state_loaded || d->committed) {
 			dest_fail(d, MIG_E_PROTOCOL, "VM state after its end");
+			break;
+		}
+		/* ... and each item once: a second copy would replace the
+		 * first, or be loaded over it. */
+		const void *seen;
+		size_t seen_len;
+		if (mig_state_get(&d->state, env->state->name, &seen, &seen_len) == 0) {
+			dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' sent twice",
+				  env->state->name);
 			break;
 		}
 		d->state_items++;
@@ -874,9 +890,15 @@ static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 						  : mig_strerror((int)nread));
 		return;
 	}
-	d->last_activity_us = mig__now_us();
-	if (d->t_switch_us && !d->finished && !uv_is_active((uv_handle_t *)&d->spin))
-		uv_idle_start(&d->spin, on_spin); /* the source is back */
+	/* Only the source's own connections count as activity: a stranger
+	 * trickling bytes must not hold off the idle timeout (nor keep the
+	 * loop polling). */
+	if (c->authed) {
+		d->last_activity_us = mig__now_us();
+		if (d->t_switch_us && !d->finished &&
+		    !uv_is_active((uv_handle_t *)&d->spin))
+			uv_idle_start(&d->spin, on_spin); /* the source is back */
+	}
 	d->bytes += (uint64_t)nread;
 	mig__reader_commit(&c->rd, (size_t)nread);
 	while (!c->closing && !d->finished && (n = mig__reader_next(&c->rd, &f)) != 0) {

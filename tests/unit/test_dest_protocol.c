@@ -413,12 +413,52 @@ static void test_not_negotiated_loads_at_end(void **state)
 	(void)state;
 	rig_up(&g, 1, 0);
 	run_to_commit(&g, 0);
-	assert_int_equal(g.vm.load_item, 0);
-	assert_int_equal(g.vm.load_state, 1);
 	put_activate(&b);
 	send_buf(&g, &b);
 	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED);
 	assert_int_equal(mig_dest_wait(g.dst, &err), 0);
+	/* read once the destination's thread is joined */
+	assert_int_equal(g.vm.load_item, 0);
+	assert_int_equal(g.vm.load_state, 1);
+	rig_down(&g);
+}
+
+/* A destination not configured for early state refuses StateEnd even
+ * from a source that asked for it. */
+static void test_early_not_configured(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 0, EARLY);
+	handshake(&g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_state_end(&b, 1);
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "unexpected end of VM state");
+	assert_int_equal(g.vm.load_item, 0);
+	assert_int_equal(g.vm.load_state, 0);
+	rig_down(&g);
+}
+
+/* The same item twice is refused, not loaded over the first. */
+static void test_duplicate_item(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up(&g, 1, EARLY);
+	handshake(&g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_state(&b, "dev");
+	send_buf(&g, &b);
+	expect_protocol_error(&g, "sent twice");
+	assert_int_equal(g.vm.load_item, 1);
+	assert_int_equal(g.vm.load_state, 0);
 	rig_down(&g);
 }
 
@@ -486,6 +526,8 @@ int main(void)
 		cmocka_unit_test(test_not_negotiated_state_after_commit),
 		cmocka_unit_test(test_not_negotiated_state_end),
 		cmocka_unit_test(test_activate_before_commit),
+		cmocka_unit_test(test_early_not_configured),
+		cmocka_unit_test(test_duplicate_item),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -343,9 +343,11 @@ static bool handle_exit(struct vcpu *v)
  * Throttling (auto-converge): a thread kicks every vCPU once per period
  * (timeslice / (1 - pct)) and each kicked vCPU stays out of the guest for
  * pct% of it, as QEMU's cpu-throttle does. The wait ends early for a pause
- * or a stop.
+ * or a stop. The timeslice is 2 ms, not QEMU's 10: the last pre-copy
+ * rounds last 10-50 ms, and a 50 ms period at 80% would leave a round
+ * throttled or not by chance.
  */
-#define THROTTLE_TIMESLICE_NS 10000000ull
+#define THROTTLE_TIMESLICE_NS 2000000ull
 
 static void throttle_sleep(struct vcpu *v)
 {

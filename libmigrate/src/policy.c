@@ -23,19 +23,28 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 		uint64_t copy_us = *expect_us - p->fixed_us;
 		if (copy_us <= p->target_us / MIG_SWITCH_FRACTION || !before)
 			return MIG_SWITCH;
+		int shrinking = o->remaining * 4 <= before * 3;
 		p->stalled = 0;
 		p->prev_remaining = o->remaining;
 		/* A guest that dirties pages at least half as fast as the link
 		 * carries them would make the rounds below the target shrink
 		 * slowly, each costing total time for little downtime: run
 		 * them with the vCPUs at half speed, which halves what they
-		 * dirty and gives the copy their CPU. */
-		if (p->can_throttle && p->throttle_pct < MIG_THROTTLE_FINISH &&
-		    o->dirty_bps * 2 >= tput) {
-			p->throttle_pct = MIG_THROTTLE_FINISH;
-			return MIG_THROTTLE;
+		 * dirty and gives the copy their CPU. Should the set still
+		 * not shrink at that speed (a small working set rewritten
+		 * faster than half the link), one more round at a fifth. */
+		if (p->can_throttle && o->dirty_bps * 2 >= tput) {
+			unsigned pct = p->throttle_pct < MIG_THROTTLE_FINISH
+					       ? MIG_THROTTLE_FINISH
+				       : !shrinking && p->throttle_pct < MIG_THROTTLE_LAST
+					       ? MIG_THROTTLE_LAST
+					       : 0;
+			if (pct) {
+				p->throttle_pct = pct;
+				return MIG_THROTTLE;
+			}
 		}
-		return o->remaining * 4 <= before * 3 ? MIG_CONTINUE : MIG_SWITCH;
+		return shrinking ? MIG_CONTINUE : MIG_SWITCH;
 	}
 	/* Progress means the dirty set shrinks by a tenth round over round. */
 	if (p->prev_remaining && o->remaining * 10 > p->prev_remaining * 9)

@@ -15,8 +15,10 @@
  * round cannot take off enough to matter: stop and copy. */
 #define MIG_SWITCH_FRACTION 32u
 /* Under the target, the rounds left run at this throttle when the guest
- * dirties pages at least half as fast as the link carries them. */
+ * dirties pages at least half as fast as the link carries them, and at
+ * MIG_THROTTLE_LAST for one more round if the set still does not shrink. */
 #define MIG_THROTTLE_FINISH 50u
+#define MIG_THROTTLE_LAST 80u
 
 typedef struct mig_policy {
 	/* set once */

@@ -97,8 +97,8 @@ static void test_round1_compares_with_what_it_sent(void **state)
 
 /* Under the target, a guest that dirties pages at least half as fast as
  * the link carries them: the rounds left run at half speed
- * (MIG_THROTTLE_FINISH), set once; they go on while the set shrinks by a
- * quarter. Without a throttle, or with a slow dirtier, no throttle; a copy
+ * (MIG_THROTTLE_FINISH), and one more at MIG_THROTTLE_LAST if the set
+ * still does not shrink; they go on while the set shrinks by a quarter. Without a throttle, or with a slow dirtier, no throttle; a copy
  * already tiny switches whatever the guest does. */
 static void test_finishing_throttle(void **state)
 {
@@ -111,9 +111,20 @@ static void test_finishing_throttle(void **state)
 	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
 	mig_round_obs o3 = obs(3, 25000, 1.2e9, 0.4e9); /* throttled: -62% */
 	assert_int_equal(mig__policy_decide(&p, &o3, &e), MIG_CONTINUE);
-	mig_round_obs o4 = obs(4, 22000, 1.2e9, 0.4e9); /* flat again */
-	assert_int_equal(mig__policy_decide(&p, &o4, &e), MIG_SWITCH);
 	assert_int_equal(p.throttle_pct, MIG_THROTTLE_FINISH);
+	mig_round_obs o4 = obs(4, 22000, 1.2e9, 0.6e9); /* flat, still fast */
+	assert_int_equal(mig__policy_decide(&p, &o4, &e), MIG_THROTTLE);
+	assert_int_equal(p.throttle_pct, MIG_THROTTLE_LAST);
+	mig_round_obs o5 = obs(5, 20000, 1.2e9, 0.6e9); /* flat again: stop */
+	assert_int_equal(mig__policy_decide(&p, &o5, &e), MIG_SWITCH);
+	assert_int_equal(p.throttle_pct, MIG_THROTTLE_LAST);
+	/* at half speed and slow enough now: no second step */
+	mig_policy h = policy(1);
+	h.throttle_pct = MIG_THROTTLE_FINISH;
+	h.prev_remaining = 25000;
+	mig_round_obs calm = obs(4, 22000, 1.2e9, 0.3e9);
+	assert_int_equal(mig__policy_decide(&h, &calm, &e), MIG_SWITCH);
+	assert_int_equal(h.throttle_pct, MIG_THROTTLE_FINISH);
 
 	mig_policy q = policy(0);                       /* cannot throttle */
 	q.prev_remaining = 65542;

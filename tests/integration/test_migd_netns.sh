@@ -230,7 +230,13 @@ done
 mc b --json list | grep -q '"state":"incoming"' && fail "B lists an incoming VM: $(mc b --json list)"
 ok "B released it: $(jfield "$s" last_error)"
 ip -n "$NS_B" link set "$VETH_B" up || fail "link up"
-reach "$NS_A" "$IP_B" || fail "A cannot reach B again"
+# While the link was down A's neighbour entry for B failed; until it is
+# resolved again a connect can fail at once (EHOSTUNREACH): retry, bounded.
+for i in $(seq 20); do
+	reach "$NS_A" "$IP_B" 2>/dev/null && break
+	[ "$i" = 20 ] && fail "A cannot reach B again (10 s after the link came up)"
+	sleep 0.5
+done
 res=$(mc a --json migrate vm1 --to "$IP_B:7400") || fail "migrate A->B after the link came back: $res"
 [ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
 check_runs_on b

@@ -558,6 +558,14 @@ static int load_state(mig_dest *d)
 	return 0;
 }
 
+/* State is loaded once: after StateEnd, the control connection's
+ * Complete, the load or the commit, more of it is a protocol error, never
+ * a reload. */
+static int state_closed(const mig_dest *d, const struct dst_conn *c)
+{
+	return d->state_ended || c->complete || d->state_loaded || d->committed;
+}
+
 /* Every connection has said Complete: check, load, commit. */
 static void image_complete(mig_dest *d)
 {
@@ -715,17 +723,15 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		/* The source sends this just before it pauses the VM, so the
 		 * downtime measured here (to the resume) includes the pause. */
 		d->t_switch_us = mig__now_us();
-		/* Round 1's hints are long done; never compete with the
-		 * last pages for a CPU. */
-		pthread_mutex_lock(&d->lock);
-		d->prefault_stop = 1;
-		pthread_mutex_unlock(&d->lock);
 		/* The VM is down until it resumes here: poll rather than sleep,
 		 * so that no wake-up latency adds to the downtime. */
 		uv_idle_start(&d->spin, on_spin);
 		d->last_activity_us = mig__now_us();
 		pthread_mutex_lock(&d->lock);
 		d->stats->phase = MIG_PHASE_STOPCOPY;
+		/* Round 1's hints are long done; never compete with the
+		 * last pages for a CPU. */
+		d->prefault_stop = 1;
 		pthread_mutex_unlock(&d->lock);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_STATE:
@@ -733,9 +739,7 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			dest_fail(d, MIG_E_PROTOCOL, "VM state before the switchover");
 			break;
 		}
-		/* State is loaded once: after StateEnd, Complete or the
-		 * commit, more of it is a protocol error, never a reload. */
-		if (d->state_ended || c->complete || d->state_loaded || d->committed) {
+		if (state_closed(d, c)) {
 			dest_fail(d, MIG_E_PROTOCOL, "VM state after its end");
 			break;
 		}
@@ -767,8 +771,7 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		}
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_STATE_END:
-		if (!d->early_state || !d->t_switch_us || d->state_ended ||
-		    c->complete || d->state_loaded || d->committed) {
+		if (!d->early_state || !d->t_switch_us || state_closed(d, c)) {
 			dest_fail(d, MIG_E_PROTOCOL, "unexpected end of VM state");
 			break;
 		}

@@ -45,9 +45,9 @@ void mig__buf_free(mig_buf *b);
 
 /* CLOCK_MONOTONIC in microseconds / nanoseconds. */
 uint64_t mig__now_us(void);
+uint64_t mig__now_ns(void);
 /* Name the calling thread (top, perf, gdb show it); at most 15 chars. */
 void mig__thread_name(const char *name);
-uint64_t mig__now_ns(void);
 
 /* Parse "123", "64K", "1M", "2G" (powers of 1024) into *out. */
 int mig__parse_size(const char *s, uint64_t *out);

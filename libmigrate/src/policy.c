@@ -34,13 +34,12 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 		 * not shrink at that speed (a small working set rewritten
 		 * faster than half the link), one more round at a fifth. */
 		if (p->can_throttle && o->dirty_bps * 2 >= tput) {
-			unsigned pct = p->throttle_pct < MIG_THROTTLE_FINISH
-					       ? MIG_THROTTLE_FINISH
-				       : !shrinking && p->throttle_pct < MIG_THROTTLE_LAST
-					       ? MIG_THROTTLE_LAST
-					       : 0;
-			if (pct) {
-				p->throttle_pct = pct;
+			if (p->throttle_pct < MIG_THROTTLE_FINISH) {
+				p->throttle_pct = MIG_THROTTLE_FINISH;
+				return MIG_THROTTLE;
+			}
+			if (!shrinking && p->throttle_pct < MIG_THROTTLE_LAST) {
+				p->throttle_pct = MIG_THROTTLE_LAST;
 				return MIG_THROTTLE;
 			}
 		}

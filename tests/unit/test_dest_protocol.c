@@ -337,69 +337,69 @@ static void test_early_state_ok(void **state)
 	rig_down(&g);
 }
 
-/* State after the commit must not be loaded again. */
-static void test_state_after_commit(void **state)
+/*
+ * A script the destination must refuse with a protocol error naming
+ * `error`, never resuming: after the handshake (and, with `to_commit`, a
+ * well-behaved stop-and-copy up to its Commit), `steps` sends W =
+ * Switchover, s = state item "dev", E = StateEnd(1), C = Complete,
+ * A = Activate. Then the ops' counters must read `load_item` and
+ * `load_state` (-1: not checked).
+ */
+static void refused(int load_early, uint64_t features, int to_commit,
+		    const char *steps, const char *error, int load_item,
+		    int load_state)
 {
 	struct rig g;
 	mig_buf b = { 0 };
 
-	(void)state;
-	rig_up(&g, 1, EARLY);
-	run_to_commit(&g, 1);
-	put_state(&b, "dev");
+	rig_up(&g, load_early, features);
+	if (to_commit)
+		run_to_commit(&g, (features & EARLY) && load_early);
+	else
+		handshake(&g);
+	for (const char *p = steps; *p; p++) {
+		switch (*p) {
+		case 'W': put_switchover(&b); break;
+		case 's': put_state(&b, "dev"); break;
+		case 'E': put_state_end(&b, 1); break;
+		case 'C': put_complete(&b); break;
+		case 'A': put_activate(&b); break;
+		default: fail_msg("bad step '%c'", *p);
+		}
+	}
 	send_buf(&g, &b);
-	expect_protocol_error(&g, "VM state after its end");
-	assert_int_equal(g.vm.load_item, 1);
-	assert_int_equal(g.vm.load_state, 1);
+	expect_protocol_error(&g, error);
+	if (load_item >= 0)
+		assert_int_equal(g.vm.load_item, load_item);
+	if (load_state >= 0)
+		assert_int_equal(g.vm.load_state, load_state);
 	rig_down(&g);
+}
+
+/* State after the commit must not be loaded again. */
+static void test_state_after_commit(void **state)
+{
+	(void)state;
+	refused(1, EARLY, 1, "s", "VM state after its end", 1, 1);
 }
 
 static void test_state_end_after_commit(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, EARLY);
-	run_to_commit(&g, 1);
-	put_state_end(&b, 1);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "unexpected end of VM state");
-	assert_int_equal(g.vm.load_state, 1);
-	rig_down(&g);
+	refused(1, EARLY, 1, "E", "unexpected end of VM state", -1, 1);
 }
 
 /* With early state negotiated, Complete needs StateEnd first. */
 static void test_complete_before_state_end(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, EARLY);
-	handshake(&g);
-	put_switchover(&b);
-	put_state(&b, "dev");
-	put_complete(&b);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "before the end of VM state");
-	assert_int_equal(g.vm.load_state, 0);
-	rig_down(&g);
+	refused(1, EARLY, 0, "WsC", "before the end of VM state", -1, 0);
 }
 
 static void test_second_switchover(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, EARLY);
-	handshake(&g);
-	put_switchover(&b);
-	put_switchover(&b);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "second switchover");
-	rig_down(&g);
+	refused(1, EARLY, 0, "WW", "second switchover", -1, -1);
 }
 
 /* A source that did not ask for early state: its items wait for the
@@ -427,91 +427,36 @@ static void test_not_negotiated_loads_at_end(void **state)
  * from a source that asked for it. */
 static void test_early_not_configured(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 0, EARLY);
-	handshake(&g);
-	put_switchover(&b);
-	put_state(&b, "dev");
-	put_state_end(&b, 1);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "unexpected end of VM state");
-	assert_int_equal(g.vm.load_item, 0);
-	assert_int_equal(g.vm.load_state, 0);
-	rig_down(&g);
+	refused(0, EARLY, 0, "WsE", "unexpected end of VM state", 0, 0);
 }
 
 /* The same item twice is refused, not loaded over the first. */
 static void test_duplicate_item(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, EARLY);
-	handshake(&g);
-	put_switchover(&b);
-	put_state(&b, "dev");
-	put_state(&b, "dev");
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "sent twice");
-	assert_int_equal(g.vm.load_item, 1);
-	assert_int_equal(g.vm.load_state, 0);
-	rig_down(&g);
+	refused(1, EARLY, 0, "Wss", "sent twice", 1, 0);
 }
 
 /* Without early state, State after the commit is refused too, not
  * stored over what was loaded nor loaded item by item. */
 static void test_not_negotiated_state_after_commit(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, 0);
-	run_to_commit(&g, 0);
-	put_state(&b, "dev");
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "VM state after its end");
-	assert_int_equal(g.vm.load_item, 0);
-	assert_int_equal(g.vm.load_state, 1);
-	rig_down(&g);
+	refused(1, 0, 1, "s", "VM state after its end", 0, 1);
 }
 
 static void test_not_negotiated_state_end(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 1, 0);
-	handshake(&g);
-	put_switchover(&b);
-	put_state(&b, "dev");
-	put_state_end(&b, 1);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "unexpected end of VM state");
-	assert_int_equal(g.vm.load_item, 0);
-	assert_int_equal(g.vm.load_state, 0);
-	rig_down(&g);
+	refused(1, 0, 0, "WsE", "unexpected end of VM state", 0, 0);
 }
 
 /* Activate before the image is committed never resumes. */
 static void test_activate_before_commit(void **state)
 {
-	struct rig g;
-	mig_buf b = { 0 };
-
 	(void)state;
-	rig_up(&g, 0, 0);
-	handshake(&g);
-	put_switchover(&b);
-	put_activate(&b);
-	send_buf(&g, &b);
-	expect_protocol_error(&g, "activate before commit");
-	rig_down(&g);
+	refused(0, 0, 0, "WA", "activate before commit", -1, -1);
 }
 
 int main(void)

@@ -20,7 +20,10 @@ libdir=$(pkg-config --variable=libdir migrate)
 out=$(LD_LIBRARY_PATH=$libdir "$tmp/consumer")
 echo "$out"
 # It must have loaded the installed library, not one from the build tree.
-LD_LIBRARY_PATH=$libdir ldd "$tmp/consumer" | grep -q "$tmp/prefix" ||
+# (ldd's output is kept first: with pipefail, grep -q quitting at the first
+# match could fail the pipeline with ldd's SIGPIPE.)
+deps=$(LD_LIBRARY_PATH=$libdir ldd "$tmp/consumer")
+grep -q "$tmp/prefix" <<<"$deps" ||
 	{ echo "consumer did not load the installed libmigrate"; exit 1; }
 echo "$out" | grep -qx "version $(pkg-config --modversion migrate)" ||
 	{ echo "version mismatch between library and migrate.pc"; exit 1; }

@@ -70,7 +70,7 @@ PY
 check_continues() {
 	local src=$1 dst=$2 s_seq d_seq t1 t2
 	s_seq=$(grep '^hb ' "$src" | tail -n1 | sed 's/.*seq=\([0-9]*\).*/\1/')
-	d_seq=$(grep '^hb ' "$dst" | head -n1 | sed 's/.*seq=\([0-9]*\).*/\1/')
+	d_seq=$(grep -m1 '^hb ' "$dst" | sed 's/.*seq=\([0-9]*\).*/\1/')
 	[ -n "$s_seq" ] || fail "no heartbeat on the source console"
 	[ -n "$d_seq" ] || fail "no heartbeat on the destination console"
 	# The heartbeat being printed at the pause is finished on the
@@ -79,7 +79,7 @@ check_continues() {
 	# never a gap.
 	[ "$d_seq" -ge "$s_seq" ] && [ "$d_seq" -le $((s_seq + 1)) ] ||
 		fail "heartbeats do not continue: source ended at $s_seq, destination began at $d_seq"
-	t1=$(grep '^hb ' "$dst" | head -n1 | sed 's/.*ticks=\([0-9]*\).*/\1/')
+	t1=$(grep -m1 '^hb ' "$dst" | sed 's/.*ticks=\([0-9]*\).*/\1/')
 	t2=$(grep '^hb ' "$dst" | tail -n1 | sed 's/.*ticks=\([0-9]*\).*/\1/')
 	[ "$(grep -c '^hb ' "$dst")" -ge 2 ] || fail "fewer than 2 heartbeats after the move"
 	[ "$t2" -gt "$t1" ] || fail "timer ticks stopped on the destination ($t1 -> $t2)"

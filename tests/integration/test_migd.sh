@@ -62,8 +62,8 @@ head -c 32 /dev/urandom | base64 >"$WORK/wrong"
 chmod 600 "$WORK/psk" "$WORK/wrong"
 
 "$MIGD" --self-test >/dev/null || fail "HMAC-SHA256 self-test"
-"$MIGD" --help | grep -q -- --psk-file || fail "migd --help"
-"$MIGCTL" --help | grep -q migrate || fail "migctl --help"
+grep -q -- --psk-file <<<"$("$MIGD" --help)" || fail "migd --help"
+grep -q migrate <<<"$("$MIGCTL" --help)" || fail "migctl --help"
 out=$("$MIGCTL" --socket "$WORK/none.sock" list 2>&1) && fail "list without migd"
 grep -q "migd is not running" <<<"$out" || fail "unclear error without migd: $out"
 ok "help, self-test, no daemon"
@@ -97,7 +97,7 @@ wait_vm_hb b vm1 $((hb + 2))
 s=$(mc b --json status vm1)
 [ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on B: $s"
 grep -q MISMATCH "$WORK"/b/vm1.console && fail "MISMATCH on B's console"
-mc a list | grep -q "vm1 *migrated" || fail "A does not list vm1 as migrated"
+grep -q "vm1 *migrated" <<<"$(mc a list)" || fail "A does not list vm1 as migrated"
 ok "vm1 moved to B and keeps running"
 
 # B -> A (plain output, as a person sees it)
@@ -116,7 +116,7 @@ s=$(mc a --json status vm1)
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A after the wrong key: $s"
 grep -q "authentication failed" <<<"$(jfield "$s" last_error)" || fail "status does not say why: $s"
 grep -q "authentication failed" "$WORK/migd-c.err" || fail "C did not log the refusal"
-mc c --json list | grep -q vm1 && fail "C holds a vm1"
+grep -q vm1 <<<"$(mc c --json list)" && fail "C holds a vm1"
 wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 1))
 ok "wrong key refused: $out"
 

@@ -171,7 +171,7 @@ t=$(throughput "$res" 2>"$WORK/tput1") || { cat "$WORK/tput1"; fail "bad result:
 cat "$WORK/tput1"
 g_free=${t%% *}
 check_runs_on b
-mc a list | grep -q "vm1 *migrated" || fail "A does not list vm1 as migrated"
+grep -q "vm1 *migrated" <<<"$(mc a list)" || fail "A does not list vm1 as migrated"
 ok "vm1 moved to B over the veth ($g_free Gbit/s) and keeps running"
 
 # Shape the link: 1 Gbit/s each way.
@@ -179,7 +179,7 @@ ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate 1gbit burst 256k 
 	fail "tc on A"
 ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" root tbf rate 1gbit burst 256k latency 50ms ||
 	fail "tc on B"
-ip netns exec "$NS_B" tc qdisc show dev "$VETH_B" | grep -q "tbf.*rate 1Gbit" ||
+grep -q "tbf.*rate 1Gbit" <<<"$(ip netns exec "$NS_B" tc qdisc show dev "$VETH_B")" ||
 	fail "tbf not in place: $(ip netns exec "$NS_B" tc qdisc show dev "$VETH_B")"
 ok "link shaped to 1 Gbit/s"
 
@@ -197,7 +197,7 @@ sent=$(ip netns exec "$NS_B" tc -s qdisc show dev "$VETH_B" | grep -o 'Sent [0-9
 [ "$(awk '{print $2}' <<<"$sent")" -ge $((64 << 20)) ] 2>/dev/null ||
 	fail "the tbf on B did not carry the migration: $sent"
 check_runs_on a
-mc b list | grep -q "vm1 *migrated" || fail "B does not list vm1 as migrated"
+grep -q "vm1 *migrated" <<<"$(mc b list)" || fail "B does not list vm1 as migrated"
 ok "and back to A at 1 Gbit/s: $g_shaped Gbit/s measured (unshaped: $g_free); tbf on B: $sent"
 
 # The link goes down mid pre-copy (4 MiB/s: 64 MiB take ~16 s).
@@ -227,7 +227,7 @@ for _ in $(seq 450); do # B's incoming migvm gives up after 30 s of silence
 	sleep 0.1
 done
 [ "$(jfield "$s" state)" != incoming ] || fail "B still holds the reservation: $s"
-mc b --json list | grep -q '"state":"incoming"' && fail "B lists an incoming VM: $(mc b --json list)"
+grep -q '"state":"incoming"' <<<"$(mc b --json list)" && fail "B lists an incoming VM: $(mc b --json list)"
 ok "B released it: $(jfield "$s" last_error)"
 ip -n "$NS_B" link set "$VETH_B" up || fail "link up"
 # While the link was down A's neighbour entry for B failed; until it is
@@ -241,7 +241,7 @@ res=$(mc a --json migrate vm1 --to "$IP_B:7400") || fail "migrate A->B after the
 [ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
 check_runs_on b
 ok "with the link up again vm1 moves to B"
-mc a --json list | grep -q '"state":"incoming"' && fail "A still holds an incoming record"
+grep -q '"state":"incoming"' <<<"$(mc a --json list)" && fail "A still holds an incoming record"
 
 mc b stop vm1 >/dev/null || fail "stop"
 for _ in $(seq 100); do

@@ -53,7 +53,7 @@ for backend in memfd anon; do
 	[ "$seq2" -gt "$seq1" ] || fail "hb seq $seq2 after restore, $seq1 before"
 	[ "$ticks2" -gt "$ticks1" ] || fail "ticks $ticks2 after restore, $ticks1 before"
 	[ "$w2" -gt "$w1" ] || fail "written $w2 after restore, $w1 before"
-	first=$(grep '^hb ' "$WORK/dst-$backend.out" | head -n1 |
+	first=$(grep -m1 '^hb ' "$WORK/dst-$backend.out" |
 		sed 's/.*seq=\([0-9]*\).*/\1/')
 	[ "$first" = $((last_seq + 1)) ] ||
 		fail "first heartbeat after restore is $first, expected $((last_seq + 1))"

@@ -140,11 +140,24 @@ void mig__dirty_destroy(mig_dirty *d);
  * Race rule: a page found empty may be filled right after the call; that is
  * only safe if tracking already covers it, so call this after start, and in
  * clear mode only for pages already rearmed (e.g. round 1: rearm a chunk,
- * then ask about that chunk, then send its resident pages). Each call reads
- * /proc/self/maps, so ask about large ranges (about 50 us per call here).
+ * then ask about that chunk, then send its resident pages).
+ *
+ * absent_is_zero: the caller has asked mig__mem_absent_is_zero() about this
+ * region and got 1, so the call skips judging the mappings, which reads
+ * /proc/self/maps (about 50 us here). Pass false to judge them each call.
  */
 long mig__mem_resident(const mig_region *r, uint64_t first_page,
-		       uint64_t npages, uint64_t *bitmap, mig_error *err);
+		       uint64_t npages, bool absent_is_zero, uint64_t *bitmap,
+		       mig_error *err);
+
+/*
+ * Does every page of region r lie in a mapping where a page that is not
+ * resident reads as zeros (anonymous, memfd, /dev/shm)? 1 yes, 0 no (a
+ * regular file, or no /proc to tell), -EFAULT if part of it is not mapped.
+ * The answer holds while the VMM keeps the region's mapping, which it must
+ * for the whole migration anyway.
+ */
+int mig__mem_absent_is_zero(const mig_region *r, mig_error *err);
 
 /* ---- Backends (dirty_<name>.c) ---------------------------------------- */
 

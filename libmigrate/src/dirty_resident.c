@@ -49,7 +49,8 @@ static bool zero_when_absent(unsigned long inode, const char *path)
 
 /*
  * Mark [lo, hi) (addresses) pages of mappings we cannot judge in `bitmap`
- * (page indexes relative to `base`). -EFAULT if part of it is not mapped.
+ * (page indexes relative to `base`; NULL: only tell). Returns 1 if there
+ * were any, 0 if not, -EFAULT if part of the range is not mapped.
  */
 static int mark_unjudgeable(uintptr_t base, uintptr_t lo, uintptr_t hi,
 			    uint64_t *bitmap, mig_error *err)
@@ -58,12 +59,14 @@ static int mark_unjudgeable(uintptr_t base, uintptr_t lo, uintptr_t hi,
 	char *line = NULL;
 	size_t cap = 0;
 	uintptr_t covered = lo;
+	int found = 0;
 
 	if (!f) {
 		/* No /proc: we cannot tell, so everything may hold data. */
-		set_range(bitmap, (lo - base) / MIG_PAGE_SIZE,
-			  (hi - base) / MIG_PAGE_SIZE);
-		return 0;
+		if (bitmap)
+			set_range(bitmap, (lo - base) / MIG_PAGE_SIZE,
+				  (hi - base) / MIG_PAGE_SIZE);
+		return 1;
 	}
 	while (covered < hi && getline(&line, &cap, f) > 0) {
 		unsigned long start, end, inode;
@@ -80,9 +83,12 @@ static int mark_unjudgeable(uintptr_t base, uintptr_t lo, uintptr_t hi,
 		path = line + path_at;
 		path[strcspn(path, "\n")] = '\0';
 		end = MIG_MIN(end, hi);
-		if (!zero_when_absent(inode, path))
-			set_range(bitmap, (covered - base) / MIG_PAGE_SIZE,
-				  (end - base) / MIG_PAGE_SIZE);
+		if (!zero_when_absent(inode, path)) {
+			found = 1;
+			if (bitmap)
+				set_range(bitmap, (covered - base) / MIG_PAGE_SIZE,
+					  (end - base) / MIG_PAGE_SIZE);
+		}
 		covered = end;
 	}
 	free(line);
@@ -91,11 +97,31 @@ static int mark_unjudgeable(uintptr_t base, uintptr_t lo, uintptr_t hi,
 		return mig__err(err, -EFAULT,
 				"guest memory at %#lx is not mapped in this process",
 				(unsigned long)covered);
+	return found;
+}
+
+static int check_region(const mig_region *r, mig_error *err)
+{
+	if (!r->hva || (uintptr_t)r->hva % MIG_PAGE_SIZE ||
+	    r->size % MIG_PAGE_SIZE)
+		return mig__err(err, -EINVAL, "slot %u: bad region", r->slot);
 	return 0;
 }
 
+int mig__mem_absent_is_zero(const mig_region *r, mig_error *err)
+{
+	uintptr_t base = (uintptr_t)r->hva;
+	int rc = check_region(r, err);
+
+	if (rc < 0)
+		return rc;
+	rc = mark_unjudgeable(base, base, base + r->size, NULL, err);
+	return rc < 0 ? rc : !rc;
+}
+
 long mig__mem_resident(const mig_region *r, uint64_t first_page,
-		       uint64_t npages, uint64_t *bitmap, mig_error *err)
+		       uint64_t npages, bool absent_is_zero, uint64_t *bitmap,
+		       mig_error *err)
 {
 	uint64_t total = r->size / MIG_PAGE_SIZE, end = first_page + npages;
 	uintptr_t base = (uintptr_t)r->hva;
@@ -103,8 +129,8 @@ long mig__mem_resident(const mig_region *r, uint64_t first_page,
 	long count = 0;
 	int rc;
 
-	if (!r->hva || base % MIG_PAGE_SIZE || r->size % MIG_PAGE_SIZE)
-		return mig__err(err, -EINVAL, "slot %u: bad region", r->slot);
+	if ((rc = check_region(r, err)) < 0)
+		return rc;
 	if (first_page > total || npages > total - first_page)
 		return mig__err(err, -EINVAL,
 				"slot %u: pages %llu+%llu outside the region (%llu pages)",
@@ -141,7 +167,7 @@ long mig__mem_resident(const mig_region *r, uint64_t first_page,
 	 * shows up as swap in use now. */
 	if (swap_in_use()) {
 		set_range(bitmap, first_page, end);
-	} else {
+	} else if (!absent_is_zero) {
 		rc = mark_unjudgeable(base, base + first_page * MIG_PAGE_SIZE,
 				      base + end * MIG_PAGE_SIZE, bitmap, err);
 		if (rc < 0)

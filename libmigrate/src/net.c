@@ -184,7 +184,7 @@ int mig__hash_regions(const mig_region *regions, uint32_t nr, uint8_t out[16],
 
 		if (!bm)
 			return mig__err(err, -ENOMEM, "memory hash: out of memory");
-		r = mig__mem_resident(&regions[i], 0, npages, bm, err);
+		r = mig__mem_resident(&regions[i], 0, npages, false, bm, err);
 		if (r < 0) {
 			free(bm);
 			return (int)r;

@@ -134,6 +134,7 @@ struct mig_source {
 	mig_dirty *dirty;
 	uint64_t **send_bm;
 	uint64_t **resident_bm;     /* round 1 only */
+	bool *absent_is_zero;       /* per region: mig__mem_absent_is_zero() */
 	uint32_t round;
 	int paused;
 	int committed;
@@ -252,6 +253,7 @@ static int encode_chunk(struct src_conn *c, const struct item *it, mig_buf *out)
 		/* Round 1: memory the guest never touched reads as zeros; skip
 		 * it without reading (reading would allocate it). */
 		long k = mig__mem_resident(r, it->first, it->count,
+					   s->absent_is_zero[it->region],
 					   s->resident_bm[it->region], &err);
 		if (k < 0)
 			return (int)k;
@@ -1463,6 +1465,7 @@ static int send_hints(mig_source *s)
 		uint64_t words = mig__bitmap_words(npages);
 		uint64_t per = MIG_HINT_BITMAP_MAX / 8;
 		long k = mig__mem_resident(&s->vm.regions[r], 0, npages,
+					   s->absent_is_zero[r],
 					   s->resident_bm[r], &s->result);
 		if (k < 0)
 			return (int)k;
@@ -1502,8 +1505,16 @@ static int precopy(mig_source *s)
 		return r;
 	s->send_bm = alloc_bitmaps(s);
 	s->resident_bm = alloc_bitmaps(s);
-	if (!s->send_bm || !s->resident_bm)
+	s->absent_is_zero = calloc(s->vm.vm.nr_regions, sizeof(bool));
+	if (!s->send_bm || !s->resident_bm || !s->absent_is_zero)
 		return mig__err(&s->result, -ENOMEM, "out of memory for dirty bitmaps");
+	/* Judge each region's mapping once, not per chunk of round 1. */
+	for (uint32_t i = 0; i < s->vm.vm.nr_regions; i++) {
+		r = mig__mem_absent_is_zero(&s->vm.regions[i], &s->result);
+		if (r < 0)
+			return r;
+		s->absent_is_zero[i] = r;
+	}
 	/* Start logging before reading anything: a write from now on is seen.
 	 * The first sync reports all of memory: that is round 1. */
 	if ((r = mig__dirty_start(s->dirty, &s->result)) < 0)
@@ -1802,6 +1813,7 @@ MIG_API void mig_source_destroy(mig_source *s)
 	}
 	free_bitmaps(s, s->send_bm);
 	free_bitmaps(s, s->resident_bm);
+	free(s->absent_is_zero);
 	if (s->token) {
 		memset(s->token, 0, s->token_len);
 		free(s->token);

@@ -716,11 +716,17 @@ static void expect_resident(void *mem, uint64_t npages, bool all, bool loose)
 	mig_error err = { 0 };
 	long n;
 
-	n = mig__mem_resident(&r, 0, npages, bm, &err);
+	n = mig__mem_resident(&r, 0, npages, false, bm, &err);
 	if (all) {
 		assert_int_equal(n, (long)npages);
 		return;
 	}
+	/* The mapping reads as zeros where absent; told so, the call skips
+	 * judging it and answers the same. */
+	assert_int_equal(mig__mem_absent_is_zero(&r, &err), 1);
+	uint64_t again[4] = { 0 };
+	assert_int_equal(mig__mem_resident(&r, 0, npages, true, again, &err), n);
+	assert_memory_equal(again, bm, sizeof(bm));
 	if (loose) {
 		for (size_t k = 0; k < MIG_ARRAY_SIZE(touched); k++)
 			assert_true(bit(bm, touched[k]));
@@ -736,12 +742,12 @@ static void expect_resident(void *mem, uint64_t npages, bool all, bool loose)
 	}
 	/* A sub-range touches only its own bits. */
 	memset(bm, 0, sizeof(bm));
-	n = mig__mem_resident(&r, 60, 10, bm, &err);
+	n = mig__mem_resident(&r, 60, 10, true, bm, &err);
 	assert_int_equal(n, 3);
 	assert_int_equal(bm[0], UINT64_C(1) << 63);
 	assert_int_equal(bm[1], 3);
 	assert_int_equal(bm[2] | bm[3], 0);
-	assert_int_equal(mig__mem_resident(&r, 250, 7, bm, &err), -EINVAL);
+	assert_int_equal(mig__mem_resident(&r, 250, 7, false, bm, &err), -EINVAL);
 }
 
 static bool host_swapping(void)
@@ -829,12 +835,23 @@ static void resident_file_and_hole(void **s)
 	touch(mem);
 	expect_resident(mem, 256, true, false);
 	close(fd);
+	r = (mig_region){ .slot = 3, .size = 256 * PAGE, .hva = mem };
+	assert_int_equal(mig__mem_absent_is_zero(&r, &err), 0);
+
+	/* Half anonymous, half file: not zero where absent as a whole, and
+	 * the file half is all marked. */
+	assert_true(mmap(mem, 128 * PAGE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == mem);
+	assert_int_equal(mig__mem_absent_is_zero(&r, &err), 0);
+	assert_int_equal(mig__mem_resident(&r, 0, 256, false, bm, &err),
+			 host_swapping() ? 256 : 128);
+	assert_int_equal(bm[2] & bm[3], ~UINT64_C(0));
 
 	/* Unmap the middle: -EFAULT. */
 	munmap(mem + 100 * PAGE, PAGE);
-	r = (mig_region){ .slot = 3, .size = 256 * PAGE, .hva = mem };
-	assert_int_equal(mig__mem_resident(&r, 0, 256, bm, &err), -EFAULT);
+	assert_int_equal(mig__mem_resident(&r, 0, 256, false, bm, &err), -EFAULT);
 	print_message("hole: %s\n", err.msg);
+	assert_int_equal(mig__mem_absent_is_zero(&r, &err), -EFAULT);
 	munmap(mem, 256 * PAGE);
 }
 

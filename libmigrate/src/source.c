@@ -608,7 +608,10 @@ static int check_failed_locked(mig_source *s)
 		return mig__err(&s->result, MIG_E_CANCELED, "canceled");
 	for (uint32_t i = 0; i < s->nconns; i++) {
 		struct src_conn *c = &s->conns[i];
-		if (c->error)
+		/* Once Activate is out, the destination owns the VM and hangs
+		 * up: only connection 0 has anything left to say (Activated),
+		 * and the others closing first is no failure. */
+		if (c->error && (i == 0 || !s->activate_sent))
 			return mig__err(&s->result, c->error, "connection %u: %s",
 					i, c->errmsg);
 	}

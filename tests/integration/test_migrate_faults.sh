@@ -124,10 +124,13 @@ def pump(a, b):
             time.sleep(60)   # silent: neither forward nor close
             return
         b.sendall(d)
-c, _ = ls.accept()
-u = socket.create_connection(("127.0.0.1", dst))
-threading.Thread(target=pump, args=(c, u), daemon=True).start()
-threading.Thread(target=pump, args=(u, c), daemon=True).start()
+def serve():
+    while True:   # every connection of the migration goes through
+        c, _ = ls.accept()
+        u = socket.create_connection(("127.0.0.1", dst))
+        threading.Thread(target=pump, args=(c, u), daemon=True).start()
+        threading.Thread(target=pump, args=(u, c), daemon=True).start()
+threading.Thread(target=serve, daemon=True).start()
 time.sleep(40)
 PY
 PROXY_PID=$!

@@ -8,7 +8,7 @@
 #   experiments/compare.sh                 # all cases, 3 repetitions
 #   experiments/compare.sh --reps 1        # the whole matrix once
 #   experiments/compare.sh --quick         # 1 rep of one small case
-#   experiments/compare.sh --cases wss64M --fills sparse --migvm-modes default,conn2
+#   experiments/compare.sh --cases wss64M --fills sparse --migvm-modes default,conn1
 #   experiments/compare.sh --report experiments/results/compare-*.jsonl
 #
 # --help lists every option. Needs root (KVM, private network namespaces).

@@ -74,7 +74,7 @@ static void usage(FILE *f)
 "  --max-bandwidth BYTES  cap in bytes/s, K/M/G suffixes (default none)\n"
 "  --compress off|on|auto zstd for pages (default auto)\n"
 "  --compress-level N     zstd level 1..19 (default 1)\n"
-"  --connections N        parallel TCP connections (default 1)\n"
+"  --connections N        parallel TCP connections (default 2)\n"
 "  --dirty-log auto|bitmap|clear|ring  dirty tracking (default auto)\n"
 "  --max-rounds N, --timeout-ms N, --stall-timeout-ms N, --throttle on|off\n"
 "  --verify               compare memory hashes before the destination\n"

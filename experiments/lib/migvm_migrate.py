@@ -43,6 +43,7 @@ MODES = {
     "default": {"compress": "auto"},
     "zstd": {"compress": "on"},
     "raw": {"compress": "off"},
+    "conn1": {"connections": "1"},
     "conn2": {"connections": "2"},
     "bitmap": {"dirty-log": "bitmap"},
     "clear": {"dirty-log": "clear"},
@@ -315,7 +316,7 @@ def parse_args(argv):
     m = ap.add_argument_group("migration")
     m.add_argument("--mode", default="default",
                    help="default (compress auto) | zstd (compress on) | raw (compress off) | "
-                        "conn2 (2 connections) | bitmap | clear | ring (dirty log), joined "
+                        "conn1 | conn2 (connections; default 2) | bitmap | clear | ring (dirty log), joined "
                         "with '+', e.g. zstd+conn2 (default: default)")
     m.add_argument("--downtime-ms", type=int, default=300, help="target downtime (default 300)")
     m.add_argument("--max-bandwidth", default=None, help="cap, bytes/s (default none)")

@@ -26,7 +26,7 @@ MIG_API void mig_params_init(mig_params *p)
 	p->max_bandwidth = 0;
 	p->compress = MIG_COMPRESS_AUTO;
 	p->compress_level = 1;
-	p->connections = 1;
+	p->connections = 2;	/* QEMU's multifd default too */
 	p->max_rounds = 30;
 	p->timeout_ms = 0;
 	p->throttle = 1;

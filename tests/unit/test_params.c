@@ -13,7 +13,7 @@ static void test_defaults_valid(void **state)
 	mig_params_init(&p);
 	assert_int_equal(p.downtime_ms, 300);
 	assert_int_equal(p.compress, MIG_COMPRESS_AUTO);
-	assert_int_equal(p.connections, 1);
+	assert_int_equal(p.connections, 2);
 	assert_int_equal(p.dirty_log, MIG_DIRTY_LOG_AUTO);
 	assert_int_equal(mig_params_validate(&p, &e), 0);
 	assert_int_equal(e.code, 0);

@@ -112,7 +112,7 @@ typedef struct mig_params {
 	uint64_t max_bandwidth;   /* bytes/s cap, 0 = unlimited (default) */
 	mig_compress compress;    /* default MIG_COMPRESS_AUTO */
 	int compress_level;       /* zstd level 1..19, default 1 */
-	uint32_t connections;     /* TCP connections 1..16, default 1 */
+	uint32_t connections;     /* TCP connections 1..16, default 2 */
 	uint32_t max_rounds;      /* pre-copy rounds before forcing, 1..1000,
 	                             default 30 */
 	uint32_t timeout_ms;      /* whole migration, 0 = none; default 0 */

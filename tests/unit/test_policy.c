@@ -62,8 +62,8 @@ static void test_converging_guest(void **state)
 		assert_int_equal(d, MIG_CONTINUE);
 		remaining /= 2;
 	}
-	/* Halving every round, it goes on until the copy is a tiny share of
-	 * the target (40 s of copy halved 13 times: under 9.4 ms). */
+	/* Halving every round, it goes on until the copy is a small share of
+	 * the target (40 s of copy halved 12 times: under 18.75 ms). */
 	assert_true(e - p.fixed_us <= p.target_us / MIG_SWITCH_FRACTION);
 	assert_int_equal(p.throttle_pct, 0);
 	assert_true(round <= 14);
@@ -137,9 +137,18 @@ static void test_finishing_throttle(void **state)
 	assert_int_equal(r.throttle_pct, 0);
 	mig_policy t = policy(1);                       /* copy already tiny */
 	t.prev_remaining = 8000;
-	mig_round_obs tiny = obs(3, 2000, 1e9, 1e9);    /* 8 ms < 300 / 32 */
+	mig_round_obs tiny = obs(3, 2000, 1e9, 1e9);    /* 8 ms < 300 / 16 */
 	assert_int_equal(mig__policy_decide(&t, &tiny, &e), MIG_SWITCH);
 	assert_int_equal(t.throttle_pct, 0);
+	/* Either side of target / 16 (18.75 ms), the set shrinking by a
+	 * quarter: 15 ms of copy is not worth another round, 24.6 ms is. */
+	mig_policy u = policy(0);
+	u.prev_remaining = 8000;
+	mig_round_obs small = obs(3, 3662, 1e9, 0.1e9);
+	assert_int_equal(mig__policy_decide(&u, &small, &e), MIG_SWITCH);
+	u.prev_remaining = 8000;
+	mig_round_obs larger = obs(3, 6000, 1e9, 0.1e9);
+	assert_int_equal(mig__policy_decide(&u, &larger, &e), MIG_CONTINUE);
 }
 
 /* A guest dirtying faster than the link: after two flat rounds the

@@ -50,11 +50,7 @@ start_migd() {
 		>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
 	D_PIDS+=($!)
 	eval "PORT_$name=$port PID_$name=$!"
-	for _ in $(seq 100); do
-		[ -S "$WORK/$name.sock" ] && return 0
-		sleep 0.05
-	done
-	fail "migd $name did not start"
+	wait_migd_ready "$name"
 }
 
 head -c 32 /dev/urandom | base64 >"$WORK/psk"

@@ -96,11 +96,7 @@ start_migd() {
 		--psk-file "$WORK/psk" --log-level debug \
 		>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
 	D_PIDS+=($!)
-	for _ in $(seq 100); do
-		[ -S "$WORK/$name.sock" ] && return 0
-		sleep 0.05
-	done
-	fail "migd $name did not start"
+	wait_migd_ready "$name"
 }
 
 check_runs_on() { # check_runs_on HOST: vm1 runs there, beats, no mismatch

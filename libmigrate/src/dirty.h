@@ -18,7 +18,9 @@
  * turning KVM_MEM_LOG_DIRTY_PAGES on and off, the first-sync rule below.
  *
  * Contract for the engine (all calls from one thread, the migration thread,
- * except mig_dirty_ring_full(), which vCPU threads call):
+ * except mig_dirty_ring_full(), which vCPU threads call, and
+ * mig__dirty_rearm(), which several threads may call at once, each for its
+ * own pages: the engine's connection threads rearm the chunks they send):
  *
  *  1. create, then start: KVM logs writes from that moment on.
  *  2. The FIRST sync after start reports every page of every region: all of

@@ -13,8 +13,14 @@
  *
  * Only pages that a sync reported are cleared (`reported`), so a rearm wider
  * than what the engine sends never drops a bit the engine has not seen.
+ *
+ * Each connection thread rearms its own chunks, so rearms (and a sync) may
+ * run at once: `lock` guards the scratch bitmap and `reported`. KVM takes
+ * its slots lock for KVM_CLEAR_DIRTY_LOG anyway, so holding ours across
+ * the ioctl serializes nothing that was parallel.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +29,7 @@
 #include "dirty.h"
 
 struct clear_priv {
+	pthread_mutex_t lock;
 	uint64_t **reported; /* per region: reported by sync, not rearmed */
 	uint64_t *scratch;   /* max_words */
 	uint64_t caps;       /* what KVM_CHECK_EXTENSION offered */
@@ -56,6 +63,7 @@ static void clear_fini(mig_dirty *d)
 			free(p->reported[i]);
 	free(p->reported);
 	free(p->scratch);
+	pthread_mutex_destroy(&p->lock);
 	free(p);
 	d->priv = NULL;
 }
@@ -68,6 +76,7 @@ static int clear_init(mig_dirty *d, const int *vcpu_fds, uint32_t nr_vcpus,
 	d->priv = p;
 	if (!p)
 		goto nomem;
+	pthread_mutex_init(&p->lock, NULL);
 	p->caps = (uint64_t)mig__kvm_check(d->vm_fd,
 					   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
 	p->scratch = calloc(d->max_words, sizeof(uint64_t));
@@ -112,8 +121,8 @@ static int clear_start(mig_dirty *d, mig_error *err)
 	return set_manual(d, flags, err);
 }
 
-static long clear_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
-			mig_error *err)
+static long clear_sync_locked(mig_dirty *d, uint64_t *const *bitmaps,
+			      mig_error *err)
 {
 	struct clear_priv *p = d->priv;
 	long n = 0;
@@ -142,8 +151,22 @@ static long clear_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
 	return n;
 }
 
-static int clear_rearm(mig_dirty *d, uint32_t region, uint64_t first_page,
-		       uint64_t npages, mig_error *err)
+static long clear_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
+			mig_error *err)
+{
+	struct clear_priv *p = d->priv;
+	long n;
+
+	(void)final;
+	pthread_mutex_lock(&p->lock);
+	n = clear_sync_locked(d, bitmaps, err);
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}
+
+static int clear_rearm_locked(mig_dirty *d, uint32_t region,
+			      uint64_t first_page, uint64_t npages,
+			      mig_error *err)
 {
 	struct clear_priv *p = d->priv;
 	const struct mig__dirty_region *g = &d->regs[region];
@@ -160,8 +183,10 @@ static int clear_rearm(mig_dirty *d, uint32_t region, uint64_t first_page,
 	/* num_pages is 32 bits: ranges over 16 TiB take several calls. */
 	if (hi - lo > (UINT64_C(1) << 31)) {
 		uint64_t mid = lo + (UINT64_C(1) << 30);
-		r = clear_rearm(d, region, first_page, mid - first_page, err);
-		return r < 0 ? r : clear_rearm(d, region, mid, end - mid, err);
+		r = clear_rearm_locked(d, region, first_page, mid - first_page,
+				       err);
+		return r < 0 ? r : clear_rearm_locked(d, region, mid, end - mid,
+						      err);
 	}
 	for (uint64_t w = 0; w < nw; w++) {
 		uint64_t base = lo + 64 * w, m = rep[w0 + w];
@@ -189,6 +214,18 @@ static int clear_rearm(mig_dirty *d, uint32_t region, uint64_t first_page,
 	for (uint64_t w = 0; w < nw; w++)
 		rep[w0 + w] &= ~p->scratch[w];
 	return 0;
+}
+
+static int clear_rearm(mig_dirty *d, uint32_t region, uint64_t first_page,
+		       uint64_t npages, mig_error *err)
+{
+	struct clear_priv *p = d->priv;
+	int r;
+
+	pthread_mutex_lock(&p->lock);
+	r = clear_rearm_locked(d, region, first_page, npages, err);
+	pthread_mutex_unlock(&p->lock);
+	return r;
 }
 
 static void clear_stop(mig_dirty *d)

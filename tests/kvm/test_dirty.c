@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,63 @@ static void model_send(struct model *m, uint64_t chunk)
 				m->sent++;
 			}
 		}
+	}
+}
+
+/* model_send() split between threads as the engine splits a round between
+ * its connections: chunk k goes to thread k % nthreads, each rearming and
+ * copying its own chunks at the same time as the others. `chunk` is a
+ * multiple of 64 so that no two threads share a bitmap word. */
+struct sender {
+	struct model *m;
+	uint64_t chunk, sent;
+	unsigned index, n;
+	char err[sizeof(((mig_error *)0)->msg) + 16];
+};
+
+static void *sender_main(void *arg)
+{
+	struct sender *s = arg;
+	struct model *m = s->m;
+	mig_error err = { 0 };
+
+	for (uint32_t r = 0; r < 2; r++) {
+		uint8_t *mem = region_mem(m, (int)r);
+		for (uint64_t p = 0, k = 0; p < m->npages[r]; p += s->chunk, k++) {
+			uint64_t n = MIG_MIN(s->chunk, m->npages[r] - p);
+			if (k % s->n != s->index)
+				continue;
+			if (mig__dirty_rearm(m->d, r, p, n, &err) < 0) {
+				snprintf(s->err, sizeof(s->err), "rearm: %s", err.msg);
+				return NULL;
+			}
+			for (uint64_t q = p; q < p + n; q++) {
+				if (!bit(m->bits[r], q))
+					continue;
+				memcpy(m->copy[r] + q * PAGE, mem + q * PAGE, PAGE);
+				m->bits[r][q / 64] &= ~(UINT64_C(1) << (q % 64));
+				s->sent++;
+			}
+		}
+	}
+	return NULL;
+}
+
+static void model_send_parallel(struct model *m, uint64_t chunk, unsigned n)
+{
+	struct sender s[4];
+	pthread_t th[4];
+
+	assert_true(n <= 4 && chunk % 64 == 0);
+	for (unsigned i = 0; i < n; i++) {
+		s[i] = (struct sender){ .m = m, .chunk = chunk, .index = i, .n = n };
+		assert_int_equal(pthread_create(&th[i], NULL, sender_main, &s[i]), 0);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		pthread_join(th[i], NULL);
+		if (s[i].err[0])
+			fail_msg("sender %u: %s", i, s[i].err);
+		m->sent += s[i].sent;
 	}
 }
 
@@ -248,7 +306,7 @@ static void lockstep(mig_dirty_log mode, uint32_t ring_entries,
 }
 
 static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
-		       uint32_t nr_vcpus, const char *want)
+		       uint32_t nr_vcpus, const char *want, unsigned senders)
 {
 	struct tvm_opts o = { .area_pages = 8192, .nr_vcpus = nr_vcpus,
 			      .writes_per_iter = 300,
@@ -270,7 +328,10 @@ static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
 	for (int round = 0; round < 40; round++) {
 		usleep(2000);
 		model_sync(&m);
-		model_send(&m, 100 + (uint64_t)round);
+		if (senders > 1)
+			model_send_parallel(&m, 128, senders);
+		else
+			model_send(&m, 100 + (uint64_t)round);
 	}
 	r = tvm_stop(&t);
 	if (r < 0)
@@ -300,10 +361,14 @@ static void lockstep_clear(void **s) { lockstep(MIG_DIRTY_LOG_CLEAR, 0, 1, "clea
 static void lockstep_ring(void **s) { lockstep(MIG_DIRTY_LOG_RING, 4096, 1, "ring"); }
 static void lockstep_auto_ring(void **s) { lockstep(MIG_DIRTY_LOG_AUTO, 4096, 2, "ring"); }
 static void lockstep_ring_full(void **s) { lockstep(MIG_DIRTY_LOG_RING, 256, 2, "ring"); }
-static void concurrent_bitmap(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap"); }
-static void concurrent_clear(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear"); }
-static void concurrent_ring(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring"); }
-static void concurrent_ring_full(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring"); }
+static void concurrent_bitmap(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 1); }
+static void concurrent_clear(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 1); }
+static void concurrent_ring(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 1); }
+static void concurrent_ring_full(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring", 1); }
+/* Two connection threads rearming their chunks at the same time. */
+static void concurrent_clear_2senders(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 2); }
+static void concurrent_bitmap_2senders(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 2); }
+static void concurrent_ring_2senders(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 2); }
 
 static void lockstep_auto(void **s)
 {
@@ -866,6 +931,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(lockstep_ring_full),
 		cmocka_unit_test(concurrent_bitmap),
 		cmocka_unit_test(concurrent_clear),
+		cmocka_unit_test(concurrent_clear_2senders),
+		cmocka_unit_test(concurrent_bitmap_2senders),
+		cmocka_unit_test(concurrent_ring_2senders),
 		cmocka_unit_test(concurrent_ring),
 		cmocka_unit_test(concurrent_ring_full),
 		cmocka_unit_test(ring_full_without_tracker),

@@ -2,7 +2,9 @@
  * mig_x86_* state blobs: every malformed blob is refused with -EBADMSG /
  * -EINVAL (or -EMSGSIZE) and a message naming the item, before any ioctl,
  * and never crashes (truncations and seeded random corruption). A round trip
- * through a real vCPU runs where /dev/kvm exists and is skipped elsewhere.
+ * through a real vCPU runs where /dev/kvm exists and is skipped elsewhere;
+ * it also checks that the "sregs" a save derives from SREGS2 and the events
+ * are what KVM_GET_SREGS returns, pending interrupt included.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -355,8 +357,25 @@ static void test_kvm_round_trip(void **state)
 		assert_int_equal(ioctl(a.vcpu, KVM_GET_MSRS, &one), 1);
 	}
 
+	/* An external interrupt KVM has injected shows in both the events
+	 * and KVM_GET_SREGS's interrupt bitmap. */
+	struct kvm_vcpu_events ev;
+	struct kvm_sregs sr;
+	assert_int_equal(ioctl(a.vcpu, KVM_GET_VCPU_EVENTS, &ev), 0);
+	ev.interrupt.injected = 1;
+	ev.interrupt.nr = 0x71;
+	ev.interrupt.soft = 0;
+	assert_int_equal(ioctl(a.vcpu, KVM_SET_VCPU_EVENTS, &ev), 0);
+	assert_int_equal(ioctl(a.vcpu, KVM_GET_SREGS, &sr), 0);
+	assert_int_equal(sr.interrupt_bitmap[1], UINT64_C(1) << (0x71 - 64));
+
 	assert_int_equal(mig_x86_vcpu_save(a.kvm, a.vcpu, &blob, &len, &e), 0);
 	assert_true(len > 0 && len <= MIG_X86_BLOB_MAX);
+	Mig__State__X86Vcpu *m = mig__state__x86_vcpu__unpack(NULL, len, blob);
+	assert_non_null(m);
+	assert_int_equal(m->sregs.len, sizeof(sr));
+	assert_memory_equal(m->sregs.data, &sr, sizeof(sr));
+	mig__state__x86_vcpu__free_unpacked(m, NULL);
 	assert_int_equal(mig_x86_vm_save(a.vm, &vmblob, &vmlen, &e), 0);
 	if (mig_x86_vm_load(b.vm, vmblob, vmlen, &e) < 0)
 		fail_msg("vm load: %s", e.msg);

@@ -1623,6 +1623,9 @@ static void fail_cleanup(mig_source *s)
 			pthread_mutex_unlock(&s->lock);
 		}
 	}
+	/* The connection threads may still be encoding queued chunks, which
+	 * rearms them in the dirty log: stop them before the log goes. */
+	close_conns(s);
 	mig__dirty_destroy(s->dirty);
 	s->dirty = NULL;
 	set_throttle(s, 0);

@@ -180,7 +180,8 @@ static int clear_rearm_locked(mig_dirty *d, uint32_t region,
 	struct kvm_clear_dirty_log clr;
 	int r;
 
-	/* num_pages is 32 bits: ranges over 16 TiB take several calls. */
+	/* num_pages is 32 bits: ranges over 2^31 pages (8 TiB) take several
+	 * calls. */
 	if (hi - lo > (UINT64_C(1) << 31)) {
 		uint64_t mid = lo + (UINT64_C(1) << 30);
 		r = clear_rearm_locked(d, region, first_page, mid - first_page,

@@ -272,7 +272,7 @@ static void sregs_from_sregs2(struct kvm_sregs *s, const struct kvm_sregs2 *s2,
 {
 	memset(s, 0, sizeof(*s));
 	memcpy(s, s2, offsetof(struct kvm_sregs, interrupt_bitmap));
-	if (ev->interrupt.injected)
+	if (ev->interrupt.injected && !ev->interrupt.soft)
 		s->interrupt_bitmap[ev->interrupt.nr / 64] |=
 			UINT64_C(1) << (ev->interrupt.nr % 64);
 }

@@ -8,8 +8,11 @@
 #include "internal.h"
 
 /* Pages per chunk: the unit of work queued to a connection. A page always
- * travels on connection (page / MIG_CHUNK_PAGES) % connections. */
+ * travels on connection (page / MIG_CHUNK_PAGES + region) % connections.
+ * A multiple of 64, so that connection threads never share a word of the
+ * engine's bitmaps. */
 #define MIG_CHUNK_PAGES 1024u
+_Static_assert(MIG_CHUNK_PAGES % 64 == 0, "chunks cover whole bitmap words");
 
 /* Before the hello is authenticated a peer may send only small frames. */
 #define MIG_PREAUTH_FRAME_MAX (64u << 10)

@@ -22,7 +22,8 @@ echo "$out"
 # It must have loaded the installed library, not one from the build tree.
 # (ldd's output is kept first: with pipefail, grep -q quitting at the first
 # match could fail the pipeline with ldd's SIGPIPE.)
-deps=$(LD_LIBRARY_PATH=$libdir ldd "$tmp/consumer")
+deps=$(LD_LIBRARY_PATH=$libdir ldd "$tmp/consumer") ||
+	{ echo "ldd failed on the consumer"; exit 1; }
 grep -q "$tmp/prefix" <<<"$deps" ||
 	{ echo "consumer did not load the installed libmigrate"; exit 1; }
 echo "$out" | grep -qx "version $(pkg-config --modversion migrate)" ||

@@ -114,7 +114,8 @@ s=$(mc a --json status vm1)
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A after the wrong key: $s"
 grep -q "authentication failed" <<<"$(jfield "$s" last_error)" || fail "status does not say why: $s"
 grep -q "authentication failed" "$WORK/migd-c.err" || fail "C did not log the refusal"
-grep -q vm1 <<<"$(mc c --json list)" && fail "C holds a vm1"
+out=$(mc c --json list) || fail "list on C failed: $out"
+grep -q vm1 <<<"$out" && fail "C holds a vm1"
 wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 1))
 ok "wrong key refused: $out"
 

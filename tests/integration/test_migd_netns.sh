@@ -223,7 +223,8 @@ for _ in $(seq 450); do # B's incoming migvm gives up after 30 s of silence
 	sleep 0.1
 done
 [ "$(jfield "$s" state)" != incoming ] || fail "B still holds the reservation: $s"
-grep -q '"state":"incoming"' <<<"$(mc b --json list)" && fail "B lists an incoming VM: $(mc b --json list)"
+out=$(mc b --json list) || fail "list on B failed: $out"
+grep -q '"state":"incoming"' <<<"$out" && fail "B lists an incoming VM: $out"
 ok "B released it: $(jfield "$s" last_error)"
 ip -n "$NS_B" link set "$VETH_B" up || fail "link up"
 # While the link was down A's neighbour entry for B failed; until it is
@@ -237,7 +238,8 @@ res=$(mc a --json migrate vm1 --to "$IP_B:7400") || fail "migrate A->B after the
 [ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
 check_runs_on b
 ok "with the link up again vm1 moves to B"
-grep -q '"state":"incoming"' <<<"$(mc a --json list)" && fail "A still holds an incoming record"
+out=$(mc a --json list) || fail "list on A failed: $out"
+grep -q '"state":"incoming"' <<<"$out" && fail "A still holds an incoming record"
 
 mc b stop vm1 >/dev/null || fail "stop"
 for _ in $(seq 100); do

@@ -134,6 +134,10 @@ struct mig_source {
 	mig_dirty *dirty;
 	uint64_t **send_bm;
 	uint64_t **resident_bm;     /* round 1 only */
+	/* mig_mark_dirty(): pages the VMM wrote, merged into send_bm at each
+	 * sync; set (and `marks_closed` at the final sync) under the lock. */
+	uint64_t **marked_bm;
+	int marks_closed;
 	bool *absent_is_zero;       /* per region: mig__mem_absent_is_zero() */
 	uint32_t round;
 	int paused;
@@ -1058,13 +1062,77 @@ static void report_progress(mig_source *s)
 }
 
 /* Sync the dirty log into the send bitmaps; returns pages newly marked. */
+/* Move what mig_mark_dirty() collected into the send bitmaps; returns the
+ * pages not marked there already. `last`: no mark is taken after this. */
+static long merge_marked(mig_source *s, int last)
+{
+	long n = 0;
+
+	pthread_mutex_lock(&s->lock);
+	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+		uint64_t words = mig__bitmap_words(s->vm.regions[r].size / MIG_PAGE_SIZE);
+		for (uint64_t w = 0; w < words; w++) {
+			uint64_t m = s->marked_bm[r][w];
+			if (!m)
+				continue;
+			n += __builtin_popcountll(m & ~s->send_bm[r][w]);
+			s->send_bm[r][w] |= m;
+			s->marked_bm[r][w] = 0;
+		}
+	}
+	if (last)
+		s->marks_closed = 1;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
 static long sync_dirty(mig_source *s)
 {
 	long n = mig__dirty_sync(s->dirty, s->send_bm, &s->result);
 	if (n < 0)
 		mig__err_prefix(&s->result, "dirty log (%s): ",
 				mig__dirty_name(s->dirty));
+	else
+		n += merge_marked(s, 0);
 	return n;
+}
+
+MIG_API int mig_mark_dirty(mig_source *s, uint64_t gpa, uint64_t len)
+{
+	uint64_t end = gpa + len;
+	int r = 0;
+
+	if (!s || !len || end < gpa)
+		return -EINVAL;
+	/* Every page of the range must be guest RAM: walk it region by
+	 * region (regions do not overlap). */
+	for (uint64_t at = gpa; at < end;) {
+		const mig_region *g = NULL;
+		for (uint32_t i = 0; i < s->vm.vm.nr_regions && !g; i++)
+			if (at >= s->vm.regions[i].gpa &&
+			    at - s->vm.regions[i].gpa < s->vm.regions[i].size)
+				g = &s->vm.regions[i];
+		if (!g)
+			return -EINVAL;
+		at = MIG_MIN(end, g->gpa + g->size);
+	}
+	pthread_mutex_lock(&s->lock);
+	if (s->marks_closed) {
+		r = -EBUSY;
+	} else if (s->marked_bm) {
+		for (uint32_t i = 0; i < s->vm.vm.nr_regions; i++) {
+			const mig_region *g = &s->vm.regions[i];
+			uint64_t lo = MIG_MAX(gpa, g->gpa);
+			uint64_t hi = MIG_MIN(end, g->gpa + g->size);
+			for (uint64_t a = lo; a < hi;
+			     a = (a & ~(uint64_t)(MIG_PAGE_SIZE - 1)) + MIG_PAGE_SIZE) {
+				uint64_t p = (a - g->gpa) / MIG_PAGE_SIZE;
+				s->marked_bm[i][p / 64] |= UINT64_C(1) << (p % 64);
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
 }
 
 /* Where a round started: its time and the connections' counters. */
@@ -1306,13 +1374,15 @@ static int stop_and_copy(mig_source *s)
 		mig__buf_free(&b);
 		return r;
 	}
-	/* The last look at the dirty log, with every vCPU out of KVM_RUN. */
+	/* The last look at the dirty log, with every vCPU out of KVM_RUN,
+	 * and at what the VMM marked (its devices are quiet now too). */
 	d = mig__dirty_sync_final(s->dirty, s->send_bm, &s->result);
 	if (d < 0) {
 		mig__err_prefix(&s->result, "dirty log (%s): ",
 				mig__dirty_name(s->dirty));
 		return (int)d;
 	}
+	d += merge_marked(s, 1);
 	if ((r = round_queue(s, &m)) < 0 || (r = round_end_queue(s)) < 0)
 		return r;
 	if (!early) {
@@ -1509,8 +1579,16 @@ static int precopy(mig_source *s)
 	s->send_bm = alloc_bitmaps(s);
 	s->resident_bm = alloc_bitmaps(s);
 	s->absent_is_zero = calloc(s->vm.vm.nr_regions, sizeof(bool));
-	if (!s->send_bm || !s->resident_bm || !s->absent_is_zero)
+	uint64_t **marked = alloc_bitmaps(s);
+	if (!s->send_bm || !s->resident_bm || !s->absent_is_zero || !marked) {
+		free_bitmaps(s, marked);
 		return mig__err(&s->result, -ENOMEM, "out of memory for dirty bitmaps");
+	}
+	/* From here on mig_mark_dirty() keeps what it is told: round 1 has
+	 * not read anything yet. */
+	pthread_mutex_lock(&s->lock);
+	s->marked_bm = marked;
+	pthread_mutex_unlock(&s->lock);
 	/* Judge each region's mapping once, not per chunk of round 1. */
 	for (uint32_t i = 0; i < s->vm.vm.nr_regions; i++) {
 		r = mig__mem_absent_is_zero(&s->vm.regions[i], &s->result);
@@ -1819,6 +1897,7 @@ MIG_API void mig_source_destroy(mig_source *s)
 	}
 	free_bitmaps(s, s->send_bm);
 	free_bitmaps(s, s->resident_bm);
+	free_bitmaps(s, s->marked_bm);
 	free(s->absent_is_zero);
 	if (s->token) {
 		memset(s->token, 0, s->token_len);

@@ -10,6 +10,12 @@
  * Checks, printed as "ok ..." / "FAIL ...": on the destination the counter
  * keeps going from where the source stopped, and every data page holds the
  * current or the previous iteration, in order (no lost or stale page).
+ *
+ * On the source, a "device" thread also writes a page of guest memory from
+ * the host all along (as device emulation or DMA would) and tells the
+ * library with mig_mark_dirty(); ops->pause quiets it, after one last
+ * write. KVM does not see those writes, so with MINI_NOMARK set (writes not
+ * marked) the library's memory hash check must fail the migration.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +42,7 @@
 #define COUNTER_GPA 0x500u
 #define FIRST_PAGE 0x10u
 #define LAST_PAGE 0xffu
+#define DEV_GPA 0x180000u   /* written by the host, not the guest */
 
 /* See the file comment; assembled from:
  *   xor %ebx,%ebx; 1: inc %ebx; mov %ebx,0x500; mov $0x1000,%ax
@@ -58,6 +65,14 @@ struct vm {
 	atomic_int quit;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
+	/* the device (source only) */
+	pthread_t dev_thread;
+	mig_source *_Atomic src;
+	atomic_int dev_quiet;   /* asked by pause */
+	atomic_int dev_idle;    /* acknowledged by the device thread */
+	atomic_int dev_stop;
+	atomic_int dev_mark_err;
+	uint64_t dev_n;         /* the device's counter: its thread, or pause */
 };
 
 static void die(const char *what)
@@ -98,10 +113,58 @@ static void *vcpu_main(void *arg)
 	}
 }
 
+/* One device write: the counter at both ends of DEV_GPA's page, then the
+ * mark (skipped with MINI_NOMARK). */
+static void dev_write(struct vm *vm)
+{
+	uint64_t n = ++vm->dev_n;
+
+	memcpy(vm->mem + DEV_GPA, &n, sizeof(n));
+	memcpy(vm->mem + DEV_GPA + 4096 - sizeof(n), &n, sizeof(n));
+	mig_source *s = atomic_load(&vm->src);
+	if (s && !getenv("MINI_NOMARK")) {
+		int r = mig_mark_dirty(s, DEV_GPA, 4096);
+		if (r < 0)
+			atomic_store(&vm->dev_mark_err, r);
+	}
+}
+
+/* The device: a write every ~100 us unless the VM is paused. */
+static void *dev_main(void *arg)
+{
+	struct vm *vm = arg;
+
+	while (!atomic_load(&vm->dev_stop)) {
+		if (atomic_load(&vm->dev_quiet)) {
+			atomic_store(&vm->dev_idle, 1);
+			usleep(100);
+			continue;
+		}
+		atomic_store(&vm->dev_idle, 0);
+		if (atomic_load(&vm->dev_quiet))
+			continue; /* pause came in between: recheck */
+		dev_write(vm);
+		usleep(100);
+	}
+	return NULL;
+}
+
+static void dev_quiet(struct vm *vm, int quiet)
+{
+	atomic_store(&vm->dev_quiet, quiet);
+	while (quiet && vm->dev_thread && !atomic_load(&vm->dev_idle))
+		usleep(20);
+}
+
 static int vm_pause(void *opaque, mig_error *err)
 {
 	struct vm *vm = opaque;
 	(void)err;
+	dev_quiet(vm, 1);
+	/* Quieting completes what is in flight: one last write, which no
+	 * round before this pause can have sent. */
+	if (vm->dev_thread)
+		dev_write(vm);
 	pthread_mutex_lock(&vm->lock);
 	atomic_store(&vm->want_pause, 1);
 	while (!atomic_load(&vm->paused)) {
@@ -128,6 +191,7 @@ static int vm_resume(void *opaque, mig_error *err)
 	atomic_store(&vm->want_pause, 0);
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
+	dev_quiet(vm, 0);
 	return 0;
 }
 
@@ -355,11 +419,34 @@ int main(int argc, char **argv)
 		printf("FAIL guest is not running\n");
 		return 1;
 	}
-	if (mig_source_create(&s, &cfg, &err) < 0 || mig_source_start(s, &err) < 0) {
+	if (mig_source_create(&s, &cfg, &err) < 0) {
+		printf("FAIL source: %s\n", err.msg);
+		return 1;
+	}
+	if (mig_mark_dirty(s, MEM_SIZE - 4096, 8192) != -EINVAL ||
+	    mig_mark_dirty(s, 0, 0) != -EINVAL || mig_mark_dirty(s, 0, 4096) != 0) {
+		printf("FAIL mig_mark_dirty: bad ranges not refused\n");
+		return 1;
+	}
+	atomic_store(&vm.src, s);
+	if (pthread_create(&vm.dev_thread, NULL, dev_main, &vm))
+		die("pthread_create");
+	if (mig_source_start(s, &err) < 0) {
 		printf("FAIL source: %s\n", err.msg);
 		return 1;
 	}
 	int r = mig_source_wait(s, &err);
+	atomic_store(&vm.dev_stop, 1);
+	pthread_join(vm.dev_thread, NULL);
+	if (r == 0 && mig_mark_dirty(s, DEV_GPA, 4096) != -EBUSY) {
+		printf("FAIL mig_mark_dirty after the last sync: not -EBUSY\n");
+		return 1;
+	}
+	if (atomic_load(&vm.dev_mark_err)) {
+		printf("FAIL mig_mark_dirty: %s while the device ran\n",
+		       mig_strerror(atomic_load(&vm.dev_mark_err)));
+		return 1;
+	}
 	mig_source_stats(s, st);
 	mig_stats_json(st, &err, json, sizeof(json));
 	printf("%s\n", json);

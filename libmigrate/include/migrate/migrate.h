@@ -325,6 +325,20 @@ MIG_API int mig_source_wait(mig_source *src, mig_error *err);
 MIG_API int mig_source_cancel(mig_source *src);
 /* Snapshot of the statistics so far. Safe from any thread. */
 MIG_API int mig_source_stats(mig_source *src, mig_stats *out);
+/*
+ * Tell the migration that the VMM itself wrote guest memory [gpa, gpa+len)
+ * (device emulation, DMA): KVM logs only the guest's own writes, so without
+ * this such a write could leave an older copy on the destination.
+ * Who and when: any thread, AFTER writing, for as long as the handle lives.
+ * Before the migration starts tracking it is a no-op (round 1 reads
+ * everything); once the source has paused the VM and taken its last look
+ * at the dirty pages (and from then on, whatever the outcome), the write
+ * could be lost: the call returns -EBUSY. A VMM whose ops->pause quiesces
+ * its devices does not write then.
+ * Returns 0, -EINVAL if the range is empty or not all guest RAM of the
+ * regions given at create, or -EBUSY as above.
+ */
+MIG_API int mig_mark_dirty(mig_source *src, uint64_t gpa, uint64_t len);
 /* Waits for the migration thread if needed; accepts NULL. */
 MIG_API void mig_source_destroy(mig_source *src);
 

@@ -48,6 +48,7 @@ MODES = {
     "bitmap": {"dirty-log": "bitmap"},
     "clear": {"dirty-log": "clear"},
     "ring": {"dirty-log": "ring"},
+    "verify": {"verify": "1"},
 }
 
 

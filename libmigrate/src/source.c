@@ -1061,7 +1061,6 @@ static void report_progress(mig_source *s)
 	free(copy);
 }
 
-/* Sync the dirty log into the send bitmaps; returns pages newly marked. */
 /* Move what mig_mark_dirty() collected into the send bitmaps; returns the
  * pages not marked there already. `last`: no mark is taken after this. */
 static long merge_marked(mig_source *s, int last)
@@ -1071,14 +1070,8 @@ static long merge_marked(mig_source *s, int last)
 	pthread_mutex_lock(&s->lock);
 	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
 		uint64_t words = mig__bitmap_words(s->vm.regions[r].size / MIG_PAGE_SIZE);
-		for (uint64_t w = 0; w < words; w++) {
-			uint64_t m = s->marked_bm[r][w];
-			if (!m)
-				continue;
-			n += __builtin_popcountll(m & ~s->send_bm[r][w]);
-			s->send_bm[r][w] |= m;
-			s->marked_bm[r][w] = 0;
-		}
+		n += (long)mig__bitmap_or(s->send_bm[r], s->marked_bm[r], words);
+		memset(s->marked_bm[r], 0, words * sizeof(uint64_t));
 	}
 	if (last)
 		s->marks_closed = 1;
@@ -1086,6 +1079,8 @@ static long merge_marked(mig_source *s, int last)
 	return n;
 }
 
+/* Sync the dirty log, and the VMM's marks, into the send bitmaps; returns
+ * pages newly marked. */
 static long sync_dirty(mig_source *s)
 {
 	long n = mig__dirty_sync(s->dirty, s->send_bm, &s->result);

@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -60,6 +61,12 @@ struct ring_vm {
 	                                rings mapped until its destroy */
 	mig_dirty *active;           /* started tracker collecting, or NULL */
 	uint64_t full_exits;         /* mig_dirty_ring_full calls */
+	uint64_t marked;             /* entries marked RESET, not reset yet */
+	/* Resets that KVM cut short since the active tracker started, and
+	 * the entries the first one had done: see reset_rings(). */
+	uint32_t cut_short;
+	int cut_after;
+	uint64_t cut_of;
 };
 
 struct slot_idx {
@@ -260,12 +267,50 @@ static uint32_t harvest(struct ring_vm *vm, struct ring_vcpu *v, mig_dirty *d)
 		v->fetch++;
 		n++;
 	}
+	vm->marked += n;
 	return n;
 }
 
+/*
+ * KVM_RESET_DIRTY_RINGS: re-protect the pages of every entry marked RESET.
+ *
+ * Since Linux 6.16 KVM stops early when the calling thread has a signal
+ * pending, returns the count done so far (not -EINTR), and drops the batch
+ * it was gathering: up to 64 nearby pages whose entries are consumed but
+ * which stay writable, so the guest's next writes to them are never logged
+ * and the destination keeps an older copy. A vCPU thread in
+ * mig_dirty_ring_full() is exactly where signals land (a VMM kicks its
+ * vCPUs to pause or throttle them), and we saw it happen there. So every
+ * signal is blocked for the call. One that cannot be blocked (SIGSTOP, the
+ * freezer) still cuts it short: the count shows it, the rest is reset by
+ * calling again, and the active tracker's next sync fails (ring_sync), as
+ * pages may now change unseen. MAX_RESET_CALLS bounds a signal that never
+ * goes away.
+ */
+#define MAX_RESET_CALLS 1000
 static int reset_rings(struct ring_vm *vm)
 {
-	int r = mig__kvm_ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, NULL);
+	sigset_t all, old;
+	int r = 0;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (int calls = 0; calls < MAX_RESET_CALLS; calls++) {
+		r = mig__kvm_ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, NULL);
+		if (r < 0 || (uint64_t)r >= vm->marked) {
+			if (r >= 0)
+				vm->marked = 0;
+			break;
+		}
+		/* Cut short. With nothing done, nothing was dropped either. */
+		if (r > 0 && vm->cut_short++ == 0) {
+			vm->cut_after = r;
+			vm->cut_of = vm->marked;
+		}
+		vm->marked -= (uint64_t)r;
+		r = -EINTR;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return r < 0 ? r : 0;
 }
 
@@ -277,7 +322,8 @@ static int harvest_all(struct ring_vm *vm, mig_dirty *d, bool reset)
 	for (uint32_t i = 0; i < vm->nr_vcpus; i++)
 		if (vm->vcpus[i].gfns)
 			n += harvest(vm, &vm->vcpus[i], d);
-	return n && reset ? reset_rings(vm) : 0;
+	/* Also what an earlier reset left (cut short, or a final sync's). */
+	return (n || vm->marked) && reset ? reset_rings(vm) : 0;
 }
 
 static void pending_clear(mig_dirty *d)
@@ -431,6 +477,9 @@ static int ring_start(mig_dirty *d, mig_error *err)
 	 * starts now, and the first sync reports everything anyway. */
 	harvest_all(vm, NULL, false);
 	r = reset_rings(vm); /* also what a final sync left marked */
+	/* Pages left writable by a reset cut short are protected again when
+	 * logging is switched on for the slots, right after this. */
+	vm->cut_short = 0;
 	pending_clear(d);
 	if (r == 0)
 		vm->active = d;
@@ -458,6 +507,14 @@ static long ring_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
 		pthread_mutex_unlock(&vm->lock);
 		return mig__err(err, r, "KVM_RESET_DIRTY_RINGS: %s",
 				mig_strerror(r));
+	}
+	if (vm->cut_short) {
+		r = mig__err(err, -EIO,
+			     "KVM_RESET_DIRTY_RINGS was cut short by a signal that could not be blocked (after %d of %llu entries, %u time(s)): KVM then leaves up to 64 pages writable without logging their writes, so the dirty ring cannot be trusted until tracking restarts",
+			     vm->cut_after, (unsigned long long)vm->cut_of,
+			     vm->cut_short);
+		pthread_mutex_unlock(&vm->lock);
+		return r;
 	}
 	if (p->overflow) {
 		for (uint32_t i = 0; i < d->nr; i++)

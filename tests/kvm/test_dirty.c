@@ -20,12 +20,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../unit/mig_test.h"
@@ -305,9 +307,39 @@ static void lockstep(mig_dirty_log mode, uint32_t ring_entries,
 	tvm_destroy(&t);
 }
 
-static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
-		       uint32_t nr_vcpus, const char *want, unsigned senders)
+/*
+ * A VMM kicks its vCPU threads with signals (to pause or throttle them),
+ * and the threads handle KVM_EXIT_DIRTY_RING_FULL themselves: the kicks
+ * then land in mig_dirty_ring_full()'s KVM_RESET_DIRTY_RINGS, which KVM
+ * (Linux 6.16+) cuts short on a pending signal, dropping the re-protection
+ * of the pages it was batching. This thread kicks every vCPU thread every
+ * 20 us, as a throttle would, only more often.
+ */
+static volatile int kicker_stop;
+
+static void kick_handler(int sig)
 {
+	(void)sig;
+}
+
+static void *kicker_main(void *arg)
+{
+	struct tvm *t = arg;
+	struct timespec ts = { 0, 20000 };
+
+	while (!__atomic_load_n(&kicker_stop, __ATOMIC_ACQUIRE)) {
+		for (uint32_t i = 0; i < t->nr_vcpus; i++)
+			pthread_kill(t->vcpu[i].thread, SIGUSR2);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
+		       uint32_t nr_vcpus, const char *want, unsigned senders,
+		       bool kicked)
+{
+	pthread_t kicker;
 	struct tvm_opts o = { .area_pages = 8192, .nr_vcpus = nr_vcpus,
 			      .writes_per_iter = 300,
 			      .ring_entries = ring_entries };
@@ -325,6 +357,14 @@ static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
 	assert_int_equal(model_sync(&m), (long)(m.npages[0] + m.npages[1]));
 	model_send(&m, 64);
 	assert_int_equal(tvm_start_threads(&t), 0);
+	if (kicked) {
+		struct sigaction sa = { .sa_handler = kick_handler };
+		/* No SA_RESTART: KVM_RUN returns EINTR, as in a VMM. */
+		sigemptyset(&sa.sa_mask);
+		assert_int_equal(sigaction(SIGUSR2, &sa, NULL), 0);
+		kicker_stop = 0;
+		assert_int_equal(pthread_create(&kicker, NULL, kicker_main, &t), 0);
+	}
 	for (int round = 0; round < 40; round++) {
 		usleep(2000);
 		model_sync(&m);
@@ -332,6 +372,10 @@ static void concurrent(mig_dirty_log mode, uint32_t ring_entries,
 			model_send_parallel(&m, 128, senders);
 		else
 			model_send(&m, 100 + (uint64_t)round);
+	}
+	if (kicked) {
+		__atomic_store_n(&kicker_stop, 1, __ATOMIC_RELEASE);
+		pthread_join(kicker, NULL);
 	}
 	r = tvm_stop(&t);
 	if (r < 0)
@@ -361,14 +405,15 @@ static void lockstep_clear(void **s) { lockstep(MIG_DIRTY_LOG_CLEAR, 0, 1, "clea
 static void lockstep_ring(void **s) { lockstep(MIG_DIRTY_LOG_RING, 4096, 1, "ring"); }
 static void lockstep_auto_ring(void **s) { lockstep(MIG_DIRTY_LOG_AUTO, 4096, 2, "ring"); }
 static void lockstep_ring_full(void **s) { lockstep(MIG_DIRTY_LOG_RING, 256, 2, "ring"); }
-static void concurrent_bitmap(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 1); }
-static void concurrent_clear(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 1); }
-static void concurrent_ring(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 1); }
-static void concurrent_ring_full(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring", 1); }
+static void concurrent_bitmap(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 1, false); }
+static void concurrent_clear(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 1, false); }
+static void concurrent_ring(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 1, false); }
+static void concurrent_ring_full(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring", 1, false); }
+static void concurrent_ring_full_kicked(void **s) { concurrent(MIG_DIRTY_LOG_RING, 256, 2, "ring", 1, true); }
 /* Two connection threads rearming their chunks at the same time. */
-static void concurrent_clear_2senders(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 2); }
-static void concurrent_bitmap_2senders(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 2); }
-static void concurrent_ring_2senders(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 2); }
+static void concurrent_clear_2senders(void **s) { concurrent(MIG_DIRTY_LOG_CLEAR, 0, 2, "clear", 2, false); }
+static void concurrent_bitmap_2senders(void **s) { concurrent(MIG_DIRTY_LOG_BITMAP, 0, 2, "bitmap", 2, false); }
+static void concurrent_ring_2senders(void **s) { concurrent(MIG_DIRTY_LOG_RING, 4096, 2, "ring", 2, false); }
 
 static void lockstep_auto(void **s)
 {
@@ -936,6 +981,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(concurrent_ring_2senders),
 		cmocka_unit_test(concurrent_ring),
 		cmocka_unit_test(concurrent_ring_full),
+		cmocka_unit_test(concurrent_ring_full_kicked),
 		cmocka_unit_test(ring_full_without_tracker),
 		cmocka_unit_test(ring_full_after_final_sync),
 		cmocka_unit_test(restart),

@@ -342,17 +342,23 @@ static bool handle_exit(struct vcpu *v)
 /*
  * Throttling (auto-converge): a thread kicks every vCPU once per period
  * (timeslice / (1 - pct)) and each kicked vCPU stays out of the guest for
- * pct% of it, as QEMU's cpu-throttle does. The wait ends early for a pause
- * or a stop. The timeslice is 2 ms, not QEMU's 10: the last pre-copy
+ * pct% of the time, as QEMU's cpu-throttle does. The wait ends early for a
+ * pause or a stop. The timeslice is 2 ms, not QEMU's 10: the last pre-copy
  * rounds last 10-50 ms, and a 50 ms period at 80% would leave a round
  * throttled or not by chance.
+ *
+ * The sleep is sized by how long the vCPU actually ran since its last one,
+ * not by the nominal period: on a busy host the kicking thread wakes late,
+ * and a fixed sleep after each late kick left a "90%" throttle running the
+ * guest at half speed instead of a tenth.
  */
 #define THROTTLE_TIMESLICE_NS 2000000ull
+#define THROTTLE_MAX_RAN_NS (4 * THROTTLE_TIMESLICE_NS)
 
 static void throttle_sleep(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
-	uint64_t end;
+	uint64_t now, ran, end;
 
 	pthread_mutex_lock(&vm->lock);
 	if (!v->throttle_due || !vm->throttle_pct) {
@@ -361,8 +367,15 @@ static void throttle_sleep(struct vcpu *v)
 		return;
 	}
 	v->throttle_due = false;
-	end = now_ns() + THROTTLE_TIMESLICE_NS * vm->throttle_pct /
-			 (100 - vm->throttle_pct);
+	now = now_ns();
+	/* First sleep since a pause or since throttling began: one
+	 * timeslice's worth. A kick that came very late counts as a bounded
+	 * run, so one sleep never outlasts a few periods. */
+	ran = v->throttle_ran_from ? now - v->throttle_ran_from
+				   : THROTTLE_TIMESLICE_NS;
+	if (ran > THROTTLE_MAX_RAN_NS)
+		ran = THROTTLE_MAX_RAN_NS;
+	end = now + ran * vm->throttle_pct / (100 - vm->throttle_pct);
 	while (!vm->pause_req && !vm->stopping && vm->throttle_pct) {
 		struct timespec ts = { (time_t)(end / 1000000000ull),
 				       (long)(end % 1000000000ull) };
@@ -370,6 +383,7 @@ static void throttle_sleep(struct vcpu *v)
 		    ETIMEDOUT)
 			break;
 	}
+	v->throttle_ran_from = now_ns();
 	pthread_mutex_unlock(&vm->lock);
 }
 
@@ -410,6 +424,9 @@ int vm_set_throttle(struct vm *vm, unsigned int pct, mig_error *err)
 	if (pct > 99)
 		return vmm_err(err, -EINVAL, "throttle %u%%: at most 99", pct);
 	pthread_mutex_lock(&vm->lock);
+	if (!vm->throttle_pct) /* a run counts from now, not the last sleep */
+		for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+			vm->vcpus[i].throttle_ran_from = 0;
 	vm->throttle_pct = pct;
 	pthread_cond_broadcast(&vm->cond);
 	if (pct && !vm->throttle_running && !vm->stopping) {
@@ -459,6 +476,7 @@ static void *vcpu_thread(void *arg)
 				while (vm->pause_req && !vm->stopping)
 					pthread_cond_wait(&vm->cond, &vm->lock);
 				vm->nr_parked--;
+				v->throttle_ran_from = 0;
 			}
 		}
 		if (vm->stopping) {

@@ -110,6 +110,8 @@ struct vcpu {
 	 * only on the next KVM_RUN (I/O, MMIO): not parkable before that. */
 	bool pending_op;
 	bool throttle_due;        /* under vm->lock: sleep after this exit */
+	uint64_t throttle_ran_from; /* when it last went back to the guest
+				     * after a throttle sleep, 0 after a pause */
 };
 
 enum run_state { RUN_STARTING, RUN_RUNNING, RUN_PAUSED, RUN_STOPPING };

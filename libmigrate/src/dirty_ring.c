@@ -284,31 +284,28 @@ static uint32_t harvest(struct ring_vm *vm, struct ring_vcpu *v, mig_dirty *d)
  * signal is blocked for the call. One that cannot be blocked (SIGSTOP, the
  * freezer) still cuts it short: the count shows it, the rest is reset by
  * calling again, and the active tracker's next sync fails (ring_sync), as
- * pages may now change unseen. MAX_RESET_CALLS bounds a signal that never
- * goes away.
+ * pages may now change unseen. A call that did nothing dropped nothing
+ * either: what it left is reset by the next one.
  */
-#define MAX_RESET_CALLS 1000
 static int reset_rings(struct ring_vm *vm)
 {
 	sigset_t all, old;
-	int r = 0;
+	int r;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (int calls = 0; calls < MAX_RESET_CALLS; calls++) {
+	for (;;) {
 		r = mig__kvm_ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, NULL);
-		if (r < 0 || (uint64_t)r >= vm->marked) {
+		if (r <= 0 || (uint64_t)r >= vm->marked) {
 			if (r >= 0)
 				vm->marked = 0;
 			break;
 		}
-		/* Cut short. With nothing done, nothing was dropped either. */
-		if (r > 0 && vm->cut_short++ == 0) {
+		if (vm->cut_short++ == 0) {
 			vm->cut_after = r;
 			vm->cut_of = vm->marked;
 		}
-		vm->marked -= (uint64_t)r;
-		r = -EINTR;
+		vm->marked -= (uint64_t)r; /* > 0 left, and each call does some */
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return r < 0 ? r : 0;

@@ -138,6 +138,7 @@ struct mig_source {
 	 * sync; set (and `marks_closed` at the final sync) under the lock. */
 	uint64_t **marked_bm;
 	int marks_closed;
+	int marks_new;       /* a bit was set in marked_bm since the merge */
 	bool *absent_is_zero;       /* per region: mig__mem_absent_is_zero() */
 	uint32_t round;
 	int paused;
@@ -1068,11 +1069,14 @@ static long merge_marked(mig_source *s, int last)
 	long n = 0;
 
 	pthread_mutex_lock(&s->lock);
-	for (uint32_t r = 0; r < s->vm.vm.nr_regions; r++) {
+	/* Most VMMs mark nothing: two passes over every bitmap for nothing
+	 * would cost ~30 us per 4 GiB, in the downtime too. */
+	for (uint32_t r = 0; s->marks_new && r < s->vm.vm.nr_regions; r++) {
 		uint64_t words = mig__bitmap_words(s->vm.regions[r].size / MIG_PAGE_SIZE);
 		n += (long)mig__bitmap_or(s->send_bm[r], s->marked_bm[r], words);
 		memset(s->marked_bm[r], 0, words * sizeof(uint64_t));
 	}
+	s->marks_new = 0;
 	if (last)
 		s->marks_closed = 1;
 	pthread_mutex_unlock(&s->lock);
@@ -1125,6 +1129,7 @@ MIG_API int mig_mark_dirty(mig_source *s, uint64_t gpa, uint64_t len)
 				s->marked_bm[i][p / 64] |= UINT64_C(1) << (p % 64);
 			}
 		}
+		s->marks_new = 1;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;

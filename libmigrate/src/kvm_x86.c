@@ -744,6 +744,15 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 		ioctl_err(err, r, "KVM_SET_LAPIC");
 		goto out;
 	}
+	if (has_deadline) {
+		/* Last, so after the LAPIC (KVM drops the write unless the
+		 * timer is in TSC-deadline mode) and after the TSC it is
+		 * relative to: KVM sets the MSRs in array order. msrs has a
+		 * slot for it (msrs_for_load left it out). */
+		msrs->entries[msrs->nmsrs].index = MSR_IA32_TSC_DEADLINE;
+		msrs->entries[msrs->nmsrs].data = deadline;
+		msrs->nmsrs++;
+	}
 	if ((r = set_msrs(vcpu_fd, msrs, err)) < 0)
 		goto out;
 	/* GET does not mark these valid, but they are part of the state. */
@@ -761,15 +770,6 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 	    (r = xioctl(vcpu_fd, KVM_SET_DEBUGREGS, &dregs)) < 0) {
 		ioctl_err(err, r, "KVM_SET_DEBUGREGS");
 		goto out;
-	}
-	if (has_deadline) {
-		/* After the LAPIC (KVM drops the write unless the timer is in
-		 * TSC-deadline mode) and after the TSC it is relative to. */
-		msrs->nmsrs = 1;
-		msrs->entries[0].index = MSR_IA32_TSC_DEADLINE;
-		msrs->entries[0].data = deadline;
-		if ((r = set_msrs(vcpu_fd, msrs, err)) < 0)
-			goto out;
 	}
 	r = 0;
 out:

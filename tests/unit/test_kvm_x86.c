@@ -324,12 +324,28 @@ static void kvm_env_close(struct kvm_env *k)
 	close(k->kvm);
 }
 
+/* a's VM state, then the vCPU blob saved from a, into b. */
+static void move_state(struct kvm_env *a, struct kvm_env *b, const void *blob,
+		       size_t len)
+{
+	void *vmblob = NULL;
+	size_t vmlen = 0;
+	mig_error e = { 0 };
+
+	assert_int_equal(mig_x86_vm_save(a->vm, &vmblob, &vmlen, &e), 0);
+	if (mig_x86_vm_load(b->vm, vmblob, vmlen, &e) < 0)
+		fail_msg("vm load: %s", e.msg);
+	if (mig_x86_vcpu_load(b->kvm, b->vcpu, blob, len, &e) < 0)
+		fail_msg("vcpu load: %s", e.msg);
+	mig_free(vmblob);
+}
+
 static void test_kvm_round_trip(void **state)
 {
 	struct kvm_env a, b;
 	struct kvm_regs ra, rb;
-	void *blob = NULL, *vmblob = NULL;
-	size_t len = 0, vmlen = 0;
+	void *blob = NULL;
+	size_t len = 0;
 	uint32_t msrs[512];
 	mig_error e = { 0 };
 	int n;
@@ -376,17 +392,101 @@ static void test_kvm_round_trip(void **state)
 	assert_int_equal(m->sregs.len, sizeof(sr));
 	assert_memory_equal(m->sregs.data, &sr, sizeof(sr));
 	mig__state__x86_vcpu__free_unpacked(m, NULL);
-	assert_int_equal(mig_x86_vm_save(a.vm, &vmblob, &vmlen, &e), 0);
-	if (mig_x86_vm_load(b.vm, vmblob, vmlen, &e) < 0)
-		fail_msg("vm load: %s", e.msg);
-	if (mig_x86_vcpu_load(b.kvm, b.vcpu, blob, len, &e) < 0)
-		fail_msg("vcpu load: %s", e.msg);
+	move_state(&a, &b, blob, len);
 	assert_int_equal(ioctl(b.vcpu, KVM_GET_REGS, &rb), 0);
 	assert_int_equal(rb.rax, ra.rax);
 	assert_int_equal(rb.rip, ra.rip);
 
 	mig_free(blob);
-	mig_free(vmblob);
+	kvm_env_close(&a);
+	kvm_env_close(&b);
+}
+
+static uint64_t get_msr(int vcpu, uint32_t index)
+{
+	struct { struct kvm_msrs h; struct kvm_msr_entry e; } one;
+
+	memset(&one, 0, sizeof(one));
+	one.h.nmsrs = 1;
+	one.e.index = index;
+	assert_int_equal(ioctl(vcpu, KVM_GET_MSRS, &one), 1);
+	return one.e.data;
+}
+
+static void set_msr(int vcpu, uint32_t index, uint64_t value)
+{
+	struct { struct kvm_msrs h; struct kvm_msr_entry e; } one;
+
+	memset(&one, 0, sizeof(one));
+	one.h.nmsrs = 1;
+	one.e.index = index;
+	one.e.data = value;
+	assert_int_equal(ioctl(vcpu, KVM_SET_MSRS, &one), 1);
+}
+
+/* The host's supported CPUID on the vCPU; 1 if it has a TSC-deadline
+ * LAPIC timer (leaf 1 ECX bit 24), which KVM offers the guest only then. */
+static int cpuid_with_deadline(struct kvm_env *k)
+{
+	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + 256 * sizeof(c->entries[0]));
+	int has = 0;
+
+	assert_non_null(c);
+	c->nent = 256;
+	assert_int_equal(ioctl(k->kvm, KVM_GET_SUPPORTED_CPUID, c), 0);
+	for (uint32_t i = 0; i < c->nent; i++)
+		if (c->entries[i].function == 1)
+			has = (c->entries[i].ecx >> 24) & 1;
+	assert_int_equal(ioctl(k->vcpu, KVM_SET_CPUID2, c), 0);
+	free(c);
+	return has;
+}
+
+/*
+ * A TSC-deadline timer survives a save and a load: the deadline MSR goes
+ * in after the LAPIC (KVM ignores it unless the timer is in TSC-deadline
+ * mode) and after the TSC it counts against.
+ */
+static void test_kvm_tsc_deadline(void **state)
+{
+	const uint32_t msr_tsc = 0x10, msr_deadline = 0x6e0;
+	struct kvm_env a, b;
+	struct kvm_lapic_state lapic;
+	void *blob = NULL;
+	size_t len = 0;
+	mig_error e = { 0 };
+	uint64_t deadline;
+	uint32_t v;
+	(void)state;
+
+	if (kvm_env_open(&a) < 0)
+		skip();
+	assert_int_equal(kvm_env_open(&b), 0);
+	if (!cpuid_with_deadline(&a) || !cpuid_with_deadline(&b)) {
+		kvm_env_close(&a);
+		kvm_env_close(&b);
+		skip();
+	}
+	/* LAPIC software-enabled, its timer in TSC-deadline mode. */
+	assert_int_equal(ioctl(a.vcpu, KVM_GET_LAPIC, &lapic), 0);
+	memcpy(&v, &lapic.regs[0xf0], 4);
+	v |= 1u << 8;
+	memcpy(&lapic.regs[0xf0], &v, 4);
+	v = (2u << 17) | 0x40;
+	memcpy(&lapic.regs[0x320], &v, 4);
+	assert_int_equal(ioctl(a.vcpu, KVM_SET_LAPIC, &lapic), 0);
+	deadline = get_msr(a.vcpu, msr_tsc) + (UINT64_C(1) << 40);
+	set_msr(a.vcpu, msr_deadline, deadline);
+	assert_int_equal(get_msr(a.vcpu, msr_deadline), deadline);
+
+	assert_int_equal(mig_x86_vcpu_save(a.kvm, a.vcpu, &blob, &len, &e), 0);
+	move_state(&a, &b, blob, len);
+	assert_int_equal(ioctl(b.vcpu, KVM_GET_LAPIC, &lapic), 0);
+	memcpy(&v, &lapic.regs[0x320], 4);
+	assert_int_equal(v & (3u << 17), 2u << 17);
+	assert_int_equal(get_msr(b.vcpu, msr_deadline), deadline);
+
+	mig_free(blob);
 	kvm_env_close(&a);
 	kvm_env_close(&b);
 }
@@ -400,6 +500,7 @@ int main(void)
 		cmocka_unit_test(test_vcpu_truncated_and_corrupted),
 		cmocka_unit_test(test_vm_blob),
 		cmocka_unit_test(test_kvm_round_trip),
+		cmocka_unit_test(test_kvm_tsc_deadline),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -203,6 +203,11 @@ MIG_API int mig_x86_msr_list(int kvm_fd, int vcpu_fd, uint32_t *out,
 
 	if (!out && max)
 		return mig__err(err, -EINVAL, "mig_x86_msr_list: out is NULL");
+	/* The host's answers are cached on first use: ask them now too, so
+	 * that a caller preparing a migration keeps them out of its
+	 * downtime (kvm_x86.h). */
+	for (size_t i = 0; i < sizeof(host_caps) / sizeof(host_caps[0]); i++)
+		(void)host_cap(kvm_fd, host_caps[i]);
 	r = msrs_read(kvm_fd, vcpu_fd, &m, err);
 	if (r < 0)
 		return r;

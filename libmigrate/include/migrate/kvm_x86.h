@@ -100,7 +100,10 @@ MIG_API int mig_x86_vm_load(int vm_fd, const void *blob, size_t len,
  * The MSR indices mig_x86_vcpu_save() would save for `vcpu_fd`: those of
  * KVM_GET_MSR_INDEX_LIST that KVM_GET_MSRS reads without error. Writes up to
  * `max` indices to `out` (may be NULL when max is 0) and returns how many
- * there are (which may exceed max), or a negative errno.
+ * there are (which may exceed max), or a negative errno. What it asks the
+ * host (the MSR index list, the KVM capabilities the save and load use) is
+ * cached for the process: called once before the vCPUs run, it keeps
+ * those questions out of a migration's downtime.
  */
 MIG_API int mig_x86_msr_list(int kvm_fd, int vcpu_fd, uint32_t *out,
 			     size_t max, mig_error *err);

@@ -179,10 +179,10 @@ int cpu_create_all(struct vm *vm, mig_error *err)
 		v->run_size = (size_t)mmap_size;
 	}
 	free(sup);
-	/* A migration's first vCPU save or load asks KVM which MSRs there
-	 * are (KVM_GET_MSR_INDEX_LIST twice, cached per process): ask now,
-	 * before any vCPU runs, and not in the downtime. Only an
-	 * optimisation: the save or load reports its own failure. */
+	/* A migration's first vCPU save or load asks KVM which MSRs and
+	 * which state ioctls it has (about five ioctls, cached per
+	 * process): ask now, before any vCPU runs, and not in the downtime.
+	 * Only an optimisation: the save or load reports its own failure. */
 	(void)mig_x86_msr_list(vm->kvm_fd, vm->vcpus[0].fd, NULL, 0,
 			       &(mig_error){ 0 });
 	return 0;

@@ -92,6 +92,27 @@ static long model_sync(struct model *m)
 	return n;
 }
 
+/* Pages [p, p+n) of region r: rearm them, then copy those reported to the
+ * destination copy and clear their bits. Returns the pages copied, or -1
+ * with `err` set if the rearm failed. No cmocka, for cut_child(). */
+static long send_chunk(struct model *m, uint32_t r, uint64_t p, uint64_t n,
+		       mig_error *err)
+{
+	const uint8_t *mem = region_mem(m, (int)r);
+	long sent = 0;
+
+	if (mig__dirty_rearm(m->d, r, p, n, err) < 0)
+		return -1;
+	for (uint64_t q = p; q < p + n; q++) {
+		if (!bit(m->bits[r], q))
+			continue;
+		memcpy(m->copy[r] + q * PAGE, mem + q * PAGE, PAGE);
+		m->bits[r][q / 64] &= ~(UINT64_C(1) << (q % 64));
+		sent++;
+	}
+	return sent;
+}
+
 /* Send what is reported, `chunk` pages at a time: rearm, then read. The
  * rearm covers the whole chunk, reported or not, as an engine may. */
 static void model_send(struct model *m, uint64_t chunk)
@@ -99,20 +120,12 @@ static void model_send(struct model *m, uint64_t chunk)
 	mig_error err = { 0 };
 
 	for (uint32_t r = 0; r < 2; r++) {
-		uint8_t *mem = region_mem(m, (int)r);
 		for (uint64_t p = 0; p < m->npages[r]; p += chunk) {
-			uint64_t n = m->npages[r] - p < chunk ?
-				m->npages[r] - p : chunk;
-			if (mig__dirty_rearm(m->d, r, p, n, &err) < 0)
+			long k = send_chunk(m, r, p, MIG_MIN(chunk, m->npages[r] - p),
+					    &err);
+			if (k < 0)
 				fail_msg("rearm: %s", err.msg);
-			for (uint64_t q = p; q < p + n; q++) {
-				if (!bit(m->bits[r], q))
-					continue;
-				memcpy(m->copy[r] + q * PAGE, mem + q * PAGE,
-				       PAGE);
-				m->bits[r][q / 64] &= ~(UINT64_C(1) << (q % 64));
-				m->sent++;
-			}
+			m->sent += (uint64_t)k;
 		}
 	}
 }
@@ -135,22 +148,16 @@ static void *sender_main(void *arg)
 	mig_error err = { 0 };
 
 	for (uint32_t r = 0; r < 2; r++) {
-		uint8_t *mem = region_mem(m, (int)r);
 		for (uint64_t p = 0, k = 0; p < m->npages[r]; p += s->chunk, k++) {
-			uint64_t n = MIG_MIN(s->chunk, m->npages[r] - p);
 			if (k % s->n != s->index)
 				continue;
-			if (mig__dirty_rearm(m->d, r, p, n, &err) < 0) {
+			long c = send_chunk(m, r, p,
+					    MIG_MIN(s->chunk, m->npages[r] - p), &err);
+			if (c < 0) {
 				snprintf(s->err, sizeof(s->err), "rearm: %s", err.msg);
 				return NULL;
 			}
-			for (uint64_t q = p; q < p + n; q++) {
-				if (!bit(m->bits[r], q))
-					continue;
-				memcpy(m->copy[r] + q * PAGE, mem + q * PAGE, PAGE);
-				m->bits[r][q / 64] &= ~(UINT64_C(1) << (q % 64));
-				s->sent++;
-			}
+			s->sent += (uint64_t)c;
 		}
 	}
 	return NULL;
@@ -429,17 +436,13 @@ static void concurrent_ring_2senders(void **s) { concurrent(MIG_DIRTY_LOG_RING, 
  */
 #define CUT_CHILD_US 1500000
 
-static void copy_marked(struct tvm *t, uint8_t **copy, uint64_t **bits,
-			const uint64_t *np)
+/* Every reported page of every region into the copy (send_chunk). */
+static int send_all(struct model *m, mig_error *err)
 {
-	for (int r = 0; r < 2; r++) {
-		const uint8_t *mem = r == 0 ? t->low : t->area;
-		for (uint64_t p = 0; p < np[r]; p++)
-			if (bit(bits[r], p)) {
-				memcpy(copy[r] + p * PAGE, mem + p * PAGE, PAGE);
-				bits[r][p / 64] &= ~(UINT64_C(1) << (p % 64));
-			}
-	}
+	for (uint32_t r = 0; r < 2; r++)
+		if (send_chunk(m, r, 0, m->npages[r], err) < 0)
+			return -1;
+	return 0;
 }
 
 static int cut_child(void)
@@ -448,32 +451,31 @@ static int cut_child(void)
 			      .writes_per_iter = 300, .ring_entries = 256 };
 	struct timespec t0, now;
 	mig_error err = { 0 };
-	mig_dirty *d = NULL;
-	uint8_t *copy[2];
-	uint64_t *bits[2], np[2];
+	struct model m = { 0 };
 	char why[256];
 	struct tvm t;
 	long n;
 
 	if (tvm_create(&t, &o, why, sizeof(why)) != 0 ||
-	    mig__dirty_create(&d, MIG_DIRTY_LOG_RING, t.vm_fd, t.regions, 2,
+	    mig__dirty_create(&m.d, MIG_DIRTY_LOG_RING, t.vm_fd, t.regions, 2,
 			      t.vcpu_fds, t.nr_vcpus, &err) < 0 ||
-	    mig__dirty_start(d, &err) < 0)
+	    mig__dirty_start(m.d, &err) < 0)
 		return 2;
-	for (int r = 0; r < 2; r++) {
-		np[r] = t.regions[r].size / PAGE;
-		copy[r] = calloc(np[r], PAGE);
-		bits[r] = calloc(mig__bitmap_words(np[r]), 8);
-		if (!copy[r] || !bits[r])
+	m.t = &t;
+	for (int r = 0; r < 2; r++) { /* model_init() without cmocka */
+		m.npages[r] = t.regions[r].size / PAGE;
+		m.copy[r] = calloc(m.npages[r], PAGE);
+		m.bits[r] = calloc(mig__bitmap_words(m.npages[r]), 8);
+		if (!m.copy[r] || !m.bits[r])
 			return 2;
 	}
 	if (tvm_start_threads(&t) < 0)
 		return 2;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	do {
-		if ((n = mig__dirty_sync(d, bits, &err)) < 0)
+		if ((n = mig__dirty_sync(m.d, m.bits, &err)) < 0 ||
+		    (n = send_all(&m, &err)) < 0)
 			break;
-		copy_marked(&t, copy, bits, np);
 		usleep(2000);
 		clock_gettime(CLOCK_MONOTONIC, &now);
 	} while ((now.tv_sec - t0.tv_sec) * 1000000 +
@@ -481,12 +483,13 @@ static int cut_child(void)
 	if (tvm_stop(&t) < 0)
 		return 3;
 	if (n >= 0)
-		n = mig__dirty_sync_final(d, bits, &err);
+		n = mig__dirty_sync_final(m.d, m.bits, &err);
 	if (n < 0)
 		return strstr(err.msg, "cut short") ? 10 : 3;
-	copy_marked(&t, copy, bits, np);
+	if (send_all(&m, &err) < 0)
+		return 3;
 	for (int r = 0; r < 2; r++)
-		if (memcmp(copy[r], r == 0 ? t.low : t.area, np[r] * PAGE))
+		if (memcmp(m.copy[r], region_mem(&m, r), m.npages[r] * PAGE))
 			return 1;
 	return 0;
 }

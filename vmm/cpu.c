@@ -574,8 +574,9 @@ int vm_pause(struct vm *vm, mig_error *err)
 	vm->pause_req = true;
 	/* A vCPU sleeping off its throttle share waits on `cond`, which a
 	 * kick does not interrupt: wake it, or the pause (and a migration's
-	 * downtime) would wait for the rest of its sleep: a slice times
-	 * pct / (100 - pct), 2 ms at a 50% throttle and 0.2 s at 99%. */
+	 * downtime) would wait for the rest of its sleep: up to
+	 * THROTTLE_MAX_RAN_NS times pct / (100 - pct), 8 ms at a 50%
+	 * throttle and 0.8 s at 99%. */
 	pthread_cond_broadcast(&vm->cond);
 	while (vm->nr_parked < vm->nr_threads) {
 		struct timespec ts;

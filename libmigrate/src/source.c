@@ -86,6 +86,7 @@ struct src_conn {
 	int closing;
 	int error;
 	char errmsg[160];
+	uint64_t error_us;   /* when `error` was set */
 	uint64_t bytes, pages, zero_pages, raw_bytes;
 	/* connection thread only */
 	size_t inflight;
@@ -158,6 +159,7 @@ static void conn_fail(struct src_conn *c, int code, const char *what)
 	pthread_mutex_lock(&s->lock);
 	if (!c->error) {
 		c->error = code;
+		c->error_us = mig__now_us();
 		snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", what,
 			 mig_strerror(code));
 	}
@@ -605,22 +607,40 @@ static int send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
 	return queue_item(s, conn, it);
 }
 
+/*
+ * A destination that gives up sends its reason (Abort) on connection 0 and
+ * closes them all; a connection still bringing pages is reset at once, and
+ * that reset can be seen here before the Abort is read. So a data
+ * connection's error waits this long past two round trips for connection
+ * 0 to bring the reason, which is what the user needs to read.
+ */
+#define PEER_REASON_GRACE_US 20000
+
 /* A connection error or cancel, as an error code with s->result filled.
  * Called with s->lock held. */
 static int check_failed_locked(mig_source *s)
 {
 	if (s->cancel)
 		return mig__err(&s->result, MIG_E_CANCELED, "canceled");
+	for (struct msg *m = s->mbox_head; m; m = m->next)
+		if (m->env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT)
+			return mig__err(&s->result, MIG_E_PEER,
+					"destination aborted: %s",
+					m->env->abort->reason);
+	uint64_t now = mig__now_us();
 	for (uint32_t i = 0; i < s->nconns; i++) {
 		struct src_conn *c = &s->conns[i];
 		/* Once Activate is out, the destination owns the VM and hangs
 		 * up: only connection 0 has anything left to say (Activated),
 		 * and the others closing first is no failure. */
-		if (c->error && (i == 0 || !s->activate_sent))
-			return mig__err(&s->result, c->error, "connection %u: %s",
-					i, c->errmsg);
+		if (!c->error || (i && s->activate_sent))
+			continue;
+		if (i && !s->conns[0].error &&
+		    now - c->error_us < PEER_REASON_GRACE_US + 2 * s->rtt_us)
+			continue;
+		return mig__err(&s->result, c->error, "connection %u: %s",
+				i, c->errmsg);
 	}
-	uint64_t now = mig__now_us();
 	if (s->params.timeout_ms &&
 	    now - s->t_start_us > (uint64_t)s->params.timeout_ms * 1000)
 		return mig__err(&s->result, -ETIMEDOUT,

@@ -43,11 +43,16 @@ run_pair() {
 	echo "--- destination"; cat "$tmp/dest.out"
 }
 
-MINI_NOMARK=1 run_pair
-[ $rc -ne 0 ] || { echo "FAILED: device writes not marked, yet the migration passed"; exit 1; }
-grep -q "hash mismatch" "$tmp/src.out" ||
-	{ echo "FAILED: unmarked device writes not caught by the hash check"; exit 1; }
-echo "ok: unmarked device writes are caught (hash mismatch)"
+# Three times: the destination's reason (its Abort on connection 0) must
+# reach the source even when the reset of connection 1, closed with pages
+# unread, is seen first (it was, about one run in six, under ctest -j2).
+for try in 1 2 3; do
+	MINI_NOMARK=1 run_pair
+	[ $rc -ne 0 ] || { echo "FAILED: device writes not marked, yet the migration passed"; exit 1; }
+	grep -q "hash mismatch" "$tmp/src.out" ||
+		{ echo "FAILED ($try): the source did not report the destination's reason (hash mismatch)"; exit 1; }
+	echo "ok ($try): unmarked device writes are caught (hash mismatch)"
+done
 
 run_pair
 [ $rc -eq 0 ] || { echo "FAILED (rc $rc)"; exit 1; }

@@ -37,6 +37,7 @@ struct options {
 	const char *token;
 	double migrate_after;     /* seconds after start */
 	uint32_t incoming_timeout_ms;
+	bool incoming_huge_pages;
 	mig_params params;
 };
 
@@ -67,6 +68,9 @@ static void usage(FILE *f)
 "  --incoming tcp:HOST:PORT  wait for a migrating VM (same --mem/--cpus);\n"
 "                         port 0 picks one, printed on stderr\n"
 "  --incoming-timeout MS  give up when the source goes silent (default 30000)\n"
+"  --incoming-huge-pages  fill guest RAM with huge pages while migrating in\n"
+"                         (default: base pages until the VM runs here, as\n"
+"                         nested hosts fault them in ~3x faster; then THP)\n"
 "  --migrate-to tcp:HOST:PORT  migrate this VM there ...\n"
 "  --migrate-after SEC    ... this long after it started (default 1)\n"
 "  --token T              the one-time token both sides must share\n"
@@ -162,7 +166,7 @@ static bool has_param(const char *cmdline, const char *key)
 enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
-       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM };
+       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE };
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -180,6 +184,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "paused", no_argument, NULL, OPT_PAUSED },
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "incoming-timeout", required_argument, NULL, OPT_INCOMING_TIMEOUT },
+		{ "incoming-huge-pages", no_argument, NULL, OPT_INCOMING_HUGE },
 		{ "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
 		{ "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
 		{ "token", required_argument, NULL, OPT_TOKEN },
@@ -235,6 +240,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			break;
 		case OPT_PREALLOC:
 			o->cfg.prealloc = true;
+			break;
+		case OPT_INCOMING_HUGE:
+			o->incoming_huge_pages = true;
 			break;
 		case OPT_BACKEND:
 			if (!strcmp(optarg, "memfd"))
@@ -356,6 +364,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 			"not with --migrate-to, --restore or --paused\n");
 		return -1;
 	}
+	if (o->incoming_huge_pages && !o->incoming) {
+		fprintf(stderr, "migvm: --incoming-huge-pages needs --incoming\n");
+		return -1;
+	}
 	/* The dirty ring must be enabled before the vCPUs exist. */
 	o->cfg.dirty_ring = o->params.dirty_log == MIG_DIRTY_LOG_RING;
 	if (o->corrupt && !o->restore) {
@@ -439,6 +451,7 @@ static void migration_ended(struct vm *vm, const struct options *o)
 	} else if (r < 0) {
 		fprintf(stderr, "migvm: %s\n", err.msg);
 	} else if (incoming) {
+		mem_filled(vm);
 		fprintf(stderr, "migvm: incoming migration done; the VM runs "
 			"here\n");
 	}
@@ -551,6 +564,7 @@ static int run_vm(struct options *o)
 		cfg = o->cfg;
 		cfg.kernel = NULL;
 		cfg.cmdline = strdup(o->cfg.cmdline);
+		cfg.fill_base_pages = !o->incoming_huge_pages;
 		r = cfg.cmdline ? 0 : vmm_err(&err, -ENOMEM, "out of memory");
 	} else {
 		r = boot_config(o, &cfg, &err);

@@ -8,6 +8,9 @@
 #   check_json FILE             the JSON is well-formed and its stats agree
 #   check_continues SRC DEST    the guest's heartbeats go on after the move
 #                               (sequence and ticks), with no mismatch
+#   ram_thp NAME MIB            "huge" or "base": how the destination NAME
+#                               (started by start_dest) asks the kernel to
+#                               back its guest RAM of MIB MiB (VmFlags hg/nh)
 here=$(dirname "${BASH_SOURCE[0]}")
 # shellcheck source=test_vm_common.sh
 source "$here/test_vm_common.sh"
@@ -86,4 +89,19 @@ check_continues() {
 	grep -q MISMATCH "$src" "$dst" && fail "the guest reported a MISMATCH"
 	grep -q 'mismatches=[1-9]' "$dst" && fail "the guest counted mismatches"
 	ok "guest continues on the destination: hb $s_seq -> $d_seq, ticks $t1 -> $t2, no mismatch"
+}
+
+ram_thp() {
+	local name=$1 mib=$2 pid flags
+	pid=$(pgrep -P "$DEST_PID" -x migvm || echo "$DEST_PID")
+	flags=$(awk -v kb=$((mib * 1024)) '
+		/^[0-9a-f]+-[0-9a-f]+ / { size = 0 }
+		/^Size:/ { size = $2 }
+		/^VmFlags:/ && size == kb { print; exit }' "/proc/$pid/smaps")
+	[ -n "$flags" ] || fail "$name: no $mib MiB mapping in /proc/$pid/smaps"
+	case " $flags " in
+	*" hg "*) echo huge ;;
+	*" nh "*) echo base ;;
+	*) fail "$name: guest RAM is neither hg nor nh: $flags" ;;
+	esac
 }

@@ -6,6 +6,9 @@
 # (--verify: the destination refuses to commit otherwise). Once with each
 # dirty-tracking backend (over the default two connections), and once over
 # a single connection with zstd on (and the destination's RAM preallocated).
+# The destination fills guest RAM with base pages and gives it to THP once
+# the VM runs there; with --incoming-huge-pages (the bitmap run), THP all
+# along.
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
@@ -22,13 +25,28 @@ for mode in clear bitmap ring conn1; do
 		[ "${rss:-0}" -ge $((1000 * 1024)) ] ||
 			fail "--prealloc: the destination's RSS is ${rss:-?} KiB, not 1 GiB"
 		ok "--prealloc: destination RSS ${rss} KiB before the migration"
+	elif [ "$mode" = bitmap ]; then
+		start_dest dst-$mode --mem 1024 --cpus 2 --incoming-huge-pages
 	else
 		start_dest dst-$mode --mem 1024 --cpus 2
 	fi
+	want=base
+	[ "$mode" = bitmap ] && want=huge
+	got=$(ram_thp dst-$mode 1024)
+	[ "$got" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $got pages, not $want"
 	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
 		--migrate-after 2.5 "${extra[@]}" --verify
 	[ "$RC" = 0 ] || fail "$mode: source exited $RC: $(cat "$WORK/src-$mode.out")"
 	check_json "$WORK/src-$mode.out"
+	for _ in $(seq 100); do
+		grep -q "incoming migration done" "$WORK/dst-$mode.err" && break
+		sleep 0.05
+	done
+	grep -q "incoming migration done" "$WORK/dst-$mode.err" ||
+		fail "$mode: the destination did not say the migration was done"
+	got=$(ram_thp dst-$mode 1024)
+	[ "$got" = huge ] || fail "$mode: the VM runs on the destination and its RAM is still $got pages"
+	ok "$mode: destination RAM filled with $want pages, then given to THP"
 	# The destination hangs up all connections once it runs the VM; the
 	# source must still read Activated (and with it the resume time).
 	grep -q "did not confirm activation" "$WORK/src-$mode.err" &&

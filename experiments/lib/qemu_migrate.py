@@ -253,6 +253,8 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
         argv += ["-trace", ev]
     if incoming:
         argv += ["-incoming", "defer"] + a.dest_extra
+    else:
+        argv += a.src_extra
     return argv + a.qemu_extra
 
 
@@ -521,6 +523,9 @@ def parse_args(argv):
     r.add_argument("--qemu-extra", default="", help="extra QEMU arguments (both sides)")
     r.add_argument("--dest-extra", default="",
                    help="extra QEMU arguments for the destination only, e.g. -mem-prealloc")
+    r.add_argument("--src-extra", default="",
+                   help="extra QEMU arguments for the source only (e.g. a memory backend "
+                   "that differs from the destination's under the same id)")
     r.add_argument("--settle", type=float, default=2.0, help="seconds to run after 'ready' (default 2)")
     r.add_argument("--timeout", type=int, default=120, help="migration time limit, s (default 120)")
     r.add_argument("--boot-timeout", type=float, default=None,
@@ -544,6 +549,7 @@ def parse_args(argv):
         a.boot_timeout = 30 + 10 * touched / (1 << 30)
     a.qemu_extra = shlex.split(a.qemu_extra)
     a.dest_extra = shlex.split(a.dest_extra)
+    a.src_extra = shlex.split(a.src_extra)
     a.append = guest_append(a)
     return a
 

@@ -70,7 +70,7 @@ static void usage(FILE *f)
 "  --incoming-timeout MS  give up when the source goes silent (default 30000)\n"
 "  --incoming-huge-pages  fill guest RAM with huge pages while migrating in\n"
 "                         (default: base pages until the VM runs here, as\n"
-"                         nested hosts fault them in ~3x faster; then THP)\n"
+"                         nested hosts may fault them in faster; then THP)\n"
 "  --migrate-to tcp:HOST:PORT  migrate this VM there ...\n"
 "  --migrate-after SEC    ... this long after it started (default 1)\n"
 "  --token T              the one-time token both sides must share\n"

@@ -68,9 +68,9 @@ static void usage(FILE *f)
 "  --incoming tcp:HOST:PORT  wait for a migrating VM (same --mem/--cpus);\n"
 "                         port 0 picks one, printed on stderr\n"
 "  --incoming-timeout MS  give up when the source goes silent (default 30000)\n"
-"  --incoming-huge-pages  fill guest RAM with huge pages while migrating in\n"
-"                         (default: base pages until the VM runs here, as\n"
-"                         nested hosts may fault them in faster; then THP)\n"
+"  --incoming-huge-pages  with --incoming or --restore: fill guest RAM with\n"
+"                         huge pages (default: base pages until the VM runs,\n"
+"                         as nested hosts may fault them in faster; then THP)\n"
 "  --migrate-to tcp:HOST:PORT  migrate this VM there ...\n"
 "  --migrate-after SEC    ... this long after it started (default 1)\n"
 "  --token T              the one-time token both sides must share\n"
@@ -364,8 +364,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			"not with --migrate-to, --restore or --paused\n");
 		return -1;
 	}
-	if (o->incoming_huge_pages && !o->incoming) {
-		fprintf(stderr, "migvm: --incoming-huge-pages needs --incoming\n");
+	if (o->incoming_huge_pages && !o->incoming && !o->restore) {
+		fprintf(stderr, "migvm: --incoming-huge-pages needs --incoming "
+			"or --restore\n");
 		return -1;
 	}
 	/* The dirty ring must be enabled before the vCPUs exist. */
@@ -571,8 +572,10 @@ static int run_vm(struct options *o)
 	}
 	if (r < 0)
 		goto fail;
-	if (o->restore)
+	if (o->restore) {
 		cfg.backend = o->cfg.backend;
+		cfg.fill_base_pages = !o->incoming_huge_pages;
+	}
 	else if (!o->incoming && (r = pvh_open(cfg.kernel, cfg.mem_mib, cfg.cmdline, &img,
 			       &err)) < 0)
 		goto fail;
@@ -594,6 +597,7 @@ static int run_vm(struct options *o)
 		sf = NULL;
 		if (r < 0)
 			goto fail_vm;
+		mem_filled(vm);
 		if (o->corrupt && (r = corrupt_page(vm, o->corrupt_gpa, &err)) < 0)
 			goto fail_vm;
 	} else if (!o->incoming) {

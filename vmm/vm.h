@@ -57,9 +57,9 @@ struct vm_config {
 	bool builtin_guest;     /* kernel is the project's test guest */
 	bool dirty_ring;        /* enable KVM's dirty ring (before vCPUs) */
 	bool prealloc;          /* back all guest RAM at start (--prealloc) */
-	/* PRIVATE backend, RAM to be filled by an incoming migration: fault
-	 * it in with base pages, and give it back to THP once the VM runs
-	 * here (mem_filled()). Off with --incoming-huge-pages. */
+	/* PRIVATE backend, RAM to be filled by an incoming migration or a
+	 * restore: fault it in with base pages, and give it back to THP
+	 * once filled (mem_filled()). Off with --incoming-huge-pages. */
 	bool fill_base_pages;
 };
 
@@ -188,8 +188,8 @@ void vm_config_free(struct vm_config *cfg);
 int mem_check_host(uint64_t mem_mib, mig_error *err);
 int mem_init(struct vm *vm, mig_error *err);
 void mem_exit(struct vm *vm);
-/* The incoming migration has filled guest RAM: let THP have it again
- * (undoes vm_config.fill_base_pages; nothing otherwise). */
+/* An incoming migration or a restore has filled guest RAM: let THP have
+ * it again (undoes vm_config.fill_base_pages; nothing otherwise). */
 void mem_filled(struct vm *vm);
 /* Host address of [gpa, gpa+len) if it lies in one region, else NULL. */
 void *mem_gpa_to_hva(struct vm *vm, uint64_t gpa, uint64_t len);

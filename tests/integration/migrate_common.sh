@@ -10,7 +10,7 @@
 #                               (sequence and ticks), with no mismatch
 #   ram_thp NAME MIB            "huge" or "base": how the destination NAME
 #                               (started by start_dest) asks the kernel to
-#                               back its guest RAM of MIB MiB (VmFlags hg/nh)
+#                               back its guest RAM of MIB MiB (see ram_info)
 here=$(dirname "${BASH_SOURCE[0]}")
 # shellcheck source=test_vm_common.sh
 source "$here/test_vm_common.sh"
@@ -92,16 +92,6 @@ check_continues() {
 }
 
 ram_thp() {
-	local name=$1 mib=$2 pid flags
-	pid=$(pgrep -P "$DEST_PID" -x migvm || echo "$DEST_PID")
-	flags=$(awk -v kb=$((mib * 1024)) '
-		/^[0-9a-f]+-[0-9a-f]+ / { size = 0 }
-		/^Size:/ { size = $2 }
-		/^VmFlags:/ && size == kb { print; exit }' "/proc/$pid/smaps")
-	[ -n "$flags" ] || fail "$name: no $mib MiB mapping in /proc/$pid/smaps"
-	case " $flags " in
-	*" hg "*) echo huge ;;
-	*" nh "*) echo base ;;
-	*) fail "$name: guest RAM is neither hg nor nh: $flags" ;;
-	esac
+	ram_info "$DEST_PID" "$2"
+	echo "$RAM_THP"
 }

@@ -27,6 +27,7 @@ expect 2 "--cpus 65: not a number between 1 and 64" --cpus 65
 expect 2 "--cpus two: not a number" --cpus two
 expect 2 "--mem-backend hugepages: expected private, memfd or anon" --mem-backend hugepages
 expect 2 "--corrupt-gpa needs --restore" --corrupt-gpa 0x1000
+expect 2 "--incoming-huge-pages needs --incoming or --restore" --incoming-huge-pages
 expect 2 "--corrupt-gpa zz: not an address" --corrupt-gpa zz --restore x
 expect 2 "--restore takes the VM's memory" --restore x --mem 64
 expect 2 "--restore takes the VM's memory" --restore x --kernel y

@@ -14,6 +14,11 @@
 #   status SOCK; field KEY      `migvm ctl SOCK status` into $STATUS; a field
 #   wait_hb SOCK N [SECS]       wait until the console has shown N heartbeats
 #   wait_exit PID SECS          wait for a VM to end; its exit code in $RC
+#   ram_info PID MIB            of the guest RAM (the MIB MiB mapping) of the
+#                               migvm at PID (or its `timeout` parent): how
+#                               it asks to be backed, "huge" or "base"
+#                               (VmFlags hg / nh), in RAM_THP, and its
+#                               AnonHugePages in KiB in RAM_HUGE_KB
 #   fail MSG / ok MSG           end the test / report progress
 set -uo pipefail
 
@@ -57,6 +62,25 @@ vm_init() {
 	TG=${MIGVM_TESTGUEST:-$BUILD/vmm/testguest/testguest.elf}
 	WORK=$(mktemp -d /tmp/migvm-test.XXXXXX)
 	trap cleanup EXIT
+}
+
+ram_info() {
+	local pid=$1 mib=$2 out flags
+	pid=$(pgrep -P "$pid" -x migvm || echo "$pid")
+	out=$(awk -v kb=$((mib * 1024)) '
+		/^[0-9a-f]+-[0-9a-f]+ / { size = 0 }
+		/^Size:/ { size = $2 }
+		/^AnonHugePages:/ && size == kb { huge = $2 }
+		/^VmFlags:/ && size == kb { print huge + 0; print; exit }' \
+		"/proc/$pid/smaps")
+	[ -n "$out" ] || fail "no $mib MiB mapping in /proc/$pid/smaps"
+	RAM_HUGE_KB=$(echo "$out" | head -n1)
+	flags=$(echo "$out" | tail -n1)
+	case " $flags " in
+	*" hg "*) RAM_THP=huge ;;
+	*" nh "*) RAM_THP=base ;;
+	*) fail "guest RAM of pid $pid is neither hg nor nh: $flags" ;;
+	esac
 }
 
 need_testguest() {

@@ -35,14 +35,31 @@ echo "saved after heartbeat $last_seq: $size bytes in" \
 [ "$size" -lt $((192 << 20)) ] ||
 	fail "state file of $size bytes: zero pages were stored"
 
-for backend in memfd anon; do
+# The private backend (the default) is filled with base pages and given to
+# THP once restored; with --incoming-huge-pages (private-huge) it takes huge
+# pages all along. Either way it asks for THP afterwards.
+for backend in memfd anon private private-huge; do
 	dsock=$WORK/dst-$backend.sock
+	extra=(--mem-backend "${backend%-huge}")
+	[ "$backend" = private-huge ] && extra+=(--incoming-huge-pages)
 	t0=$(date +%s.%N)
-	start_vm dst-$backend --restore "$state" --mem-backend "$backend" \
-		--control "$dsock"
+	start_vm dst-$backend --restore "$state" "${extra[@]}" --control "$dsock"
 	dst=$VM_PID
 	wait_sock "$dsock"
 	t1=$(date +%s.%N)
+	if [ "${backend%-huge}" = private ]; then
+		ram_info "$dst" 1024
+		[ "$RAM_THP" = huge ] ||
+			fail "$backend: restored RAM left with $RAM_THP pages, not given to THP"
+		if [ "$backend" = private ]; then
+			[ "$RAM_HUGE_KB" -lt $((64 << 10)) ] ||
+				fail "$backend: restored into $RAM_HUGE_KB KiB of huge pages, not base pages"
+		else
+			[ "$RAM_HUGE_KB" -ge $((64 << 10)) ] ||
+				fail "$backend: only $RAM_HUGE_KB KiB of huge pages with --incoming-huge-pages"
+		fi
+		ok "$backend: restored RAM holds $RAM_HUGE_KB KiB in huge pages, THP asked for after"
+	fi
 	status "$dsock"
 	hb0=$(field hb_lines)
 	[ "$(field cpus)" = 2 ] || fail "restored VM has $(field cpus) vCPUs"

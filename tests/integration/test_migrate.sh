@@ -32,8 +32,10 @@ for mode in clear bitmap ring conn1; do
 	fi
 	want=base
 	[ "$mode" = bitmap ] && want=huge
-	got=$(ram_thp dst-$mode 1024)
-	[ "$got" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $got pages, not $want"
+	if [ -n "$(thp_mode)" ]; then
+		got=$(ram_thp dst-$mode 1024)
+		[ "$got" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $got pages, not $want"
+	fi
 	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
 		--migrate-after 2.5 "${extra[@]}" --verify
 	[ "$RC" = 0 ] || fail "$mode: source exited $RC: $(cat "$WORK/src-$mode.out")"
@@ -44,9 +46,11 @@ for mode in clear bitmap ring conn1; do
 	done
 	grep -q "incoming migration done" "$WORK/dst-$mode.err" ||
 		fail "$mode: the destination did not say the migration was done"
-	got=$(ram_thp dst-$mode 1024)
-	[ "$got" = huge ] || fail "$mode: the VM runs on the destination and its RAM is still $got pages"
-	ok "$mode: destination RAM filled with $want pages, then given to THP"
+	if [ -n "$(thp_mode)" ]; then
+		got=$(ram_thp dst-$mode 1024)
+		[ "$got" = huge ] || fail "$mode: the VM runs on the destination and its RAM is still $got pages"
+		ok "$mode: destination RAM filled with $want pages, then given to THP"
+	fi
 	# The destination hangs up all connections once it runs the VM; the
 	# source must still read Activated (and with it the resume time).
 	grep -q "did not confirm activation" "$WORK/src-$mode.err" &&

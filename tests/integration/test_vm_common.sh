@@ -19,6 +19,8 @@
 #                               it asks to be backed, "huge" or "base"
 #                               (VmFlags hg / nh), in RAM_THP, and its
 #                               AnonHugePages in KiB in RAM_HUGE_KB
+#   thp_mode                    the host's THP mode (always, madvise, never),
+#                               or nothing on a kernel without THP
 #   fail MSG / ok MSG           end the test / report progress
 set -uo pipefail
 
@@ -62,6 +64,10 @@ vm_init() {
 	TG=${MIGVM_TESTGUEST:-$BUILD/vmm/testguest/testguest.elf}
 	WORK=$(mktemp -d /tmp/migvm-test.XXXXXX)
 	trap cleanup EXIT
+}
+
+thp_mode() {
+	sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null
 }
 
 ram_info() {

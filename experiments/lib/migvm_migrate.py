@@ -263,9 +263,18 @@ def migrate(a, wd, result):
     # two processes' stamps (source pause -> destination resume, one clock);
     # migvm's own figure (downtime_ms) is the library's estimate across two
     # clocks, kept beside it. The total time ends when the destination's
-    # activation is confirmed.
+    # activation is confirmed. The two ends are stamped where QEMU's are:
+    # just before the vCPUs are told to stop (QEMU's runstate_set to
+    # finish-migrate comes before pause_all_vcpus) and just before they are
+    # told to run (its runstate_set to running comes before its run-state
+    # handlers and resume_all_vcpus; ours, "activating", before ops->resume
+    # wakes the vCPU threads). The end after ops->resume is kept beside it,
+    # as downtime_to_vcpus_woken_ms.
     t_pause = debug_stamp(src.text(), "stop-and-copy: pausing the VM")
-    t_run = debug_stamp(dst.text(), "activated: VM resumed")
+    t_run = debug_stamp(dst.text(), "activating: resuming the VM")
+    t_woken = debug_stamp(dst.text(), "activated: VM resumed")
+    if t_pause is not None and t_woken is not None and t_woken >= t_pause:
+        result["downtime_to_vcpus_woken_ms"] = round(t_woken - t_pause, 3)
     if t_pause is not None and t_run is not None and t_run >= t_pause:
         result["downtime_stop_to_resume_ms"] = round(t_run - t_pause, 3)
         result["downtime_source"] = "trace"

@@ -565,17 +565,17 @@ static int run_vm(struct options *o)
 		cfg = o->cfg;
 		cfg.kernel = NULL;
 		cfg.cmdline = strdup(o->cfg.cmdline);
-		cfg.fill_base_pages = !o->incoming_huge_pages;
 		r = cfg.cmdline ? 0 : vmm_err(&err, -ENOMEM, "out of memory");
 	} else {
 		r = boot_config(o, &cfg, &err);
 	}
 	if (r < 0)
 		goto fail;
-	if (o->restore) {
+	/* RAM that a migration or a state file fills: see mem.c. */
+	cfg.fill_base_pages = (o->incoming || o->restore) &&
+			      !o->incoming_huge_pages;
+	if (o->restore)
 		cfg.backend = o->cfg.backend;
-		cfg.fill_base_pages = !o->incoming_huge_pages;
-	}
 	else if (!o->incoming && (r = pvh_open(cfg.kernel, cfg.mem_mib, cfg.cmdline, &img,
 			       &err)) < 0)
 		goto fail;

@@ -8,9 +8,6 @@
 #   check_json FILE             the JSON is well-formed and its stats agree
 #   check_continues SRC DEST    the guest's heartbeats go on after the move
 #                               (sequence and ticks), with no mismatch
-#   ram_thp NAME MIB            "huge" or "base": how the destination NAME
-#                               (started by start_dest) asks the kernel to
-#                               back its guest RAM of MIB MiB (see ram_info)
 here=$(dirname "${BASH_SOURCE[0]}")
 # shellcheck source=test_vm_common.sh
 source "$here/test_vm_common.sh"
@@ -89,9 +86,4 @@ check_continues() {
 	grep -q MISMATCH "$src" "$dst" && fail "the guest reported a MISMATCH"
 	grep -q 'mismatches=[1-9]' "$dst" && fail "the guest counted mismatches"
 	ok "guest continues on the destination: hb $s_seq -> $d_seq, ticks $t1 -> $t2, no mismatch"
-}
-
-ram_thp() {
-	ram_info "$DEST_PID" "$2"
-	echo "$RAM_THP"
 }

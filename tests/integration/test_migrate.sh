@@ -33,8 +33,8 @@ for mode in clear bitmap ring conn1; do
 	want=base
 	[ "$mode" = bitmap ] && want=huge
 	if [ -n "$(thp_mode)" ]; then
-		got=$(ram_thp dst-$mode 1024)
-		[ "$got" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $got pages, not $want"
+		ram_info "$DEST_PID" 1024
+		[ "$RAM_THP" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $RAM_THP pages, not $want"
 	fi
 	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
 		--migrate-after 2.5 "${extra[@]}" --verify
@@ -47,8 +47,8 @@ for mode in clear bitmap ring conn1; do
 	grep -q "incoming migration done" "$WORK/dst-$mode.err" ||
 		fail "$mode: the destination did not say the migration was done"
 	if [ -n "$(thp_mode)" ]; then
-		got=$(ram_thp dst-$mode 1024)
-		[ "$got" = huge ] || fail "$mode: the VM runs on the destination and its RAM is still $got pages"
+		ram_info "$DEST_PID" 1024
+		[ "$RAM_THP" = huge ] || fail "$mode: the VM runs on the destination and its RAM is still $RAM_THP pages"
 		ok "$mode: destination RAM filled with $want pages, then given to THP"
 	fi
 	# The destination hangs up all connections once it runs the VM; the

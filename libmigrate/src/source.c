@@ -616,6 +616,13 @@ static int send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
  */
 #define PEER_REASON_GRACE_US 20000
 
+/* The destination's Abort `env`, as the error in s->result. */
+static int peer_aborted(mig_source *s, const Mig__Wire__Envelope *env)
+{
+	return mig__err(&s->result, MIG_E_PEER, "destination aborted: %s",
+			env->abort->reason);
+}
+
 /* A connection error or cancel, as an error code with s->result filled.
  * Called with s->lock held. */
 static int check_failed_locked(mig_source *s)
@@ -624,9 +631,7 @@ static int check_failed_locked(mig_source *s)
 		return mig__err(&s->result, MIG_E_CANCELED, "canceled");
 	for (struct msg *m = s->mbox_head; m; m = m->next)
 		if (m->env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT)
-			return mig__err(&s->result, MIG_E_PEER,
-					"destination aborted: %s",
-					m->env->abort->reason);
+			return peer_aborted(s, m->env);
 	uint64_t now = mig__now_us();
 	for (uint32_t i = 0; i < s->nconns; i++) {
 		struct src_conn *c = &s->conns[i];
@@ -711,9 +716,7 @@ static int wait_msg(mig_source *s, uint32_t conn,
 			uint32_t from = m->conn;
 			free(m);
 			if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT) {
-				r = mig__err(&s->result, MIG_E_PEER,
-					     "destination aborted: %s",
-					     env->abort->reason);
+				r = peer_aborted(s, env);
 				mig__msg_free(env);
 				return r;
 			}

@@ -293,7 +293,7 @@ def study_dirty_rate(a, out):
     gnuplot(term(png) + "set multiplot layout 1,2 title \"migvm: cost against the guest's "
             "dirty rate (%d MiB guest, %s touched, fill=%s)\"\n" % (mem, touch, a.fill)
             + "set xlabel 'rewrite rate (MiB/s; max = as fast as 2 vCPUs can)'\n"
-            "set ylabel 'downtime (ms)'\nset logscale y\nset yrange [1:*]\n"
+            "set ylabel 'downtime (ms)'\nset logscale y\nset yrange [*:*]\n"
             "plot " + ", ".join("'%s' using 0:2:3:4:xtic(1) with yerrorlines title 'wss %s'"
                                 % (d, w) for d, w, _ in plots) + "\n"
             "set ylabel 'total migration time (ms)'\nunset logscale y\nset yrange [0:*]\n"

@@ -565,7 +565,7 @@ int vm_start(struct vm *vm, mig_error *err)
 
 int vm_pause(struct vm *vm, mig_error *err)
 {
-	uint64_t deadline = now_ns() + PAUSE_TIMEOUT_NS;
+	uint64_t deadline = now_ns() + PAUSE_TIMEOUT_NS, next_kick = 0;
 	int r = 0;
 
 	pthread_mutex_lock(&vm->lock);
@@ -592,12 +592,16 @@ int vm_pause(struct vm *vm, mig_error *err)
 				    vm->nr_threads);
 			goto out;
 		}
-		/* Kick again every 50 ms: a signal can land just before a
-		 * thread blocks in a system call that restarts. */
-		kick_all(vm);
-		t += 50000000ull;
-		ts.tv_sec = (time_t)(t / 1000000000ull);
-		ts.tv_nsec = (long)(t % 1000000000ull);
+		/* Kick once, and again every 50 ms: a signal can land just
+		 * before a thread blocks in a system call that restarts. Not
+		 * each time one parks: that would interrupt the parked ones
+		 * and the pauser again, all of it downtime. */
+		if (t >= next_kick) {
+			kick_all(vm);
+			next_kick = t + 50000000ull;
+		}
+		ts.tv_sec = (time_t)(next_kick / 1000000000ull);
+		ts.tv_nsec = (long)(next_kick % 1000000000ull);
 		pthread_cond_timedwait(&vm->parked, &vm->lock, &ts);
 	}
 out:

@@ -44,6 +44,13 @@ void mig__log(const mig_callbacks *cb, void *opaque, mig_log_level lvl,
 /* An absolute CLOCK_REALTIME deadline `ms` from now, for cond waits. */
 void mig__deadline(struct timespec *ts, uint64_t ms);
 
+/* Bits set in w. Bitmaps here are mostly zero words, and without
+ * -mpopcnt the builtin is a library call: skip those first. */
+static inline uint64_t mig__popcount(uint64_t w)
+{
+	return w ? (uint64_t)__builtin_popcountll(w) : 0;
+}
+
 /* Bitmap helpers over 64-bit words. */
 static inline int mig__test_bit(const uint64_t *bm, uint64_t i)
 {

@@ -85,13 +85,18 @@ void mig__log(const mig_callbacks *cb, void *opaque, mig_log_level lvl,
 	cb->log(lvl, msg, opaque);
 }
 
-void mig__deadline(struct timespec *ts, uint64_t ms)
+void mig__deadline_us(struct timespec *ts, uint64_t us)
 {
 	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += (time_t)(ms / 1000);
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	ts->tv_sec += (time_t)(us / 1000000);
+	ts->tv_nsec += (long)(us % 1000000) * 1000L;
 	if (ts->tv_nsec >= 1000000000L) {
 		ts->tv_sec++;
 		ts->tv_nsec -= 1000000000L;
 	}
+}
+
+void mig__deadline(struct timespec *ts, uint64_t ms)
+{
+	mig__deadline_us(ts, ms * 1000);
 }

@@ -41,8 +41,10 @@ void mig__vm_copy_free(mig_vm_copy *c);
 void mig__log(const mig_callbacks *cb, void *opaque, mig_log_level lvl,
 	      const char *fmt, ...) MIG_PRINTF(4, 5);
 
-/* An absolute CLOCK_REALTIME deadline `ms` from now, for cond waits. */
+/* An absolute CLOCK_REALTIME deadline `ms` (or `us`) from now, for cond
+ * waits. */
 void mig__deadline(struct timespec *ts, uint64_t ms);
+void mig__deadline_us(struct timespec *ts, uint64_t us);
 
 /* Bits set in w. Bitmaps here are mostly zero words, and without
  * -mpopcnt the builtin is a library call: skip those first. */

@@ -638,6 +638,13 @@ static int send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
  */
 #define PEER_REASON_GRACE_US 20000
 
+/* When data connection c's error, if connection 0 brings no Abort, is
+ * reported. */
+static uint64_t grace_end_us(const mig_source *s, const struct src_conn *c)
+{
+	return c->error_us + PEER_REASON_GRACE_US + 2 * s->rtt_us;
+}
+
 /* The destination's Abort `env`, as the error in s->result. */
 static int peer_aborted(mig_source *s, const Mig__Wire__Envelope *env)
 {
@@ -662,8 +669,7 @@ static int check_failed_locked(mig_source *s)
 		 * and the others closing first is no failure. */
 		if (!c->error || (i && s->activate_sent))
 			continue;
-		if (i && !s->conns[0].error &&
-		    now - c->error_us < PEER_REASON_GRACE_US + 2 * s->rtt_us)
+		if (i && !s->conns[0].error && now < grace_end_us(s, c))
 			continue;
 		return mig__err(&s->result, c->error, "connection %u: %s",
 				i, c->errmsg);
@@ -682,6 +688,24 @@ static int check_failed_locked(mig_source *s)
 	return 0;
 }
 
+/* Sleep on s->cond for up to `ms`, or until the first data connection
+ * error waiting out its grace (check_failed_locked()) is due, so that it
+ * is reported on time. Called with s->lock held. */
+static void wait_cond_locked(mig_source *s, uint64_t ms)
+{
+	uint64_t now = mig__now_us(), wait_us = ms * 1000;
+	struct timespec ts;
+
+	for (uint32_t i = 1; i < s->nconns && !s->conns[0].error; i++) {
+		const struct src_conn *c = &s->conns[i];
+		uint64_t due = grace_end_us(s, c);
+		if (c->error && !s->activate_sent)
+			wait_us = MIG_MIN(wait_us, due > now ? due - now : 0);
+	}
+	mig__deadline_us(&ts, wait_us + 1); /* past the due time */
+	pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+}
+
 /* Wait until every connection has written all it was given. */
 static int wait_drained(mig_source *s)
 {
@@ -696,9 +720,7 @@ static int wait_drained(mig_source *s)
 			busy |= s->conns[i].head != NULL || s->conns[i].writes;
 		if (!busy)
 			break;
-		struct timespec ts;
-		mig__deadline(&ts, 100);
-		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		wait_cond_locked(s, 100);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;
@@ -760,9 +782,7 @@ static int wait_msg(mig_source *s, uint32_t conn,
 				     timeout_ms);
 			break;
 		}
-		struct timespec ts;
-		mig__deadline(&ts, 50);
-		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		wait_cond_locked(s, 50);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;
@@ -1857,6 +1877,22 @@ static int precopy(mig_source *s)
 	return 0;
 }
 
+/* Free the items of connection c's queue (those its thread has not taken). */
+static void drop_queued(mig_source *s, struct src_conn *c)
+{
+	struct item *it, *next;
+
+	pthread_mutex_lock(&s->lock);
+	it = c->head;
+	c->head = c->tail = NULL;
+	pthread_mutex_unlock(&s->lock);
+	for (; it; it = next) {
+		next = it->next;
+		mig__buf_free(&it->frame);
+		free(it);
+	}
+}
+
 static void close_conns(mig_source *s)
 {
 	for (uint32_t i = 0; i < s->nconns; i++) {
@@ -1872,7 +1908,6 @@ static void close_conns(mig_source *s)
 	}
 	for (uint32_t i = 0; i < s->nconns; i++) {
 		struct src_conn *c = &s->conns[i];
-		struct item *it, *next;
 		if (c->loop_ok) {
 			/* A loop whose thread never ran still has its handles. */
 			if (!uv_is_closing((uv_handle_t *)&c->async)) {
@@ -1884,12 +1919,7 @@ static void close_conns(mig_source *s)
 			uv_loop_close(&c->loop);
 			c->loop_ok = 0;
 		}
-		for (it = c->head; it; it = next) {
-			next = it->next;
-			mig__buf_free(&it->frame);
-			free(it);
-		}
-		c->head = c->tail = NULL;
+		drop_queued(s, c);
 		mig__enc_destroy(c->enc);
 		c->enc = NULL;
 		mig__reader_free(&c->rd);
@@ -1901,17 +1931,31 @@ static void fail_cleanup(mig_source *s)
 	mig_error e = { 0 };
 	int was_paused = s->paused;
 
-	/* Tell the destination why, if the control connection still works. */
+	/* Tell the destination why, if the control connection still works:
+	 * at once, not after the pages still queued, which are moot now, nor
+	 * after a bandwidth cap's pause (either could hold the reason back
+	 * for seconds): from this thread if nothing is in flight there. */
 	if (s->nconns && s->conns[0].thread_ok && s->conns[0].connected &&
 	    !s->conns[0].error) {
 		Mig__Wire__Abort ab = MIG__WIRE__ABORT__INIT;
+		mig_buf b = { 0 };
+		int r;
+
+		drop_queued(s, &s->conns[0]);
 		ab.error = s->result.code;
 		ab.reason = s->result.msg;
-		if (send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab) == 0) {
+		r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab);
+		if (r == 0)
+			r = send_frames(s, 0, &b, 1);
+		mig__buf_free(&b);
+		if (r == 0) {
 			struct timespec ts;
 			mig__deadline(&ts, 200);
+			/* Until it is written, not just taken: closing the
+			 * connection cancels the writes still pending. */
 			pthread_mutex_lock(&s->lock);
-			while (s->conns[0].head && !s->conns[0].error &&
+			while ((s->conns[0].head || s->conns[0].writes) &&
+			       !s->conns[0].error &&
 			       pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
 				;
 			pthread_mutex_unlock(&s->lock);

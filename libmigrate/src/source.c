@@ -54,6 +54,9 @@ struct item {
 	/* Complete, packed by the connection thread when it gets there, so
 	 * that it counts every page encoded before it on this connection. */
 	int is_complete;
+	/* The rest of a frame whose start another thread wrote (queue_rest):
+	 * never dropped, or the stream would lose its framing. */
+	int remainder;
 	int has_hash;
 	uint8_t hash[16];
 	uint32_t region;
@@ -129,6 +132,8 @@ struct mig_source {
 	pthread_cond_t cond;
 	/* locked */
 	int cancel;
+	int aborting;              /* sending the Abort: pump() reads it
+				    * without the lock, so set atomically */
 	int finished;
 	uint64_t last_progress_us;  /* a write completed or a message came */
 	/* Commitment, decided on connection 0's thread: while armed, the
@@ -407,7 +412,8 @@ static void pump(struct src_conn *c)
 		uint64_t wait;
 		int r = 0;
 
-		wait = bw_delay_us(c);
+		/* Aborting: the reason goes out at once, past any cap. */
+		wait = __atomic_load_n(&s->aborting, __ATOMIC_RELAXED) ? 0 : bw_delay_us(c);
 		if (wait) {
 			if (!c->timer_armed) {
 				c->timer_armed = 1;
@@ -1135,6 +1141,7 @@ static int queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done)
 		return -ENOMEM;
 	}
 	it->frame = *b;
+	it->remainder = done != 0;
 	memset(b, 0, sizeof(*b));
 	return queue_item(s, conn, it);
 }
@@ -1560,8 +1567,9 @@ static int activation_went_out(mig_source *s)
  * this thread as the VMM saves it, and the destination loads it while the
  * rest follows; otherwise the connection threads encode and send the last
  * pages while this thread saves the state, which the destination loads at
- * the end. An idle guest's few last pages this thread encodes itself, and
- * writes with each connection's end, so no other thread has to wake up.
+ * the end. A few last pages (an idle guest's) this thread encodes itself
+ * and writes with each connection's end, so no other thread has to wake
+ * up; they then follow the state (and the verify hash) in either case.
  */
 static int stop_and_copy(mig_source *s)
 {
@@ -1877,14 +1885,22 @@ static int precopy(mig_source *s)
 	return 0;
 }
 
-/* Free the items of connection c's queue (those its thread has not taken). */
-static void drop_queued(mig_source *s, struct src_conn *c)
+/* Free the items of connection c's queue that its thread has not taken,
+ * but the rest of a frame already begun (with `all`, that too: the
+ * connection is closed). */
+static void drop_queued(mig_source *s, struct src_conn *c, int all)
 {
 	struct item *it, *next;
 
 	pthread_mutex_lock(&s->lock);
 	it = c->head;
-	c->head = c->tail = NULL;
+	if (it && it->remainder && !all) {
+		c->tail = it;
+		it = it->next;
+		c->tail->next = NULL;
+	} else {
+		c->head = c->tail = NULL;
+	}
 	pthread_mutex_unlock(&s->lock);
 	for (; it; it = next) {
 		next = it->next;
@@ -1919,7 +1935,7 @@ static void close_conns(mig_source *s)
 			uv_loop_close(&c->loop);
 			c->loop_ok = 0;
 		}
-		drop_queued(s, c);
+		drop_queued(s, c, 1);
 		mig__enc_destroy(c->enc);
 		c->enc = NULL;
 		mig__reader_free(&c->rd);
@@ -1941,7 +1957,8 @@ static void fail_cleanup(mig_source *s)
 		mig_buf b = { 0 };
 		int r;
 
-		drop_queued(s, &s->conns[0]);
+		__atomic_store_n(&s->aborting, 1, __ATOMIC_RELAXED);
+		drop_queued(s, &s->conns[0], 0);
 		ab.error = s->result.code;
 		ab.reason = s->result.msg;
 		r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab);

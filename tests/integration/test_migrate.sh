@@ -62,3 +62,26 @@ for mode in clear bitmap ring conn1; do
 		fail "$mode: the guest did not end cleanly on the destination"
 	ok "$mode: migrated and the guest ended itself with status 0"
 done
+
+# An idle guest: its few last pages (timer ticks, heartbeats; at most 64)
+# are encoded by the migration thread itself and written with each
+# connection's end, no connection thread woken. --verify checks the memory
+# they leave on the destination.
+start_dest dst-idle --mem 1024 --cpus 2
+run_source src-idle --mem 1024 --cpus 2 --migrate-after 2.5 --verify \
+	--cmdline "touch=16M wss=0 rate=0 idle=halt hb=200 duration=6"
+[ "$RC" = 0 ] || fail "idle: source exited $RC: $(cat "$WORK/src-idle.out")"
+check_json "$WORK/src-idle.out"
+python3 - "$WORK/src-idle.out" <<'PY' || fail "idle: $(cat "$WORK/src-idle.out")"
+import json, sys
+j = json.loads(next(l for l in open(sys.argv[1]) if l.startswith('{')))
+last = j["per_round"][-1]["pages"]
+assert 1 <= last <= 64, "the stop-and-copy round sent %d pages, not 1-64" % last
+print("idle: the stop-and-copy round sent %d pages" % last)
+PY
+wait_exit "$DEST_PID" 60
+[ "$RC" = 0 ] || fail "idle: destination exited $RC (the guest's status)"
+check_continues "$WORK/src-idle.con" "$WORK/dst-idle.con"
+grep -q "done .*mismatches=0 status=0" "$WORK/dst-idle.con" ||
+	fail "idle: the guest did not end cleanly on the destination"
+ok "idle: migrated with the last pages written by the migration thread"

@@ -16,6 +16,9 @@
  * library with mig_mark_dirty(); ops->pause quiets it, after one last
  * write. KVM does not see those writes, so with MINI_NOMARK set (writes not
  * marked) the library's memory hash check must fail the migration.
+ *
+ * MINI_SLOW_SAVE_MS=N: the source's save_state takes N ms more, with the
+ * VM paused; the destination prints the CPU time it used ("dest cpu_ms").
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -198,9 +201,16 @@ static int vm_resume(void *opaque, mig_error *err)
 static int vm_save(void *opaque, mig_state *st, mig_error *err)
 {
 	struct vm *vm = opaque;
+	const char *slow = getenv("MINI_SLOW_SAVE_MS");
 	void *blob;
 	size_t len;
-	int r = mig_x86_vcpu_save(vm->kvm, vm->vcpu, &blob, &len, err);
+	int r;
+
+	/* A VMM whose save is slow, paused: the destination must not spin
+	 * on a CPU all that time. */
+	if (slow)
+		usleep((useconds_t)atoi(slow) * 1000);
+	r = mig_x86_vcpu_save(vm->kvm, vm->vcpu, &blob, &len, err);
 	if (r < 0)
 		return r;
 	r = mig_state_add(st, "x86.vcpu.0", blob, len);
@@ -384,10 +394,15 @@ int main(int argc, char **argv)
 		}
 		printf("listening %d\n", mig_dest_port(d));
 		fflush(stdout);
+		struct timespec c0, c1;
+		clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
 		if (mig_dest_wait(d, &err) < 0) {
 			printf("FAIL dest: %s\n", err.msg);
 			return 1;
 		}
+		clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+		printf("dest cpu_ms %ld\n", (long)((c1.tv_sec - c0.tv_sec) * 1000 +
+						 (c1.tv_nsec - c0.tv_nsec) / 1000000));
 		mig_dest_destroy(d);
 		uint32_t at_resume = rd32(&vm, COUNTER_GPA);
 		usleep(500000);

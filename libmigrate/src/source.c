@@ -1162,8 +1162,9 @@ static int pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg)
 	return mig__msg_pack(&env, b);
 }
 
+/* One message on connection `conn`, as send_frames() (with `now`). */
 static int send_simple(mig_source *s, uint32_t conn,
-		       Mig__Wire__Envelope__MsgCase kind, void *msg)
+		       Mig__Wire__Envelope__MsgCase kind, void *msg, int now)
 {
 	mig_buf b = { 0 };
 	int r = pack_simple(&b, kind, msg);
@@ -1172,7 +1173,7 @@ static int send_simple(mig_source *s, uint32_t conn,
 		mig__buf_free(&b);
 		return r;
 	}
-	return send_frames(s, conn, &b, 0);
+	return send_frames(s, conn, &b, now);
 }
 
 static int set_throttle(mig_source *s, unsigned pct)
@@ -1330,7 +1331,7 @@ static int round_end_queue(mig_source *s)
 
 	re.round = s->round;
 	for (uint32_t i = 0; i < s->nconns && r == 0; i++)
-		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_ROUND_END, &re);
+		r = send_simple(s, i, MIG__WIRE__ENVELOPE__MSG_ROUND_END, &re, 0);
 	if (r < 0)
 		return mig__err(&s->result, r, "queueing round end");
 	return 0;
@@ -1586,10 +1587,7 @@ static int stop_and_copy(mig_source *s)
 	 * the pause fail, the failure path aborts the destination as usual. */
 	sw.round = s->round + 1;
 	sw.paused_at_ns = mig__now_us() * 1000;
-	r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw);
-	if (r == 0)
-		r = send_frames(s, 0, &b, 1);
-	mig__buf_free(&b);
+	r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw, 1);
 	if (r < 0)
 		return mig__err(&s->result, r, "queueing switchover");
 
@@ -1704,7 +1702,7 @@ static int stop_and_copy(mig_source *s)
 		/* Commit came before the arming (cannot happen: the
 		 * destination commits only after Complete). */
 		Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
-		r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act);
+		r = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act, 0);
 		t_sent = mig__now_us();
 	}
 	uint64_t t_act = mig__now_us();
@@ -1798,7 +1796,7 @@ static int send_hints(mig_source *s)
 			/* Words are little endian on the wire, as on x86. */
 			h.bitmap.data = (uint8_t *)&s->resident_bm[r][w];
 			h.bitmap.len = nw * 8;
-			int e = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_HINT, &h);
+			int e = send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_HINT, &h, 0);
 			if (e < 0)
 				return mig__err(&s->result, e, "queueing memory hints");
 		}
@@ -1954,18 +1952,12 @@ static void fail_cleanup(mig_source *s)
 	if (s->nconns && s->conns[0].thread_ok && s->conns[0].connected &&
 	    !s->conns[0].error) {
 		Mig__Wire__Abort ab = MIG__WIRE__ABORT__INIT;
-		mig_buf b = { 0 };
-		int r;
 
 		__atomic_store_n(&s->aborting, 1, __ATOMIC_RELAXED);
 		drop_queued(s, &s->conns[0], 0);
 		ab.error = s->result.code;
 		ab.reason = s->result.msg;
-		r = pack_simple(&b, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab);
-		if (r == 0)
-			r = send_frames(s, 0, &b, 1);
-		mig__buf_free(&b);
-		if (r == 0) {
+		if (send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab, 1) == 0) {
 			struct timespec ts;
 			mig__deadline(&ts, 200);
 			/* Until it is written, not just taken: closing the

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The job agent inside a nested host (started by its /init, in the root made
+# of the outer machine's files). It runs the jobs the outer runner drops in
+# STATE/jobs: ID.job is a bash script; its output goes to ID.out and its exit
+# status to ID.rc. ID.kill asks for the job's end. Each job has a cgroup of
+# its own, so that it and whatever it started end together. STATE/halt, or
+# IDLE seconds (STATE/idle, default 900) with no job running, ends the agent.
+#   agent.sh STATE
+# (no set -u: bash 5.1 calls an empty associative array unbound)
+state=$1
+jobs=$state/jobs
+cg=/sys/fs/cgroup
+idle=$(cat "$state/idle" 2>/dev/null || echo 900)
+declare -A running # id -> pid of its runner subshell
+
+run_job() { # ID: run one job in its own cgroup, then report
+	local id=$1 rc
+	mkdir -p "$cg/job-$id"
+	(
+		echo $BASHPID >"$cg/job-$id/cgroup.procs"
+		cd / && exec bash "$jobs/$id.run" </dev/null >>"$jobs/$id.out" 2>&1
+	) &
+	local pid=$!
+	while kill -0 $pid 2>/dev/null; do
+		if [ -e "$jobs/$id.kill" ]; then
+			echo "nested: job ended on request" >>"$jobs/$id.out"
+			echo 1 >"$cg/job-$id/cgroup.kill"
+		fi
+		sleep 0.1
+	done
+	wait $pid
+	rc=$?
+	if [ -s "$cg/job-$id/cgroup.procs" ]; then
+		echo "nested: the job left processes behind; ending them:" >>"$jobs/$id.out"
+		for p in $(cat "$cg/job-$id/cgroup.procs"); do
+			echo "  $p $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)" >>"$jobs/$id.out"
+		done
+		echo 1 >"$cg/job-$id/cgroup.kill"
+		for _ in $(seq 50); do [ -s "$cg/job-$id/cgroup.procs" ] || break; sleep 0.1; done
+	fi
+	rmdir "$cg/job-$id" 2>/dev/null
+	echo $rc >"$jobs/$id.rc.tmp" && mv "$jobs/$id.rc.tmp" "$jobs/$id.rc"
+}
+
+mkdir -p "$jobs"
+echo "$(uname -r) $(nproc) $(awk '/MemTotal/ {print $2}' /proc/meminfo)" >"$state/ready.tmp"
+mv "$state/ready.tmp" "$state/ready"
+last=$SECONDS
+while [ ! -e "$state/halt" ]; do
+	for j in "$jobs"/*.job; do
+		[ -e "$j" ] || continue
+		id=$(basename "$j" .job)
+		mv "$j" "$jobs/$id.run" || continue
+		run_job "$id" &
+		running[$id]=$!
+	done
+	for id in "${!running[@]}"; do
+		kill -0 "${running[$id]}" 2>/dev/null && continue
+		wait "${running[$id]}"
+		unset "running[$id]"
+	done
+	[ ${#running[@]} -gt 0 ] && last=$SECONDS
+	if [ $((SECONDS - last)) -ge "$idle" ]; then
+		echo "nested: no job for $idle s, halting" >"$state/idle-halt"
+		break
+	fi
+	sleep 0.1
+done
+for id in "${!running[@]}"; do
+	echo 1 >"$cg/job-$id/cgroup.kill" 2>/dev/null
+done
+wait

@@ -109,8 +109,18 @@ static void emit(struct serial *s)
 	}
 }
 
+/*
+ * A partial line holds at most SERIAL_LINE_MAX - 2 bytes between calls: one
+ * byte is for the character being added and one for the '\n' or '\0' that
+ * ends the line. serial_load() refuses longer ones.
+ */
 static void put_char(struct serial *s, char c)
 {
+	if (s->line_len > SERIAL_PARTIAL_MAX) {
+		/* Cannot happen through serial_load(); never write past line[]. */
+		emit(s);
+		s->line_len = 0;
+	}
 	s->line[s->line_len++] = c;
 	if (c == '\n') {
 		emit(s);
@@ -286,10 +296,11 @@ int serial_load(struct serial *s, const void *blob, size_t len,
 			       "not decode", len);
 	if (m->ier > 0xff || m->lcr > 0xff || m->mcr > 0xff || m->scr > 0xff ||
 	    m->dll > 0xff || m->dlm > 0xff || m->fcr > 0xff ||
-	    m->partial_line.len >= sizeof(s->line)) {
+	    m->partial_line.len > SERIAL_PARTIAL_MAX) {
 		mig__ctl__serial_state__free_unpacked(m, NULL);
-		return vmm_err(err, -EINVAL, "serial state: register or line "
-			       "out of range");
+		return vmm_err(err, -EINVAL, "serial state: a register over "
+			       "0xff or a partial console line over %d bytes",
+			       SERIAL_PARTIAL_MAX);
 	}
 	pthread_mutex_lock(&s->lock);
 	s->ier = (uint8_t)m->ier;

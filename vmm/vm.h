@@ -73,6 +73,8 @@ struct console_stats {
 };
 
 #define SERIAL_LINE_MAX 512
+/* The longest partial line kept between bytes (see put_char()). */
+#define SERIAL_PARTIAL_MAX (SERIAL_LINE_MAX - 2)
 
 struct serial {
 	pthread_mutex_t lock;

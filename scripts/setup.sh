@@ -16,6 +16,18 @@ pkgs=(
 	clang libclang-rt-14-dev               # fuzz targets (libFuzzer)
 )
 
+# The nested KVM host (tests/nested/) for machines without /dev/kvm, and for
+# the tests that need two kernels: Debian's kernel and busybox-static,
+# fetched with apt-get download into a cache, never installed.
+nested() {
+	local v
+	if v=$("$(dirname "$0")/../tests/nested/fetch.sh"); then
+		echo "setup: nested host kernel $v"
+	else
+		echo "setup: no nested host kernel: the KVM tests need /dev/kvm here" >&2
+	fi
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
@@ -23,6 +35,7 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
 	echo "setup: all ${#pkgs[@]} packages present"
+	nested
 	exit 0
 fi
 
@@ -47,4 +60,5 @@ if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" \
 	tail -n 10 /tmp/mig-setup-apt.log >&2
 	exit 1
 fi
+nested
 echo "setup: done"

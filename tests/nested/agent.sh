@@ -12,6 +12,9 @@ jobs=$state/jobs
 cg=/sys/fs/cgroup
 idle=$(cat "$state/idle" 2>/dev/null || echo 900)
 declare -A running # id -> pid of its runner subshell
+# A nap without forking sleep(1): under emulation each process costs.
+exec {nap_fd}<> <(:)
+nap() { read -r -t "$1" -u "$nap_fd"; }
 
 run_job() { # ID: run one job in its own cgroup, then report
 	local id=$1 rc
@@ -20,13 +23,23 @@ run_job() { # ID: run one job in its own cgroup, then report
 		echo $BASHPID >"$cg/job-$id/cgroup.procs"
 		cd / && exec bash "$jobs/$id.run" </dev/null >>"$jobs/$id.out" 2>&1
 	) &
-	local pid=$!
+	local pid=$! beat="" seen=$SECONDS n
 	while kill -0 $pid 2>/dev/null; do
 		if [ -e "$jobs/$id.kill" ]; then
 			echo "nested: job ended on request" >>"$jobs/$id.out"
 			echo 1 >"$cg/job-$id/cgroup.kill"
 		fi
-		sleep 0.1
+		# The runner outside rewrites ID.alive every second while it waits
+		# (when it has one); 15 s without a change means it is gone.
+		n=""; read -r n 2>/dev/null <"$jobs/$id.alive"
+		if [ "$n" != "$beat" ]; then
+			beat=$n seen=$SECONDS
+		elif [ -n "$beat" ] && [ $((SECONDS - seen)) -ge 15 ]; then
+			echo "nested: the runner outside is gone; ending the job" >>"$jobs/$id.out"
+			echo 1 >"$cg/job-$id/cgroup.kill"
+			beat=""
+		fi
+		nap 0.1
 	done
 	wait $pid
 	rc=$?
@@ -64,7 +77,7 @@ while [ ! -e "$state/halt" ]; do
 		echo "nested: no job for $idle s, halting" >"$state/idle-halt"
 		break
 	fi
-	sleep 0.1
+	nap 0.1
 done
 for id in "${!running[@]}"; do
 	echo 1 >"$cg/job-$id/cgroup.kill" 2>/dev/null

@@ -2,17 +2,25 @@
 # Fetch Debian's kernel and busybox-static packages (apt-get download, never
 # installed) and build the nested host's initramfs from them, into a cache:
 #   tests/nested/fetch.sh [CACHE_DIR]
-# CACHE_DIR defaults to $MIG_NESTED_CACHE or /var/cache/libmigrate-nested.
+# CACHE_DIR defaults to `nested cache` ($MIG_NESTED_CACHE, else a folder in
+# /var/cache for root, in ~/.cache for others).
 # Idempotent: a cache that matches the candidate kernel is kept. Offline, an
 # existing cache is used as it is. Prints the cache's kernel version.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-cache=${1:-${MIG_NESTED_CACHE:-/var/cache/libmigrate-nested}}
+cache=${1:-$("$here/nested" cache)}
 mkdir -p "$cache"
 
 # The kernel package that linux-image-amd64 currently points at.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-	sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1)
+kpkg() {
+	apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1
+}
+kpkg=$(kpkg)
+if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+	apt-get update -q >/dev/null 2>&1 || true
+	kpkg=$(kpkg)
+fi
 if [ -z "$kpkg" ]; then
 	if [ -s "$cache/version" ]; then
 		echo "nested: apt knows no linux-image-amd64; using the cached kernel $(cat "$cache/version")" >&2

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Two real hosts: two nested KVM hosts (tests/nested/nested), each its own
+# kernel, joined by a virtio-net link between the two QEMUs (a socket netdev
+# over loopback; 192.0.2.1/24 and 192.0.2.2/24 exist only on that link), a
+# migd in each. `migctl migrate` moves a running test VM from A to B and
+# back, the guest checking its own memory on each side. Then host B is
+# killed (its QEMU, SIGKILL) in the middle of a pre-copy: the VM runs on at
+# A, and `migctl status` there says why.
+# Skipped (77) only where no nested host can run (it says why).
+#   test_two_hosts.sh BUILD SRC
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/../integration/test_vm_common.sh"
+vm_init "${1:-$here/../../build}" "${2:-$here/../..}" nokvm
+need_testguest
+BUILD=$(cd "$BUILD" && pwd)
+NESTED=$here/nested
+MIGD=$BUILD/daemon/migd
+MIGCTL=$BUILD/daemon/migctl
+[ -x "$MIGD" ] && [ -x "$MIGCTL" ] || fail "migd/migctl not built"
+why=$("$NESTED" check) || { echo "skip: no nested host can run here: $why"; exit 77; }
+IP_A=192.0.2.1 IP_B=192.0.2.2
+JOBS=()
+
+cleanup_hosts() {
+	local p
+	for p in "${JOBS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	"$NESTED" down "$WORK/ha" >/dev/null 2>&1
+	"$NESTED" down "$WORK/hb" >/dev/null 2>&1
+	for p in "${JOBS[@]}"; do wait "$p" 2>/dev/null; done
+	cleanup
+}
+trap cleanup_hosts EXIT
+trap 'echo "FAIL: stopped (SIGTERM or the 600 s limit)" >&2; exit 1' TERM INT
+(
+	sleep 600
+	kill -TERM $$
+) >/dev/null 2>&1 &
+JOBS+=($!)
+
+# on HOST CMD...: run CMD in host HOST (a or b), bounded.
+on() {
+	local h=$1
+	shift
+	"$NESTED" exec "$WORK/h$h" --timeout 180 -- "$@"
+}
+mc() { # mc HOST ARGS...: migctl on HOST's migd
+	local h=$1
+	shift
+	on "$h" "$MIGCTL" --socket /tmp/migd.sock "$@"
+}
+jfield() {
+	python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v.get(sys.argv[2]))' "$1" "$2"
+}
+# wait_until SECS CMD...: CMD until it succeeds, at most SECS seconds.
+wait_until() {
+	local t0=$SECONDS limit=$1
+	shift
+	until "$@"; do
+		[ $((SECONDS - t0)) -lt "$limit" ] || return 1
+		sleep 0.5
+	done
+}
+
+# Host B listens on the link, host A connects to it: B's QEMU first.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/ha" "$WORK/hb"
+head -c 32 /dev/urandom | base64 >"$WORK/ha/psk"
+cp "$WORK/ha/psk" "$WORK/hb/psk"
+chmod 600 "$WORK/ha/psk" "$WORK/hb/psk"
+t0=$SECONDS
+"$NESTED" up "$WORK/hb" --name hostb --mem 3072 --build "$BUILD" --owner $$ \
+	--net "listen:$port" --ip "$IP_B/24" --mac 52:54:00:00:02:02 &
+upb=$!
+listening() { ss -ltn | grep -q "127.0.0.1:$port "; }
+wait_until 30 listening ||
+	fail "host B's QEMU does not listen on 127.0.0.1:$port"
+"$NESTED" up "$WORK/ha" --name hosta --mem 3072 --build "$BUILD" --owner $$ \
+	--net "connect:$port" --ip "$IP_A/24" --mac 52:54:00:00:02:01 ||
+	fail "host A did not boot"
+wait $upb || fail "host B did not boot"
+ok "two nested hosts up in $((SECONDS - t0)) s: A $IP_A, B $IP_B (emulated: no timing here is a benchmark)"
+
+start_migd() { # start_migd HOST IP: for as long as the test runs
+	"$NESTED" exec "$WORK/h$1" -- "$MIGD" --state-dir /tmp/migd --control /tmp/migd.sock \
+		--listen "$2:7400" --psk-file "$WORK/h$1/psk" --log-level debug \
+		>"$WORK/migd-$1.err" 2>&1 &
+	JOBS+=($!)
+	wait_until 60 grep -q "ready:" "$WORK/migd-$1.err" ||
+		fail "migd on $1 did not start: $(cat "$WORK/migd-$1.err")"
+}
+start_migd a "$IP_A"
+start_migd b "$IP_B"
+reach() { # reach HOST IP: a TCP connection to IP:7400 from HOST
+	on "$1" python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], 7400), 10).close()' "$2"
+}
+reach a "$IP_B" || fail "A cannot reach B's migd over the link"
+reach b "$IP_A" || fail "B cannot reach A's migd over the link"
+ok "a migd on each host, each reaching the other over the link"
+
+hb_at_least() { # hb_at_least HOST N: vm1 there has shown N heartbeats
+	local s
+	s=$(mc "$1" --json status vm1 2>/dev/null) || return 1
+	[ "$(jfield "$s" hb_lines)" -ge "$2" ] 2>/dev/null
+}
+check_runs_on() { # check_runs_on HOST: vm1 runs there, beats on, no mismatch
+	local s n
+	s=$(mc "$1" --json status vm1) || fail "vm1 not on $1: $s"
+	[ "$(jfield "$s" state)" = running ] || fail "$1 says $s"
+	n=$(jfield "$s" hb_lines)
+	wait_until 120 hb_at_least "$1" $((n + 2)) ||
+		fail "vm1 on $1 shows no new heartbeat after $n"
+	s=$(mc "$1" --json status vm1)
+	[ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on $1: $s"
+	on "$1" grep -q MISMATCH /tmp/migd/vm1.console && fail "MISMATCH on $1's console"
+	return 0
+}
+
+mc a start vm1 --mem 256 --cpus 1 --cmdline "touch=32M wss=8M hb=300" >/dev/null ||
+	fail "start vm1 on A"
+check_runs_on a
+ok "vm1 runs on A"
+
+res=$(mc a --json migrate vm1 --to "$IP_B:7400") || fail "migrate A->B: $res"
+[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
+check_runs_on b
+ok "vm1 moved to B and goes on there: $(python3 -c 'import json,sys; r=json.loads(sys.argv[1])["last_result"]; print("%d rounds, downtime %.1f ms, total %.1f ms" % (r["rounds"], r["downtime_ms"], r["total_time_ms"]))' "$res")"
+
+res=$(mc b --json migrate vm1 --to "$IP_A:7400") || fail "migrate B->A: $res"
+[ "$(jfield "$res" state)" = migrated ] || fail "B says $res"
+check_runs_on a
+ok "and back to A"
+
+# Host B dies in the middle of a pre-copy (4 MiB/s: 32 MiB take ~8 s).
+mc a --json migrate vm1 --to "$IP_B:7400" --max-bandwidth 4M --no-wait >/dev/null ||
+	fail "migrate A->B did not start"
+precopy_going() { # more than 1000 pages sent
+	local n
+	n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("progress", {}).get("pages_sent", 0))' \
+		"$(mc a --json status vm1)" 2>/dev/null)
+	[ "${n:-0}" -gt 1000 ]
+}
+wait_until 120 precopy_going ||
+	fail "no pre-copy progress: $(mc a --json status vm1)"
+kill -KILL "$(cat "$WORK/hb/qemu.pid")" || fail "cannot kill host B"
+ok "host B killed during pre-copy"
+state_not_migrating() {
+	S=$(mc a --json status vm1) && [ "$(jfield "$S" state)" != migrating ]
+}
+# stall_timeout_ms (10 s) ends the migration; more for the emulation.
+wait_until 180 state_not_migrating || fail "A still migrating 180 s after B died: $S"
+[ "$(jfield "$S" state)" = running ] || fail "vm1 not running on A after B died: $S"
+why=$(jfield "$S" last_error)
+grep -q "$IP_B" <<<"$why" && grep -q "source VM kept running\|kept running" <<<"$why" ||
+	fail "status does not say why: $S"
+check_runs_on a
+ok "A kept vm1 running and says why: $why"
+
+mc a stop vm1 >/dev/null || fail "stop vm1 on A"
+ok "stopped"

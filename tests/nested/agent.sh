@@ -13,8 +13,11 @@ cg=/sys/fs/cgroup
 idle=$(cat "$state/idle" 2>/dev/null || echo 900)
 declare -A running # id -> pid of its runner subshell
 # A nap without forking sleep(1): under emulation each process costs.
-exec {nap_fd}<> <(:)
-nap() { read -r -t "$1" -u "$nap_fd"; }
+if exec {nap_fd}<> <(:); then
+	nap() { read -r -t "$1" -u "$nap_fd"; }
+else
+	nap() { sleep "$1"; }
+fi
 
 run_job() { # ID: run one job in its own cgroup, then report
 	local id=$1 rc

@@ -11,10 +11,13 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include "codec.h"
 #include "dirty.h"
@@ -103,6 +106,11 @@ struct src_conn {
 	char errmsg[160];
 	uint64_t error_us;   /* when `error` was set */
 	uint64_t bytes, pages, zero_pages, raw_bytes;
+	/* The socket (valid while connected and not closing: only this
+	 * connection's thread closes it, once `closing` is set) and its
+	 * TCP_INFO bytes_acked when progress was last seen. */
+	int fd;
+	uint64_t acked;
 	/* connection thread only */
 	size_t inflight;
 	/* Link rate for MIG_COMPRESS_AUTO: bytes the kernel took over the
@@ -187,6 +195,35 @@ static void conn_fail(struct src_conn *c, int code, const char *what)
 
 static void pump(struct src_conn *c);
 
+/*
+ * The kernel's struct tcp_info goes on past glibc's (which ends with
+ * tcpi_total_retrans) and only ever grows: the fields after it, as in
+ * <linux/tcp.h>, which cannot be included beside libuv's <netinet/tcp.h>.
+ */
+struct tcp_info_acked {
+	struct tcp_info base;
+	uint64_t pacing_rate, max_pacing_rate;
+	uint64_t bytes_acked;
+};
+_Static_assert(offsetof(struct tcp_info_acked, pacing_rate) ==
+		       offsetof(struct tcp_info, tcpi_total_retrans) + 4,
+	       "tcp_info_acked must follow the kernel's layout");
+
+/* Bytes the peer has acknowledged on a TCP socket so far, 0 if unknown
+ * (a kernel before 4.1 returns a shorter struct). */
+static uint64_t tcp_acked(int fd)
+{
+	struct tcp_info_acked ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info_acked, bytes_acked) +
+			  sizeof(ti.bytes_acked))
+		return 0;
+	return ti.bytes_acked;
+}
+
 static void on_write(uv_write_t *req, int status)
 {
 	struct wreq *w = (struct wreq *)req;
@@ -208,6 +245,7 @@ static void on_write(uv_write_t *req, int status)
 	if (status == 0) {
 		c->bytes += w->buf.len;
 		s->last_progress_us = mig__now_us();
+		c->acked = tcp_acked(c->fd);
 	}
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
@@ -549,6 +587,7 @@ static void on_connect(uv_connect_t *req, int status)
 {
 	struct src_conn *c = req->data;
 	mig_source *s = c->s;
+	uv_os_fd_t fd;
 
 	if (status < 0) {
 		conn_fail(c, status, "connect");
@@ -557,6 +596,9 @@ static void on_connect(uv_connect_t *req, int status)
 	uv_tcp_nodelay(&c->tcp, 1);
 	uv_read_start((uv_stream_t *)&c->tcp, mig__uv_alloc, on_read);
 	pthread_mutex_lock(&s->lock);
+	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0)
+		fd = -1;
+	c->fd = fd;
 	c->connected = 1;
 	c->connected_us = mig__now_us();
 	pthread_cond_broadcast(&s->cond);
@@ -660,6 +702,33 @@ static int peer_aborted(mig_source *s, const Mig__Wire__Envelope *env)
 
 /* A connection error or cancel, as an error code with s->result filled.
  * Called with s->lock held. */
+/*
+ * A write completes once the kernel has taken all of it, so a link slower
+ * than one write (up to a batch of 1024 pages) per stall_timeout_ms shows no
+ * completed write for that long while it still carries bytes. Whether the
+ * peer acknowledged anything since progress was last seen tells a slow link
+ * from a dead one (or a peer that stopped reading: its zero window acks no
+ * bytes). Lock held; reads the sockets' TCP_INFO, never writes them.
+ */
+static int link_moved_locked(mig_source *s)
+{
+	int moved = 0;
+
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		uint64_t a;
+
+		if (!c->connected || c->closing || c->error || c->fd < 0)
+			continue;
+		a = tcp_acked(c->fd);
+		if (a && a != c->acked) {
+			c->acked = a;
+			moved = 1;
+		}
+	}
+	return moved;
+}
+
 static int check_failed_locked(mig_source *s)
 {
 	if (s->cancel)
@@ -687,10 +756,15 @@ static int check_failed_locked(mig_source *s)
 				s->params.timeout_ms);
 	/* A link cut without a reset shows as nothing moving at all. */
 	if (s->last_progress_us &&
-	    now - s->last_progress_us > (uint64_t)s->params.stall_timeout_ms * 1000)
+	    now - s->last_progress_us > (uint64_t)s->params.stall_timeout_ms * 1000) {
+		if (link_moved_locked(s)) {
+			s->last_progress_us = now;
+			return 0;
+		}
 		return mig__err(&s->result, -ETIMEDOUT,
 				"no progress on the connection for %" PRIu32 " ms (link down?)",
 				s->params.stall_timeout_ms);
+	}
 	return 0;
 }
 
@@ -907,6 +981,7 @@ static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *s
 	struct src_conn *c = &s->conns[i];
 	c->s = s;
 	c->index = i;
+	c->fd = -1;
 	c->addr = *ss;
 	c->rd.limit = MIG_PREAUTH_FRAME_MAX;
 	r = mig__enc_create(&c->enc, s->params.compress,

@@ -68,6 +68,25 @@ static int fail(char *why, size_t len, int err, const char *what)
 	return err;
 }
 
+/*
+ * ioctl() again while it fails with EINTR; -errno on failure. KVM_CREATE_VM
+ * registers an MMU notifier, which takes every lock of the process's
+ * mappings and gives up with EINTR when a signal is pending, even one with
+ * no handler: a test that stops and continues a child (SIGSTOP, SIGCONT)
+ * while it sets up its VM sees that, as a VMM being signalled would. QEMU
+ * retries KVM_CREATE_VM the same way. The other set-up calls are cheap to
+ * treat alike; KVM_RUN has its own loop.
+ */
+static int kvm_ioctl(int fd, unsigned long req, void *arg)
+{
+	int r;
+
+	do
+		r = ioctl(fd, req, arg);
+	while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : r;
+}
+
 bool tvm_available(void)
 {
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -113,9 +132,10 @@ static int setup_vcpu(struct tvm *t, uint32_t i, const struct tvm_opts *o)
 	};
 	struct kvm_sregs s;
 	struct kvm_regs r = { 0 };
+	int e;
 
-	if (ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
-		return -errno;
+	if ((e = kvm_ioctl(v->fd, KVM_GET_SREGS, &s)) < 0)
+		return e;
 	s.cs = code;
 	s.ds = s.es = s.fs = s.gs = s.ss = data;
 	s.tr = (struct kvm_segment){ .base = TSS_GPA, .limit = 0x67,
@@ -129,8 +149,8 @@ static int setup_vcpu(struct tvm *t, uint32_t i, const struct tvm_opts *o)
 	s.cr3 = PML4_GPA;
 	s.cr4 = 0x220;      /* PAE OSFXSR */
 	s.efer = 0x500;     /* LME LMA */
-	if (ioctl(v->fd, KVM_SET_SREGS, &s) < 0)
-		return -errno;
+	if ((e = kvm_ioctl(v->fd, KVM_SET_SREGS, &s)) < 0)
+		return e;
 	r.rip = CODE_GPA;
 	r.rflags = 2;
 	r.rdi = TVM_AREA_GPA + i * part * 4096;
@@ -138,9 +158,8 @@ static int setup_vcpu(struct tvm *t, uint32_t i, const struct tvm_opts *o)
 	r.rsi = o->writes_per_iter;
 	r.r9 = (o->seed ? o->seed : 88172645463325252ull) * (2 * i + 1) | 1;
 	r.rbp = TVM_MMIO_GPA;
-	if (ioctl(v->fd, KVM_SET_REGS, &r) < 0)
-		return -errno;
-	return 0;
+	e = kvm_ioctl(v->fd, KVM_SET_REGS, &r);
+	return e < 0 ? e : 0;
 }
 
 int tvm_create(struct tvm *t, const struct tvm_opts *o, char *why,
@@ -162,10 +181,17 @@ int tvm_create(struct tvm *t, const struct tvm_opts *o, char *why,
 	if (t->kvm_fd < 0)
 		return errno == ENOENT || errno == ENODEV || errno == EACCES ?
 			77 : fail(why, why_len, -errno, "open /dev/kvm");
-	t->vm_fd = ioctl(t->kvm_fd, KVM_CREATE_VM, 0);
-	if (t->vm_fd < 0)
-		return fail(why, why_len, -errno, "KVM_CREATE_VM");
-	t->run_size = (size_t)ioctl(t->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	t->vm_fd = kvm_ioctl(t->kvm_fd, KVM_CREATE_VM, 0);
+	if (t->vm_fd < 0) {
+		r = t->vm_fd;
+		t->vm_fd = -1;
+		return fail(why, why_len, r, "KVM_CREATE_VM");
+	}
+	r = kvm_ioctl(t->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (r <= 0)
+		return fail(why, why_len, r < 0 ? r : -EINVAL,
+			    "KVM_GET_VCPU_MMAP_SIZE");
+	t->run_size = (size_t)r;
 
 	t->low = mmap(NULL, TVM_LOW_SIZE, PROT_READ | PROT_WRITE,
 		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -189,8 +215,9 @@ int tvm_create(struct tvm *t, const struct tvm_opts *o, char *why,
 			.memory_size = t->regions[i].size,
 			.userspace_addr = (uintptr_t)t->regions[i].hva,
 		};
-		if (ioctl(t->vm_fd, KVM_SET_USER_MEMORY_REGION, &m) < 0)
-			return fail(why, why_len, -errno,
+		r = kvm_ioctl(t->vm_fd, KVM_SET_USER_MEMORY_REGION, &m);
+		if (r < 0)
+			return fail(why, why_len, r,
 				    "KVM_SET_USER_MEMORY_REGION");
 	}
 	if (o->ring_entries) {
@@ -204,9 +231,12 @@ int tvm_create(struct tvm *t, const struct tvm_opts *o, char *why,
 	}
 	for (uint32_t i = 0; i < t->nr_vcpus; i++) {
 		struct tvm_vcpu *v = &t->vcpu[i];
-		v->fd = ioctl(t->vm_fd, KVM_CREATE_VCPU, i);
-		if (v->fd < 0)
-			return fail(why, why_len, -errno, "KVM_CREATE_VCPU");
+		v->fd = kvm_ioctl(t->vm_fd, KVM_CREATE_VCPU, (void *)(uintptr_t)i);
+		if (v->fd < 0) {
+			r = v->fd;
+			v->fd = -1;
+			return fail(why, why_len, r, "KVM_CREATE_VCPU");
+		}
 		t->vcpu_fds[i] = v->fd;
 		v->run = mmap(NULL, t->run_size, PROT_READ | PROT_WRITE,
 			      MAP_SHARED, v->fd, 0);
@@ -249,7 +279,7 @@ static int vcpu_fail(struct tvm_vcpu *v, int err, const char *what,
 		     unsigned long long a)
 {
 	if (!v->error) {
-		v->error = err;
+		__atomic_store_n(&v->error, err, __ATOMIC_RELAXED);
 		snprintf(v->why, sizeof(v->why), "%s %#llx (%s)", what, a,
 			 strerror(-err));
 	}
@@ -271,7 +301,8 @@ static int run_iteration(struct tvm *t, struct tvm_vcpu *v)
 			if (v->run->mmio.phys_addr != TVM_MMIO_GPA)
 				return vcpu_fail(v, -EIO, "MMIO at",
 						 v->run->mmio.phys_addr);
-			v->iter++;
+			__atomic_store_n(&v->iter, v->iter + 1,
+					 __ATOMIC_RELAXED);
 			return 0;
 		case KVM_EXIT_DIRTY_RING_FULL: {
 			int r = mig_dirty_ring_full(t->vm_fd, v->fd);
@@ -279,7 +310,8 @@ static int run_iteration(struct tvm *t, struct tvm_vcpu *v)
 				return vcpu_fail(v, r,
 						 "mig_dirty_ring_full",
 						 (unsigned long long)-r);
-			v->ring_full++;
+			__atomic_store_n(&v->ring_full, v->ring_full + 1,
+					 __ATOMIC_RELAXED);
 			break;
 		}
 		default:
@@ -293,12 +325,14 @@ int tvm_set_workload(struct tvm *t, uint32_t i, uint32_t writes,
 		     bool sequential)
 {
 	struct kvm_regs r;
+	int e = kvm_ioctl(t->vcpu[i].fd, KVM_GET_REGS, &r);
 
-	if (ioctl(t->vcpu[i].fd, KVM_GET_REGS, &r) < 0)
-		return -errno;
+	if (e < 0)
+		return e;
 	r.rsi = writes;
 	r.r10 = sequential;
-	return ioctl(t->vcpu[i].fd, KVM_SET_REGS, &r) < 0 ? -errno : 0;
+	e = kvm_ioctl(t->vcpu[i].fd, KVM_SET_REGS, &r);
+	return e < 0 ? e : 0;
 }
 
 int tvm_step(struct tvm *t, uint32_t i)
@@ -351,4 +385,42 @@ int tvm_stop(struct tvm *t)
 	}
 	t->threads = false;
 	return first;
+}
+
+uint64_t tvm_iter(const struct tvm *t)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < t->nr_vcpus; i++)
+		n += __atomic_load_n(&t->vcpu[i].iter, __ATOMIC_RELAXED);
+	return n;
+}
+
+uint64_t tvm_iter_min(const struct tvm *t)
+{
+	uint64_t n = UINT64_MAX;
+
+	for (uint32_t i = 0; i < t->nr_vcpus; i++) {
+		uint64_t k = __atomic_load_n(&t->vcpu[i].iter, __ATOMIC_RELAXED);
+		if (k < n)
+			n = k;
+	}
+	return n;
+}
+
+bool tvm_failed(const struct tvm *t)
+{
+	for (uint32_t i = 0; i < t->nr_vcpus; i++)
+		if (__atomic_load_n(&t->vcpu[i].error, __ATOMIC_RELAXED))
+			return true;
+	return false;
+}
+
+uint64_t tvm_ring_full(const struct tvm *t)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < t->nr_vcpus; i++)
+		n += __atomic_load_n(&t->vcpu[i].ring_full, __ATOMIC_RELAXED);
+	return n;
 }

@@ -37,6 +37,8 @@ struct tvm_opts {
 struct tvm_vcpu {
 	int fd;
 	struct kvm_run *run;
+	/* Written by the thread running the vCPU only; others read them
+	 * with tvm_iter() and tvm_ring_full() while it runs. */
 	uint64_t iter;           /* iterations completed */
 	uint64_t ring_full;      /* KVM_EXIT_DIRTY_RING_FULL handled */
 	pthread_t thread;
@@ -73,6 +75,15 @@ int tvm_set_workload(struct tvm *t, uint32_t i, uint32_t writes,
 int tvm_start_threads(struct tvm *t);
 /* Stop the threads: on return every vCPU is out of KVM_RUN. First error. */
 int tvm_stop(struct tvm *t);
+
+/* Totals over every vCPU so far; callable while the threads run, to wait
+ * for the guest's progress instead of guessing how fast it is. */
+uint64_t tvm_iter(const struct tvm *t);
+uint64_t tvm_ring_full(const struct tvm *t);
+/* The fewest iterations any one vCPU has completed. */
+uint64_t tvm_iter_min(const struct tvm *t);
+/* Has a vCPU thread stopped on an error (tvm_stop() says which)? */
+bool tvm_failed(const struct tvm *t);
 
 /* True if /dev/kvm can be opened. */
 bool tvm_available(void);

@@ -25,6 +25,6 @@ cases="lockstep_bitmap lockstep_clear lockstep_ring concurrent_ring ring_enable"
 	set -e
 	cd "$1"
 	for c in $3; do ./tests/kvm_test_dirty "$c"; done
-	bash "$2/tests/integration/test_migrate.sh" "$1" "$2"
+	bash "$2/tests/integration/test_vm_oracle.sh" "$1" "$2"
 ' smoke "$build" "$src" "$cases" || fail "the smoke subset failed in the nested host"
-echo "ok: dirty tracking ($cases) and test_migrate pass in a nested host"
+echo "ok: dirty tracking ($cases) and test_vm_oracle pass in a nested host"

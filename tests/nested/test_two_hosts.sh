@@ -18,6 +18,8 @@ MIGD=$BUILD/daemon/migd
 MIGCTL=$BUILD/daemon/migctl
 [ -x "$MIGD" ] && [ -x "$MIGCTL" ] || fail "migd/migctl not built"
 why=$("$NESTED" check) || { echo "skip: no nested host can run here: $why"; exit 77; }
+why=$(sed -n 's/^test_two_hosts.sh: //p' "$here/known-failing")
+[ -z "$why" ] || { echo "skip: known to fail in the nested host (issue 17): $why"; exit 77; }
 IP_A=192.0.2.1 IP_B=192.0.2.2
 JOBS=()
 

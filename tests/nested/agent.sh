@@ -2,7 +2,8 @@
 # The job agent inside a nested host (started by its /init, in the root made
 # of the outer machine's files). It runs the jobs the outer runner drops in
 # STATE/jobs: ID.job is a bash script; its output goes to ID.out and its exit
-# status to ID.rc. ID.kill asks for the job's end. Each job has a cgroup of
+# status to ID.rc. ID.kill asks for the job's end. STATE/beat changes every
+# second while the agent lives. Each job has a cgroup of
 # its own, so that it and whatever it started end together. STATE/halt, or
 # IDLE seconds (STATE/idle, default 900) with no job running, ends the agent.
 #   agent.sh STATE
@@ -61,8 +62,11 @@ run_job() { # ID: run one job in its own cgroup, then report
 mkdir -p "$jobs"
 echo "$(uname -r) $(nproc) $(awk '/MemTotal/ {print $2}' /proc/meminfo)" >"$state/ready.tmp"
 mv "$state/ready.tmp" "$state/ready"
-last=$SECONDS
+last=$SECONDS beat=-1
 while [ ! -e "$state/halt" ]; do
+	# A sign of life every second: the runner outside tells a host that
+	# still takes jobs from a wedged one by it.
+	[ $beat = $SECONDS ] || { beat=$SECONDS; echo $beat >"$state/beat"; }
 	for j in "$jobs"/*.job; do
 		[ -e "$j" ] || continue
 		id=$(basename "$j" .job)

@@ -307,6 +307,30 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 		return mig__err(err, -ENOMEM, "vCPU state: out of memory");
 	m.version = MIG_X86_STATE_VERSION;
 
+	/*
+	 * The MP state before anything else: KVM_GET_MP_STATE first delivers
+	 * a pending INIT or SIPI (kvm_apic_accept_events), and an INIT resets
+	 * the registers, segments, control registers and pending events, a
+	 * SIPI sets CS:IP. Registers read before it would be those from
+	 * before an INIT that the MP state read after them includes: the
+	 * INIT lost, or an AP "running" at the reset vector (rip fff0, cs
+	 * f000) instead of at its SIPI vector. The events come next, so that
+	 * latched_init carries only an INIT that KVM still holds back (SMM,
+	 * GIF clear on SVM). Read before the MP state (QEMU's order, chosen
+	 * for nested guests, whose state these helpers do not save), an INIT
+	 * and SIPI delivered here would come back as a bare INIT where the
+	 * blob is loaded, and the AP would wait for a SIPI that never comes.
+	 */
+	if ((r = xioctl(vcpu_fd, KVM_GET_MP_STATE, &b->mp)) < 0) {
+		ioctl_err(err, r, "KVM_GET_MP_STATE");
+		goto fail;
+	}
+	BYTES(m.mp_state, &b->mp, sizeof(b->mp));
+	if ((r = xioctl(vcpu_fd, KVM_GET_VCPU_EVENTS, &b->events)) < 0) {
+		ioctl_err(err, r, "KVM_GET_VCPU_EVENTS");
+		goto fail;
+	}
+	BYTES(m.events, &b->events, sizeof(b->events));
 	if ((r = xioctl(vcpu_fd, KVM_GET_REGS, &b->regs)) < 0) {
 		ioctl_err(err, r, "KVM_GET_REGS");
 		goto fail;
@@ -388,16 +412,6 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 		ioctl_err(err, r, "KVM_GET_LAPIC");
 		goto fail;
 	}
-	if ((r = xioctl(vcpu_fd, KVM_GET_MP_STATE, &b->mp)) < 0) {
-		ioctl_err(err, r, "KVM_GET_MP_STATE");
-		goto fail;
-	}
-	BYTES(m.mp_state, &b->mp, sizeof(b->mp));
-	if ((r = xioctl(vcpu_fd, KVM_GET_VCPU_EVENTS, &b->events)) < 0) {
-		ioctl_err(err, r, "KVM_GET_VCPU_EVENTS");
-		goto fail;
-	}
-	BYTES(m.events, &b->events, sizeof(b->events));
 	if (m.sregs2.len)
 		sregs_from_sregs2(&b->sregs, &b->sregs2, &b->events);
 	if ((r = xioctl(vcpu_fd, KVM_GET_DEBUGREGS, &b->dregs)) < 0) {

@@ -56,10 +56,14 @@ MIG_API void mig_free(void *p);
  * size KVM_CAP_XSAVE2 reports), XCRs, the MSRs of KVM_GET_MSR_INDEX_LIST that
  * KVM_GET_MSRS accepts on this vCPU (TSC, TSC_ADJUST, TSC_DEADLINE, kvmclock
  * included), LAPIC (when in-kernel), MP state, pending events, debug
- * registers and the TSC frequency. `kvm_fd` is the /dev/kvm fd, `vcpu_fd` a vCPU that is not in
- * KVM_RUN. On success returns 0 and sets *blob (malloc'd, release with
- * mig_free()) and *len; on failure returns a negative errno, fills `err`
- * (naming the ioctl) and leaves *blob NULL.
+ * registers and the TSC frequency. `kvm_fd` is the /dev/kvm fd, `vcpu_fd` a
+ * vCPU that is not in KVM_RUN. The MP state is read first: KVM then
+ * delivers an INIT or SIPI still pending in the vCPU's LAPIC (as its next
+ * KVM_RUN would), so the blob holds the vCPU as it is after them, never
+ * registers from before an INIT with an MP state from after it; the vCPU
+ * itself is left in that state too. On success returns 0 and sets *blob
+ * (malloc'd, release with mig_free()) and *len; on failure returns a
+ * negative errno, fills `err` (naming the ioctl) and leaves *blob NULL.
  */
 MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 			      size_t *len, mig_error *err);
@@ -68,9 +72,11 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
  * Load a blob made by mig_x86_vcpu_save() into `vcpu_fd` (whose CPUID is
  * already set). The TSC frequency is set with KVM_SET_TSC_KHZ when it differs
  * from the vCPU's; -ENOTSUP if KVM cannot scale to it. Order inside, as KVM
- * needs it: sregs, regs, XCRs, XSAVE, LAPIC, MSRs (TSC_ADJUST before TSC),
- * vCPU events, MP state, debug registers, and TSC_DEADLINE last (KVM ignores
- * it unless the LAPIC is already in TSC-deadline mode and the TSC set).
+ * needs it: sregs, regs, XCRs, XSAVE, LAPIC, MSRs (TSC_ADJUST before TSC,
+ * TSC_DEADLINE last: KVM ignores it unless the LAPIC is already in
+ * TSC-deadline mode and the TSC set), vCPU events (with them an INIT the
+ * source held latched), MP state (KVM checks it against the events), debug
+ * registers.
  * Returns 0, -EBADMSG / -EINVAL for a bad blob (nothing applied), -ENOTSUP
  * for state this kernel cannot take (an MSR it does not list, XSAVE larger
  * than it supports), or the errno of the failing ioctl; err names the item.

@@ -355,6 +355,12 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	if (h->connection_index == 0)
 		d->early_state = d->load_early &&
 			(h->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE);
+	/* The source's hello is its first activity: the silence before it
+	 * (a destination waiting for its source, as long as it takes) must
+	 * not count towards the idle timeout, which starts with the session.
+	 * on_dread() saw these bytes while the connection was not yet
+	 * authenticated, so it did not count them. */
+	d->last_activity_us = mig__now_us();
 	c->authed = 1;
 	c->index = h->connection_index;
 	c->rd.limit = MIG_FRAME_MAX;

@@ -82,7 +82,8 @@ struct rig {
 	size_t in_len;
 };
 
-static void rig_up(struct rig *g, int load_early, uint64_t features)
+static void rig_up_late(struct rig *g, int load_early, uint64_t features,
+			uint32_t timeout_ms, unsigned late_ms)
 {
 	mig_dest_config cfg = { 0 };
 	mig_region reg = { 0 };
@@ -111,13 +112,14 @@ static void rig_up(struct rig *g, int load_early, uint64_t features)
 	cfg.vm.opaque = &g->vm;
 	cfg.uri = "tcp:127.0.0.1:0";
 	cfg.token = TOKEN;
-	cfg.timeout_ms = 5000;
+	cfg.timeout_ms = timeout_ms;
 	cfg.load_state_early = load_early;
 	assert_int_equal(mig_dest_create(&g->dst, &cfg, &err), 0);
 	assert_int_equal(mig_dest_start(g->dst, &err), 0);
 	port = mig_dest_port(g->dst);
 	assert_true(port > 0);
 
+	usleep(late_ms * 1000u); /* the source shows up late */
 	g->sock = socket(AF_INET, SOCK_STREAM, 0);
 	assert_true(g->sock >= 0);
 	setsockopt(g->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -156,6 +158,11 @@ static void rig_up(struct rig *g, int load_early, uint64_t features)
 	assert_int_equal(mig__msg_pack(&e, &b), 0);
 	assert_int_equal(write(g->sock, b.data, b.len), (ssize_t)b.len);
 	mig__buf_free(&b);
+}
+
+static void rig_up(struct rig *g, int load_early, uint64_t features)
+{
+	rig_up_late(g, load_early, features, 5000, 0);
 }
 
 static void rig_down(struct rig *g)
@@ -337,6 +344,26 @@ static void test_early_state_ok(void **state)
 	rig_down(&g);
 }
 
+/* The idle timeout starts with the source's hello: a destination that
+ * waited for its source longer than the timeout does not give up on it
+ * at its first tick. */
+static void test_late_source_not_timed_out(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+
+	(void)state;
+	rig_up_late(&g, 0, 0, 1000, 1500);
+	handshake(&g);
+	usleep(500 * 1000); /* two ticks, well under the timeout */
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_complete(&b);
+	send_buf(&g, &b);
+	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
+	rig_down(&g);
+}
+
 /*
  * A script the destination must refuse with a protocol error naming
  * `error`, never resuming: after the handshake (and, with `to_commit`, a
@@ -463,6 +490,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_early_state_ok),
+		cmocka_unit_test(test_late_source_not_timed_out),
 		cmocka_unit_test(test_state_after_commit),
 		cmocka_unit_test(test_state_end_after_commit),
 		cmocka_unit_test(test_complete_before_state_end),

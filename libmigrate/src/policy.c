@@ -12,6 +12,14 @@ enum mig_decision mig__policy_decide(mig_policy *p, const mig_round_obs *o,
 				tput) + p->fixed_us;
 	if (o->round >= p->max_rounds)
 		return MIG_SWITCH;
+	/* The fixed part alone over the target (round trips on a slow link):
+	 * no round can shorten it, so the copy is what rounds work on, and
+	 * once it is a small share of the target, one more round cannot take
+	 * off enough to pay for itself (as below). Going on would only run
+	 * empty rounds, the guest throttled ever harder, to max_rounds. */
+	if (p->fixed_us >= p->target_us &&
+	    *expect_us - p->fixed_us <= p->target_us / MIG_SWITCH_FRACTION)
+		return MIG_SWITCH;
 	/* Under the target, one more round is still worth it while it shrinks
 	 * the dirty set by a quarter or more: each costs little (it is short)
 	 * and takes downtime off (the target is a ceiling, not a goal). After

@@ -1521,8 +1521,10 @@ static int run_round(mig_source *s, uint64_t *dirtied)
 	int r;
 	long d;
 
-	if ((r = round_queue(s, &m)) < 0 || (r = wait_drained(s)) < 0 ||
-	    (r = round_end_queue(s)) < 0)
+	if ((r = round_queue(s, &m)) < 0 || (r = wait_drained(s)) < 0)
+		return r;
+	uint64_t t_end = mig__now_us();
+	if ((r = round_end_queue(s)) < 0)
 		return r;
 	uint64_t limit = s->params.timeout_ms ? s->params.timeout_ms
 					      : ROUND_ACK_TIMEOUT_MS;
@@ -1537,6 +1539,18 @@ static int run_round(mig_source *s, uint64_t *dirtied)
 		return r;
 	}
 	mig__msg_free(ack);
+	/* The acknowledgement comes one round trip or more after the round's
+	 * end went out (the destination answers once it has the round's
+	 * pages): each round measures the round trip again. The hello's
+	 * alone, the first exchange, with the destination's set-up in it, can
+	 * overstate it many times on a loaded host, and with it the fixed
+	 * part of every expected downtime (precopy()). The smallest is the
+	 * best estimate. */
+	uint64_t rtt = mig__now_us() - t_end;
+	pthread_mutex_lock(&s->lock);
+	if (rtt < s->rtt_us)
+		s->rtt_us = rtt;
+	pthread_mutex_unlock(&s->lock);
 	d = sync_dirty(s);
 	if (d < 0)
 		return (int)d;

@@ -213,6 +213,36 @@ static void test_max_rounds(void **state)
 	assert_int_equal(mig__policy_decide(&p, &o, &e), MIG_SWITCH);
 }
 
+/* The fixed part alone over the target (a slow link's round trips): no
+ * round can reach the target, so a copy already a small share of it
+ * switches at once instead of throttling flat rounds to max_rounds. */
+static void test_fixed_over_target(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	p.fixed_us = 400000;
+	mig_round_obs o = obs(1, 300, 100e6, 100e6); /* 12 ms of copy */
+	assert_int_equal(mig__policy_decide(&p, &o, &e), MIG_SWITCH);
+	assert_true(e > p.target_us);
+}
+
+/* The fixed part just under the target: a converging guest still gets
+ * the round that brings the downtime under it (the target is a ceiling). */
+static void test_fixed_just_under_target(void **state)
+{
+	mig_policy p = policy(1);
+	uint64_t e;
+	(void)state;
+	p.fixed_us = 295000;
+	mig_round_obs o1 = obs(1, 400, 100e6, 1e6); /* 16 ms: 311 ms */
+	mig_round_obs o2 = obs(2, 100, 100e6, 1e6); /* 4 ms: 299 ms */
+	assert_int_equal(mig__policy_decide(&p, &o1, &e), MIG_CONTINUE);
+	assert_true(e > p.target_us);
+	assert_int_equal(mig__policy_decide(&p, &o2, &e), MIG_SWITCH);
+	assert_true(e <= p.target_us);
+}
+
 /* A zero throughput (nothing measured) does not divide by zero. */
 static void test_zero_throughput(void **state)
 {
@@ -236,6 +266,8 @@ int main(void)
 		cmocka_unit_test(test_no_throttle_switches_when_flat),
 		cmocka_unit_test(test_max_rounds),
 		cmocka_unit_test(test_zero_throughput),
+		cmocka_unit_test(test_fixed_over_target),
+		cmocka_unit_test(test_fixed_just_under_target),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -210,7 +210,27 @@ void cpu_destroy_all(struct vm *vm)
 
 /* ---- failure reports ----------------------------------------------- */
 
-static void report_regs(struct vcpu *v)
+/*
+ * The state KVM gives a vCPU on INIT: real mode at the reset vector. A PVH
+ * guest never runs there (no firmware answers at 0xfffffff0), so a vCPU
+ * found in it after a shutdown was put there by KVM, not by the guest.
+ */
+static bool in_init_state(const struct kvm_regs *r, const struct kvm_sregs *s)
+{
+	return r->rip == 0xfff0 && s->cs.selector == 0xf000 &&
+	       s->cs.base == 0xffff0000 && !(s->cr0 & 1 /* PE */);
+}
+
+/*
+ * `shutdown`: after KVM_EXIT_SHUTDOWN. The registers are the triple fault's
+ * on Intel VMX (and PVM), and wherever KVM raised the triple fault itself,
+ * but not when AMD SVM hardware shut the guest down: the VMCB is undefined
+ * after a shutdown intercept, so KVM re-initialises the vCPU (an INIT)
+ * before it returns, and what reads back is the INIT state (rip fff0, cs
+ * f000 base ffff0000, rax 0). Printed as the fault's registers it looked
+ * like a guest that had been reset, or had jumped to the reset vector.
+ */
+static void report_regs(struct vcpu *v, bool shutdown)
 {
 	struct kvm_regs r;
 	struct kvm_sregs s;
@@ -219,6 +239,14 @@ static void report_regs(struct vcpu *v)
 	    ioctl(v->fd, KVM_GET_SREGS, &s) < 0) {
 		fprintf(stderr, "migvm: vCPU %u: registers unreadable: %s\n",
 			v->index, strerror(errno));
+		return;
+	}
+	if (shutdown && in_init_state(&r, &s)) {
+		fprintf(stderr, "migvm: vCPU %u: registers at the triple fault "
+			"are lost: KVM re-initialised the vCPU when the guest "
+			"shut down (it does so on AMD SVM, where the VMCB is "
+			"undefined after a shutdown); the vCPU is in its INIT "
+			"state now (rip fff0, cs f000)\n", v->index);
 		return;
 	}
 	fprintf(stderr,
@@ -302,20 +330,20 @@ static bool handle_exit(struct vcpu *v)
 				"(KVM_EXIT_HLT)", v->index);
 		return false;
 	case KVM_EXIT_SHUTDOWN:
-		report_regs(v);
+		report_regs(v, true);
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: guest shut "
 				"down (triple fault, KVM_EXIT_SHUTDOWN)",
 				v->index);
 		return false;
 	case KVM_EXIT_FAIL_ENTRY:
-		report_regs(v);
+		report_regs(v, false);
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_EXIT_FAIL"
 				"_ENTRY, hardware reason 0x%llx", v->index,
 				(unsigned long long)run->fail_entry
 					.hardware_entry_failure_reason);
 		return false;
 	case KVM_EXIT_INTERNAL_ERROR:
-		report_regs(v);
+		report_regs(v, false);
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_EXIT_"
 				"INTERNAL_ERROR, suberror %u", v->index,
 				run->internal.suberror);
@@ -331,14 +359,14 @@ static bool handle_exit(struct vcpu *v)
 					"asked for a reset (not supported)");
 			break;
 		default:
-			report_regs(v);
+			report_regs(v, false);
 			vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: system "
 					"event %u", v->index,
 					run->system_event.type);
 		}
 		return false;
 	default:
-		report_regs(v);
+		report_regs(v, false);
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: unexpected "
 				"exit reason %u", v->index, run->exit_reason);
 		return false;
@@ -499,7 +527,7 @@ static void *vcpu_thread(void *arg)
 				throttle_sleep(v);
 				continue;
 			}
-			report_regs(v);
+			report_regs(v, false);
 			vm_request_exit(vm, MIGVM_EXIT_ERROR, "vCPU %u: KVM_RUN: "
 					"%s", v->index, strerror(errno));
 			break;

@@ -1,38 +1,156 @@
 #!/usr/bin/env bash
 # Helpers for the migd tests (test_migd*.sh), on top of test_vm_common.sh:
-#   mc HOST ARGS...           migctl on HOST's control socket, with a timeout
-#   jfield JSON KEY           a top-level field of a JSON object
+#   mc HOST ARGS...           migctl on HOST's control socket, bounded
+#                             (120 s; 250 s for a `migrate` that waits)
+#   mc_to FILE HOST ARGS...   mc with its output in FILE and its exit
+#                             status in MC_RC
+#   jfield JSON KEY           a field of migctl's JSON for a VM: a top-level
+#                             one, or progress.KEY (no process started)
+#   vm_state HOST NAME        NAME's state on HOST (status into $S)
 #   wait_vm_hb HOST NAME N    wait until NAME on HOST has shown N heartbeats
-#   wait_migd_ready HOST      wait until migd HOST (started with its stderr
-#                             in $WORK/migd-HOST.err) listens on both ports
+#   wait_vm_state HOST NAME SECS STATE...  wait until NAME's state on HOST is
+#                             one of STATEs; its status in $S
+#   wait_migd_ready HOST PID  wait until migd HOST (PID, started with its
+#                             stderr in $WORK/migd-HOST.err) listens on both
+#                             ports; false if it ended (its reason is in
+#                             that file)
+#   pick_port                 a TCP port nothing uses, out of the ephemeral
+#                             range, in PORT (a migd that finds it taken
+#                             after all fails to start: try again)
+#   proc_ended PID            PID is gone, or a zombie
+#   end_daemons               end the daemons in D_PIDS and the migvm of
+#                             every VM in their state dirs ($WORK/*/*.pid:
+#                             they outlive their daemon by design), TERM
+#                             then KILL; for the tests' EXIT traps
+# Bounds are in seconds, for a stuck test only: none assumes a speed.
 
 mc() { # mc HOST ARGS...
-	local h=$1
+	local h=$1 secs=120
 	shift
-	timeout -s KILL 120 "$MIGCTL" --socket "$WORK/$h.sock" "$@"
+	# A `migrate` that waits polls until the migration ends.
+	[[ " $* " == *" migrate "* && " $* " != *" --no-wait "* ]] && secs=250
+	bounded "$secs" "$MIGCTL" --socket "$WORK/$h.sock" "$@"
 }
 
-jfield() { # jfield JSON KEY (top-level string or number)
-	python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v.get(sys.argv[2]))' "$1" "$2"
+# In the test's own shell, not in $(...): SIGTERM ends the test at once,
+# even in the middle of a migration.
+mc_to() { # mc_to FILE HOST ARGS...
+	local out=$1
+	shift
+	mc "$@" >"$out" 2>&1
+	MC_RC=$?
+}
+
+# migctl prints a VM's top-level fields first, then "progress" (while it
+# migrates), then "last_result" (the migvm's own JSON): the first "KEY":
+# in the text is the top-level one. A string's quotes are escaped inside
+# another string, so "KEY": never matches inside one.
+jfield() { # jfield JSON KEY|progress.KEY
+	local j=$1 k=$2 re
+	if [[ $k == progress.* ]]; then
+		[[ $j == *'"progress":{'* ]] || return 0
+		j=${j#*\"progress\":\{}
+		j=${j%%\}*}
+		k=${k#progress.}
+	fi
+	re="\"$k\":(\"((\\\\.|[^\"\\\\])*)\"|([^,}]*))"
+	[[ $j =~ $re ]] || return 0
+	if [ -n "${BASH_REMATCH[4]}" ]; then
+		[ "${BASH_REMATCH[4]}" = null ] || echo "${BASH_REMATCH[4]}"
+	else
+		printf '%b\n' "${BASH_REMATCH[2]//\\\"/\"}"
+	fi
+}
+
+vm_state() { # vm_state HOST NAME: prints the state, $S holds the status
+	S=$(mc "$1" --json status "$2") || return 1
+	jfield "$S" state
+}
+
+vm_hb_at_least() { # HOST NAME N
+	local s
+	s=$(mc "$1" --json status "$2") || fail "status $2 on $1: $s"
+	S=$s
+	[ "$(jfield "$s" hb_lines)" -ge "$3" ] 2>/dev/null
 }
 
 wait_vm_hb() { # wait_vm_hb HOST NAME N
-	local s
-	for _ in $(seq 300); do
-		s=$(mc "$1" --json status "$2") || fail "status $2 on $1: $s"
-		[ "$(jfield "$s" hb_lines)" -ge "$3" ] 2>/dev/null && return 0
-		sleep 0.1
-	done
-	fail "$2 on $1: fewer than $3 heartbeats: $s"
+	S=
+	poll_until 120 vm_hb_at_least "$1" "$2" "$3" ||
+		fail "$2 on $1: fewer than $3 heartbeats after 120 s: $S"
 }
 
-wait_migd_ready() { # wait_migd_ready HOST
+wait_vm_state() { # wait_vm_state HOST NAME SECS STATE...
+	local h=$1 n=$2 secs=$3
+	shift 3
+	S=
+	poll_until "$secs" vm_state_in "$h" "$n" "$@" ||
+		fail "$n on $h: not $* after $secs s: $S"
+}
+
+vm_state_in() { # HOST NAME STATE...: like vm_state_is, keeping $S
+	local h=$1 n=$2 st want
+	shift 2
+	S=$(mc "$h" --json status "$n") || return 1
+	st=$(jfield "$S" state)
+	for want in "$@"; do
+		[ "$st" = "$want" ] && return 0
+	done
+	return 1
+}
+
+migd_ready() { # HOST PID
+	local log
+	kill -0 "$2" 2>/dev/null || return 2
+	[ -S "$WORK/$1.sock" ] || return 1
+	mapfile -t log <"$WORK/migd-$1.err" 2>/dev/null
+	[[ "${log[*]}" == *"ready:"* ]]
+}
+
+wait_migd_ready() { # wait_migd_ready HOST PID
 	# migd logs "ready" once its control socket and its peer port are both
 	# up; the control socket alone appears first.
-	for _ in $(seq 100); do
-		grep -q "ready:" "$WORK/migd-$1.err" && [ -S "$WORK/$1.sock" ] &&
-			return 0
-		sleep 0.05
+	local t0=$SECONDS r i
+	for ((i = 0; i <= 1200 && SECONDS - t0 <= 120; i++)); do
+		migd_ready "$1" "$2"
+		r=$?
+		[ "$r" = 0 ] && return 0
+		[ "$r" = 2 ] && return 1
+		nap 0.1
 	done
-	fail "migd $1 did not start"
+	fail "migd $1 did not get ready in 120 s"
+}
+
+pick_port() { # sets PORT
+	local t4 t6 i hex
+	mapfile -t t4 </proc/net/tcp
+	mapfile -t t6 </proc/net/tcp6 2>/dev/null
+	for ((i = 0; i < 100; i++)); do
+		PORT=$((20000 + RANDOM % 12000))
+		printf -v hex '%04X' "$PORT"
+		[[ "${t4[*]} ${t6[*]}" == *":$hex "* ]] || return 0
+	done
+	fail "no free port found"
+}
+
+proc_ended() { # PID
+	local st
+	[[ $1 =~ ^[0-9]+$ ]] || return 0
+	{ read -r st <"/proc/$1/stat"; } 2>/dev/null || return 0
+	st=${st##*) }
+	[[ $st == [ZX]* ]]
+}
+
+D_PIDS=()
+end_daemons() {
+	local p f pids=()
+	for p in "${D_PIDS[@]}"; do pids+=("$p"); done
+	for f in "$WORK"/*/*.pid; do
+		[ -f "$f" ] && read -r p <"$f" && [[ $p =~ ^[0-9]+$ ]] && pids+=("$p")
+	done
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	for p in "${pids[@]}"; do
+		poll_until 10 proc_ended "$p"
+		kill -KILL "$p" 2>/dev/null
+	done
 }

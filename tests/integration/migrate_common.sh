@@ -1,43 +1,150 @@
 #!/usr/bin/env bash
 # Helpers for the live-migration tests, on top of test_vm_common.sh.
 #
+#   launch_vm NAME ARGS...      start_vm, under a longer bound (MIG_VM_SECS,
+#                               900 s): a migration test's VMs live through
+#                               several steps, each as slow as the machine
 #   start_dest NAME ARGS...     migvm --incoming on a free loopback port;
 #                               sets DEST_PID and DEST_PORT
 #   run_source NAME ARGS...     migvm --migrate-to the destination, in the
 #                               foreground; $WORK/NAME.out holds its JSON
+#   start_source NAME ARGS...   migvm to be migrated later through its control
+#                               socket $WORK/NAME.sock; returns once its guest
+#                               runs its workload (a heartbeat: touching
+#                               memory is done, however long it took); sets
+#                               SRC_PID
+#   migrate_source NAME K=V...  `ctl migrate` NAME to the destination with
+#                               these parameters; waits for its JSON result
+#                               and, once it migrated, for it to exit; RC is
+#                               its exit status (1 if the migration failed:
+#                               the VM is left running there)
+#   dest_runs NAME N            the destination NAME (started with --control
+#                               $WORK/NAME.sock) runs the guest on: N
+#                               heartbeats on its console, no mismatch; then
+#                               it is told to quit; RC is its exit status
 #   check_json FILE             the JSON is well-formed and its stats agree
+#   migrate_committed NAME SOCK PID K=V...
+#                               `ctl SOCK migrate` (a VM named NAME, whose
+#                               migvm is PID) to the destination with these
+#                               parameters: the source exits 0 and its JSON
+#                               ($WORK/NAME.out, copied to NAME.json) checks
 #   check_continues SRC DEST    the guest's heartbeats go on after the move
 #                               (sequence and ticks), with no mismatch
+#
+# Every wait is for a condition (poll_until), its bound in seconds only
+# ending a test that is stuck: the tests also run where the machine is many
+# times slower (a nested KVM host under emulation, tests/nested), so none
+# may assume how long booting, touching memory or migrating takes.
 here=$(dirname "${BASH_SOURCE[0]}")
 # shellcheck source=test_vm_common.sh
 source "$here/test_vm_common.sh"
 
 TOKEN=tok-$$-$RANDOM
+MIG_VM_SECS=${MIG_VM_SECS:-900}
+
+launch_vm() {
+	local name=$1
+	shift
+	timeout -s TERM "$MIG_VM_SECS" "$MIGVM" "$@" >"$WORK/$name.out" \
+		2>"$WORK/$name.err" &
+	VM_PID=$!
+	VM_PIDS+=("$VM_PID")
+}
 
 start_dest() {
-	local name=$1 i
+	local name=$1
 	shift
-	start_vm "$name" --incoming tcp:127.0.0.1:0 --token "$TOKEN" \
+	launch_vm "$name" --incoming tcp:127.0.0.1:0 --token "$TOKEN" \
 		--console "$WORK/$name.con" "$@"
 	DEST_PID=$VM_PID
 	DEST_PORT=
-	for i in $(seq 300); do # --prealloc: 1-6 s per GiB here
-		DEST_PORT=$(sed -n 's/.*incoming migration on port \([0-9]*\).*/\1/p' \
-			"$WORK/$name.err" 2>/dev/null)
-		[ -n "$DEST_PORT" ] && return 0
-		kill -0 "$DEST_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	fail "destination $name did not listen"
+	# --prealloc: 1-6 s per GiB natively
+	poll_until 600 dest_listens "$name" ||
+		fail "destination $name did not listen"
+}
+
+dest_listens() { # NAME: sets DEST_PORT once the port is announced
+	local line
+	[ -e "$WORK/$1.err" ] || return 1
+	while read -r line; do
+		case $line in
+		*"incoming migration on port "*)
+			DEST_PORT=${line##*port }
+			DEST_PORT=${DEST_PORT%%[!0-9]*}
+			return 0 ;;
+		esac
+	done <"$WORK/$1.err"
+	kill -0 "$DEST_PID" 2>/dev/null || fail "destination $1 exited: $(cat "$WORK/$1.err")"
+	return 1
 }
 
 run_source() {
 	local name=$1
 	shift
-	timeout -s TERM 240 "$MIGVM" --migrate-to "tcp:127.0.0.1:$DEST_PORT" \
+	timeout -s TERM "$MIG_VM_SECS" "$MIGVM" --migrate-to "tcp:127.0.0.1:$DEST_PORT" \
 		--token "$TOKEN" --console "$WORK/$name.con" "$@" \
 		>"$WORK/$name.out" 2>"$WORK/$name.err"
 	RC=$?
+}
+
+start_source() {
+	local name=$1
+	shift
+	launch_vm "$name" --control "$WORK/$name.sock" \
+		--console "$WORK/$name.con" "$@"
+	SRC_PID=$VM_PID
+	wait_sock "$WORK/$name.sock"
+	wait_hb "$WORK/$name.sock" 1 200
+}
+
+# Its JSON result is out (migvm prints nothing else on stdout), or it ended.
+result_out() { # NAME
+	[ -s "$WORK/$1.out" ] || ! kill -0 "$SRC_PID" 2>/dev/null
+}
+
+migrate_source() {
+	local name=$1
+	shift
+	ctl "$WORK/$name.sock" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" "$@" \
+		>/dev/null || fail "$name: migvm ctl migrate refused the migration"
+	poll_until 600 result_out "$name" ||
+		fail "$name: no migration result after 600 s"
+	if grep -q '^{"status":"ok"' "$WORK/$name.out"; then
+		# It migrated: it exits by itself. If not, say where it waits.
+		poll_until 120 pid_gone "$SRC_PID" || {
+			local p t
+			p=$(pgrep -P "$SRC_PID" -x migvm)
+			for t in /proc/${p:-$SRC_PID}/task/*; do
+				echo "$name: thread $(cat "$t/comm" 2>/dev/null)" \
+					"state $(cut -d' ' -f3 "$t/stat" 2>/dev/null)" \
+					"wchan $(cat "$t/wchan" 2>/dev/null)"
+				cat "$t/stack" 2>/dev/null
+			done >&2
+			command -v gdb >/dev/null && timeout 60 gdb -q -batch \
+				-p "${p:-$SRC_PID}" -ex "thread apply all bt 12" 2>&1 |
+				grep -E '^(Thread|#)' >&2
+		}
+		wait_exit "$SRC_PID" 1
+	else
+		RC=1
+	fi
+}
+
+# The destination's console shows N heartbeats (printed there), or it ended.
+dest_beats() { # NAME N
+	[ "$(grep -c '^hb ' "$WORK/$1.con")" -ge "$2" ] || ! kill -0 "$DEST_PID" 2>/dev/null
+}
+
+dest_runs() {
+	local name=$1 n=$2
+	poll_until 300 dest_beats "$name" "$n" &&
+		[ "$(grep -c '^hb ' "$WORK/$name.con")" -ge "$n" ] ||
+		fail "$name: fewer than $n heartbeats on the destination"
+	status "$WORK/$name.sock"
+	[ "$(field run_state)" = running ] || fail "$name: the VM is $(field run_state)"
+	[ "$(field mismatches)" = 0 ] || fail "$name: guest mismatches: $STATUS"
+	ctl "$WORK/$name.sock" quit >/dev/null || fail "$name: quit refused"
+	wait_exit "$DEST_PID" 120
 }
 
 check_json() {
@@ -64,6 +171,17 @@ print("migrated: %d rounds, %d pages, %.1f MB on the wire, downtime %.1f ms, tot
       % (j["rounds"], j["pages_sent"], j["bytes_on_wire"] / 1e6, j["downtime_ms"],
          j["total_time_ms"]))
 PY
+}
+
+migrate_committed() { # NAME SOCK PID K=V...
+	local name=$1 sock=$2 pid=$3
+	shift 3
+	ctl "$sock" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" "$@" >/dev/null ||
+		fail "$name: migrate did not start"
+	wait_exit "$pid" 120
+	[ "$RC" = 0 ] || fail "$name: the source exited $RC after the migration"
+	grep '^{' "$WORK/$name.out" | tail -n1 >"$WORK/$name.json"
+	check_json "$WORK/$name.json"
 }
 
 # The last heartbeat on the source and the first ones on the destination.

@@ -17,40 +17,76 @@ MIGD=$BUILD/daemon/migd
 MIGCTL=$BUILD/daemon/migctl
 [ -x "$MIGD" ] && [ -x "$MIGCTL" ] || fail "migd/migctl not built"
 
-D_PIDS=()
+test_deadline 270 # CTest gives it 300 s (290 in a nested host)
+
+# The guest rewrites 500 pages/s (idle=halt: it sleeps in between) and
+# checks each page before it rewrites it: what is tested here is the
+# daemons' part, not how a migration keeps up with a guest that takes all
+# the CPU it can (test_migrate_throttle), which would make every migration
+# here a throttling one where the machine is slow.
+GUEST="touch=32M wss=8M rate=500 idle=halt hb=300"
+
 cleanup_migd() {
-	local p f
-	for p in "${D_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-	# migvm processes outlive their daemon by design: end them by pid.
-	for f in "$WORK"/*/*.pid; do
-		[ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
-	done
-	sleep 0.5
-	for p in "${D_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-	for f in "$WORK"/*/*.pid; do
-		[ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
-	done
+	end_daemons
 	cleanup
 }
 trap cleanup_migd EXIT
 
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# start_migd NAME PSKFILE [ARGS...]: sets PORT_<NAME> and PID_<NAME>
+start_migd() {
+	local name=$1 psk=$2 port pid
+	shift 2
+	for _ in 1 2 3 4 5; do
+		pick_port
+		port=$PORT
+		# Not under timeout(1): $! must be migd itself (the test kills it).
+		"$MIGD" --state-dir "$WORK/$name" \
+			--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \
+			--psk-file "$psk" --log-level debug "$@" \
+			>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
+		pid=$!
+		D_PIDS+=("$pid")
+		if wait_migd_ready "$name" "$pid"; then
+			eval "PORT_$name=$port PID_$name=$pid"
+			return 0
+		fi
+		wait "$pid" 2>/dev/null
+		# Taken since pick_port looked (another test, say): another one.
+		grep -qi "address already in use" "$WORK/migd-$name.err" || break
+	done
+	fail "migd $name did not start: $(cat "$WORK/migd-$name.err")"
 }
 
-# start_migd NAME PSKFILE [ARGS...]: sets PORT_<NAME>
-start_migd() {
-	local name=$1 psk=$2 port
-	shift 2
-	port=$(free_port)
-	# Not under timeout(1): $! must be migd itself (the test kills it).
-	"$MIGD" --state-dir "$WORK/$name" \
-		--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \
-		--psk-file "$psk" --log-level debug "$@" \
-		>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
-	D_PIDS+=($!)
-	eval "PORT_$name=$port PID_$name=$!"
-	wait_migd_ready "$name"
+# check_result JSON: a migration that committed, with consistent figures
+# (migctl's JSON: the VM's last_result is the only object with these
+# keys); a summary in $RESULT.
+check_result() {
+	local st rounds dt tt
+	st=$(jfield "$1" status) rounds=$(jfield "$1" rounds)
+	dt=$(jfield "$1" downtime_ms) tt=$(jfield "$1" total_time_ms)
+	[ "$st" = ok ] && [ "$rounds" -ge 1 ] 2>/dev/null &&
+		awk -v d="$dt" -v t="$tt" 'BEGIN { exit !(d > 0 && d < t) }' ||
+		fail "bad result: $1"
+	RESULT="downtime $dt ms, total $tt ms, $rounds rounds"
+}
+
+# runs_on HOST [N]: vm1 runs there and goes on (N, 2, more heartbeats), no
+# mismatch. The counts come from a status that has the guest's (migd leaves
+# them out, zero, when its migvm does not answer it in time).
+runs_on() {
+	local s
+	s=$(mc "$1" --json status vm1) || fail "vm1 not on $1: $s"
+	[ "$(jfield "$s" state)" = running ] || fail "$1 says $s"
+	wait_vm_hb "$1" vm1 1
+	wait_vm_hb "$1" vm1 $(($(jfield "$S" hb_lines) + ${2:-2}))
+	[ "$(jfield "$S" mismatches)" = 0 ] || fail "mismatch on $1: $S"
+	grep -q MISMATCH "$WORK/$1/vm1.console" && fail "MISMATCH on $1's console"
+	return 0
+}
+
+in_precopy() { # HOST NAME
+	S=$(mc "$1" --json status "$2") || return 1
+	[ "$(jfield "$S" progress.phase)" = precopy ]
 }
 
 head -c 32 /dev/urandom | base64 >"$WORK/psk"
@@ -70,7 +106,7 @@ start_migd a "$WORK/psk"
 start_migd b "$WORK/psk"
 [ "$(stat -c %a "$WORK/a.sock")" = 600 ] || fail "control socket mode is not 0600"
 
-mc a start vm1 --mem 512 --cpus 1 --cmdline "touch=64M wss=16M hb=300" >/dev/null ||
+mc a start vm1 --mem 512 --cpus 1 --cmdline "$GUEST" >/dev/null ||
 	fail "start vm1"
 wait_vm_hb a vm1 2
 out=$(mc a start vm1 --mem 512 --cpus 1 2>&1) && fail "a second vm1 started"
@@ -80,30 +116,22 @@ grep -q "no VM named nosuch" <<<"$out" || fail "unclear error: $out"
 ok "vm1 runs on A"
 
 # A -> B
-res=$(mc a --json migrate vm1 --to "127.0.0.1:$PORT_b") || fail "migrate A->B: $res"
+mc_to "$WORK/res" a --json migrate vm1 --to "127.0.0.1:$PORT_b"
+res=$(<"$WORK/res")
+[ "$MC_RC" = 0 ] || fail "migrate A->B: $res"
 [ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
-python3 - "$res" <<'PY' || fail "bad result: $res"
-import json, sys
-r = json.loads(sys.argv[1])["last_result"]
-assert r["status"] == "ok" and r["rounds"] >= 1 and 0 < r["downtime_ms"] < r["total_time_ms"], r
-print("A->B: downtime %.1f ms, total %.1f ms, %d rounds" % (r["downtime_ms"], r["total_time_ms"], r["rounds"]))
-PY
-s=$(mc b --json status vm1) || fail "vm1 not on B"
-[ "$(jfield "$s" state)" = running ] || fail "B says $s"
-hb=$(jfield "$s" hb_lines)
-wait_vm_hb b vm1 $((hb + 2))
-s=$(mc b --json status vm1)
-[ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on B: $s"
-grep -q MISMATCH "$WORK"/b/vm1.console && fail "MISMATCH on B's console"
+check_result "$res"
+echo "A->B: $RESULT"
+runs_on b
 grep -q "vm1 *migrated" <<<"$(mc a list)" || fail "A does not list vm1 as migrated"
 ok "vm1 moved to B and keeps running"
 
 # B -> A (plain output, as a person sees it)
-out=$(mc b migrate vm1 --to "127.0.0.1:$PORT_a") || fail "migrate B->A: $out"
+mc_to "$WORK/out" b migrate vm1 --to "127.0.0.1:$PORT_a"
+out=$(<"$WORK/out")
+[ "$MC_RC" = 0 ] || fail "migrate B->A: $out"
 grep -q "migrated to .*downtime .* ms, total .* ms" <<<"$out" || fail "B->A said: $out"
-s=$(mc a --json status vm1)
-[ "$(jfield "$s" state)" = running ] || fail "A says $s"
-wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 2))
+runs_on a
 ok "and back to A: $out"
 
 # Wrong pre-shared key: refused, the VM stays on A.
@@ -116,7 +144,7 @@ grep -q "authentication failed" <<<"$(jfield "$s" last_error)" || fail "status d
 grep -q "authentication failed" "$WORK/migd-c.err" || fail "C did not log the refusal"
 out=$(mc c --json list) || fail "list on C failed: $out"
 grep -q vm1 <<<"$out" && fail "C holds a vm1"
-wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 1))
+runs_on a 1
 ok "wrong key refused: $out"
 
 # Reservation refused: D may give VMs 256 MiB only.
@@ -127,56 +155,58 @@ s=$(mc a --json status vm1)
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A: $s"
 ok "reservation refused: $out"
 
-# The destination daemon dies during pre-copy (4 MiB/s: 64 MiB take ~16 s).
-mc a --json migrate vm1 --to "127.0.0.1:$PORT_b" --max-bandwidth 4M --no-wait >/dev/null ||
+# The destination daemon dies during pre-copy. At 1 MiB/s the 32 MiB the
+# guest touched take 32 s or more, however fast the machine: B is killed
+# as soon as A reports pre-copy.
+mc a --json migrate vm1 --to "127.0.0.1:$PORT_b" --max-bandwidth 1M --no-wait >/dev/null ||
 	fail "migrate to B did not start"
-for _ in $(seq 100); do
-	s=$(mc a --json status vm1)
-	grep -q '"phase":"precopy"' <<<"$s" && break
-	sleep 0.1
-done
-grep -q '"phase":"precopy"' <<<"$s" || fail "no pre-copy progress: $s"
+poll_until 120 in_precopy a vm1 || fail "no pre-copy progress: $S"
 kill -KILL "$PID_b"
-for _ in $(seq 300); do
-	s=$(mc a --json status vm1)
-	[ "$(jfield "$s" state)" != migrating ] && break
-	sleep 0.1
-done
+wait "$PID_b" 2>/dev/null
+wait_vm_state a vm1 120 running exited migrated
+s=$S
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A after B died: $s"
 grep -qi "destination\|peer" <<<"$(jfield "$s" last_error)" || fail "status does not say why: $s"
-wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 2))
-s=$(mc a --json status vm1)
-[ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on A: $s"
+runs_on a
 ok "destination killed during pre-copy: $(jfield "$s" last_error)"
 
 # migd A crashes: vm1's migvm runs on. A second migd cannot take A's state
 # dir while the first runs; a restarted A takes vm1 back (no restart of
 # the VM), reports it, and still migrates it.
 vpid=$(cat "$WORK/a/vm1.pid")
-out=$("$MIGD" --state-dir "$WORK/a" --control "$WORK/a2.sock" 2>&1) && fail "two migd on one state dir"
+out=$(timeout -s KILL 60 "$MIGD" --state-dir "$WORK/a" --control "$WORK/a2.sock" 2>&1) &&
+	fail "two migd on one state dir"
 grep -q "another migd (pid $PID_a) uses --state-dir" <<<"$out" || fail "unclear error: $out"
 kill -KILL "$PID_a"
-sleep 0.3
-kill -0 "$vpid" || fail "vm1's migvm died with its daemon"
+wait "$PID_a" 2>/dev/null
 rm -f "$WORK/a.sock"
 start_migd a "$WORK/psk"
+kill -0 "$vpid" 2>/dev/null && ! proc_ended "$vpid" || fail "vm1's migvm died with its daemon"
 s=$(mc a --json status vm1) || fail "restarted A does not know vm1: $s"
 [ "$(jfield "$s" state)" = running ] && [ "$(jfield "$s" pid)" = "$vpid" ] ||
 	fail "restarted A: $s"
 grep -q "taken back after a migd restart: migvm pid $vpid" "$WORK/migd-a.err" ||
 	fail "A did not log the take-back"
-wait_vm_hb a vm1 $(($(jfield "$s" hb_lines) + 2))
+runs_on a
 start_migd b "$WORK/psk"
-res=$(mc a --json migrate vm1 --to "127.0.0.1:$PORT_b") || fail "migrate an adopted VM: $res"
+mc_to "$WORK/res" a --json migrate vm1 --to "127.0.0.1:$PORT_b"
+res=$(<"$WORK/res")
+[ "$MC_RC" = 0 ] || fail "migrate an adopted VM: $res"
 [ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
-s=$(mc b --json status vm1)
-[ "$(jfield "$s" state)" = running ] || fail "B says $s"
-wait_vm_hb b vm1 $(($(jfield "$s" hb_lines) + 2))
+# An adopted migvm may end before its daemon reads its result (the
+# destination then says it committed): a result, if any, says ok.
+if [ -n "$(jfield "$res" last_result)" ]; then
+	check_result "$res"
+	echo "A->B (adopted): $RESULT"
+fi
+runs_on b
 ok "migd restarted: vm1 (pid $vpid) taken back, then migrated to B"
 # B is killed: its VM's migvm dies while B is down; restarted, B says so.
 vpid=$(cat "$WORK/b/vm1.pid")
 kill -KILL "$PID_b"
 kill -KILL "$vpid"
+wait "$PID_b" 2>/dev/null
+poll_until 60 proc_ended "$vpid" || fail "migvm $vpid survived SIGKILL"
 rm -f "$WORK/b.sock"
 start_migd b "$WORK/psk"
 s=$(mc b --json status vm1) || fail "restarted B does not know vm1: $s"
@@ -184,14 +214,9 @@ s=$(mc b --json status vm1) || fail "restarted B does not know vm1: $s"
 grep -q "ended while migd was not running" <<<"$(jfield "$s" last_error)" || fail "B does not say why: $s"
 [ -e "$WORK/b/vm1.json" ] && fail "B kept the config of an ended VM"
 ok "a VM that ended while its migd was down: $(jfield "$s" last_error)"
-mc b start vm1 --mem 512 --cpus 1 --cmdline "touch=64M wss=16M hb=300" >/dev/null ||
+mc b start vm1 --mem 512 --cpus 1 --cmdline "$GUEST" >/dev/null ||
 	fail "start vm1 again on B"
 wait_vm_hb b vm1 2
 mc b stop vm1 >/dev/null || fail "stop"
-for _ in $(seq 100); do
-	s=$(mc b --json status vm1)
-	[ "$(jfield "$s" state)" = exited ] && break
-	sleep 0.1
-done
-[ "$(jfield "$s" state)" = exited ] || fail "vm1 did not stop: $s"
-ok "stopped: $(jfield "$s" last_error)"
+wait_vm_state b vm1 120 exited
+ok "stopped: $(jfield "$S" last_error)"

@@ -9,26 +9,37 @@
 # The destination fills guest RAM with base pages and gives it to THP once
 # the VM runs there; with --incoming-huge-pages (the bitmap run), THP all
 # along.
+#
+# No step assumes how fast the machine is: the destination starts, and the
+# migration with it, once the guest runs its workload (a heartbeat on the
+# control channel), and the guest has no duration: it runs on the
+# destination until the test, having looked at the destination's memory and
+# seen heartbeats there, tells it to quit (with no mismatch, migvm exits 0).
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
 need_testguest
 
-guest="touch=128M wss=64M rate=max hb=500 duration=10"
+guest="touch=128M wss=64M rate=max hb=500"
 for mode in clear bitmap ring conn1; do
-	extra=(--dirty-log "$mode")
-	[ "$mode" = conn1 ] && extra=(--connections 1 --compress on)
+	# The dirty-log backend on the command line too: the ring must be
+	# enabled before the vCPUs exist.
+	params=(dirty-log="$mode")
+	sopts=(--dirty-log "$mode")
+	[ "$mode" = conn1 ] && params=(connections=1 compress=on) && sopts=()
+	dctl=(--control "$WORK/dst-$mode.sock")
+	start_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" "${sopts[@]}"
 	if [ "$mode" = conn1 ]; then
 		# --prealloc: all guest RAM backed before the port is announced
-		start_dest dst-$mode --mem 1024 --cpus 2 --prealloc
+		start_dest dst-$mode --mem 1024 --cpus 2 --prealloc "${dctl[@]}"
 		rss=$(awk '/^VmRSS/ {print $2}' "/proc/$(pgrep -P "$DEST_PID" migvm)/status")
 		[ "${rss:-0}" -ge $((1000 * 1024)) ] ||
 			fail "--prealloc: the destination's RSS is ${rss:-?} KiB, not 1 GiB"
 		ok "--prealloc: destination RSS ${rss} KiB before the migration"
 	elif [ "$mode" = bitmap ]; then
-		start_dest dst-$mode --mem 1024 --cpus 2 --incoming-huge-pages
+		start_dest dst-$mode --mem 1024 --cpus 2 --incoming-huge-pages "${dctl[@]}"
 	else
-		start_dest dst-$mode --mem 1024 --cpus 2
+		start_dest dst-$mode --mem 1024 --cpus 2 "${dctl[@]}"
 	fi
 	want=base
 	[ "$mode" = bitmap ] && want=huge
@@ -36,14 +47,10 @@ for mode in clear bitmap ring conn1; do
 		ram_info "$DEST_PID" 1024
 		[ "$RAM_THP" = "$want" ] || fail "$mode: the destination's RAM waits for the migration with $RAM_THP pages, not $want"
 	fi
-	run_source src-$mode --mem 1024 --cpus 2 --cmdline "$guest" \
-		--migrate-after 2.5 "${extra[@]}" --verify
+	migrate_source src-$mode "${params[@]}" verify=on
 	[ "$RC" = 0 ] || fail "$mode: source exited $RC: $(cat "$WORK/src-$mode.out")"
 	check_json "$WORK/src-$mode.out"
-	for _ in $(seq 100); do
-		grep -q "incoming migration done" "$WORK/dst-$mode.err" && break
-		sleep 0.05
-	done
+	poll_until 120 grep -q "incoming migration done" "$WORK/dst-$mode.err"
 	grep -q "incoming migration done" "$WORK/dst-$mode.err" ||
 		fail "$mode: the destination did not say the migration was done"
 	if [ -n "$(thp_mode)" ]; then
@@ -55,21 +62,20 @@ for mode in clear bitmap ring conn1; do
 	# source must still read Activated (and with it the resume time).
 	grep -q "did not confirm activation" "$WORK/src-$mode.err" &&
 		fail "$mode: $(cat "$WORK/src-$mode.err")"
-	wait_exit "$DEST_PID" 60
-	[ "$RC" = 0 ] || fail "$mode: destination exited $RC (the guest's status)"
+	dest_runs dst-$mode 3
+	[ "$RC" = 0 ] || fail "$mode: destination exited $RC (a mismatch, or an error)"
 	check_continues "$WORK/src-$mode.con" "$WORK/dst-$mode.con"
-	grep -q "done .*mismatches=0 status=0" "$WORK/dst-$mode.con" ||
-		fail "$mode: the guest did not end cleanly on the destination"
-	ok "$mode: migrated and the guest ended itself with status 0"
+	ok "$mode: migrated and the guest runs on with no mismatch"
 done
 
 # An idle guest: its few last pages (timer ticks, heartbeats; at most 64)
 # are encoded by the migration thread itself and written with each
 # connection's end, no connection thread woken. --verify checks the memory
 # they leave on the destination.
-start_dest dst-idle --mem 1024 --cpus 2
-run_source src-idle --mem 1024 --cpus 2 --migrate-after 2.5 --verify \
-	--cmdline "touch=16M wss=0 rate=0 idle=halt hb=200 duration=6"
+start_source src-idle --mem 1024 --cpus 2 \
+	--cmdline "touch=16M wss=0 rate=0 idle=halt hb=200"
+start_dest dst-idle --mem 1024 --cpus 2 --control "$WORK/dst-idle.sock"
+migrate_source src-idle verify=on
 [ "$RC" = 0 ] || fail "idle: source exited $RC: $(cat "$WORK/src-idle.out")"
 check_json "$WORK/src-idle.out"
 python3 - "$WORK/src-idle.out" <<'PY' || fail "idle: $(cat "$WORK/src-idle.out")"
@@ -79,9 +85,7 @@ last = j["per_round"][-1]["pages"]
 assert 1 <= last <= 64, "the stop-and-copy round sent %d pages, not 1-64" % last
 print("idle: the stop-and-copy round sent %d pages" % last)
 PY
-wait_exit "$DEST_PID" 60
-[ "$RC" = 0 ] || fail "idle: destination exited $RC (the guest's status)"
+dest_runs dst-idle 3
+[ "$RC" = 0 ] || fail "idle: destination exited $RC (a mismatch, or an error)"
 check_continues "$WORK/src-idle.con" "$WORK/dst-idle.con"
-grep -q "done .*mismatches=0 status=0" "$WORK/dst-idle.con" ||
-	fail "idle: the guest did not end cleanly on the destination"
 ok "idle: migrated with the last pages written by the migration thread"

@@ -8,12 +8,22 @@
 #                               tree yet, fail if it is but was not built
 #   start_vm NAME ARGS...       run migvm in the background (console and
 #                               stderr to $WORK/NAME.out / NAME.err); sets
-#                               VM_PID; every VM is killed at exit
-#   ctl ARGS...                 `migvm ctl ARGS...` with a timeout
-#   wait_sock SOCK              wait (10 s) until the control socket answers
+#                               VM_PID; every VM is killed at exit (and, in
+#                               case the test itself was killed, by
+#                               timeout(1) after 400 s: longer than CTest
+#                               lets any test run)
+#   bounded SECS CMD...         CMD, killed (SIGKILL) if it runs SECS s
+#   ctl ARGS...                 `migvm ctl ARGS...`, bounded (120 s)
+#   poll_until SECS CMD...      run CMD until it succeeds; false after SECS s
+#                               (and at most 10 tries a second)
+#   nap SECS                    sleep without starting a process
+#   wait_sock SOCK [SECS]       wait (120 s) until the control socket answers
 #   status SOCK; field KEY      `migvm ctl SOCK status` into $STATUS; a field
-#   wait_hb SOCK N [SECS]       wait until the console has shown N heartbeats
+#   wait_hb SOCK N [SECS]       wait (120 s) until the console has shown N
+#                               heartbeats
 #   wait_exit PID SECS          wait for a VM to end; its exit code in $RC
+#   test_deadline SECS          stop the test (a failure, cleaned up) once it
+#                               has run SECS s: under CTest's own timeout
 #   ram_info PID MIB            of the guest RAM (the MIB MiB mapping) of the
 #                               migvm at PID (or its `timeout` parent): how
 #                               it asks to be backed, "huge" or "base"
@@ -22,6 +32,15 @@
 #   thp_mode                    the host's THP mode (always, madvise, never),
 #                               or nothing on a kernel without THP
 #   fail MSG / ok MSG           end the test / report progress
+#
+# The machine's speed is not known (the tests also run in a nested KVM host
+# under emulation, many times slower, where starting a process can take a
+# second): every wait is for a condition, and its bound, in seconds, only
+# ends a test that is stuck; the helpers that loops call start as few
+# processes as they can (field, nap, bounded). SIGTERM, SIGINT or SIGHUP
+# (CTest's timeout, ^C) end a test as a failure, through the same clean-up
+# as any other exit: its VMs and other processes are ended and $WORK is
+# removed.
 set -uo pipefail
 
 fail() {
@@ -37,19 +56,82 @@ ok() {
 }
 
 VM_PIDS=()
+WATCHDOG=
+
+# The processes below PID (children, theirs, ...), from one look at the
+# process table, nearest first (the caller's own `ps` and `awk` among them:
+# gone by the time it reads the list).
+descendants() {
+	ps -e -o pid=,ppid= 2>/dev/null | awk -v root="$1" '
+		{ parent[$1] = $2; pids[n++] = $1 }
+		END {
+			want[root] = 1
+			do {
+				more = 0
+				for (i = 0; i < n; i++) {
+					p = pids[i]
+					if (!(p in want) && (parent[p] in want)) {
+						want[p] = 1; order[m++] = p; more = 1
+					}
+				}
+			} while (more)
+			for (i = 0; i < m; i++) print order[i]
+		}'
+}
 
 cleanup() {
+	local p left
+	[ -n "$WATCHDOG" ] && kill -TERM "$WATCHDOG" 2>/dev/null
 	for p in "${VM_PIDS[@]}"; do
 		kill -TERM "$p" 2>/dev/null
 	done
 	for p in "${VM_PIDS[@]}"; do
-		for _ in $(seq 50); do
-			kill -0 "$p" 2>/dev/null || break
-			sleep 0.1
-		done
+		poll_until 5 pid_gone "$p"
+		kill -KILL "$p" 2>/dev/null
+	done
+	# Whatever else the test started and left running (a command it was
+	# waiting for when it was stopped, say) ends too.
+	left=()
+	for p in $(descendants $$); do
+		kill -TERM "$p" 2>/dev/null && left+=("$p")
+	done
+	for p in "${left[@]}"; do
+		poll_until 5 pid_gone "$p"
 		kill -KILL "$p" 2>/dev/null
 	done
 	[ -n "${WORK:-}" ] && rm -rf "$WORK"
+}
+
+on_signal() { # SIG: stopped from outside (or by test_deadline): a failure
+	trap - TERM INT HUP
+	if [ -n "${WORK:-}" ] && [ -e "$WORK/.deadline" ]; then
+		echo "FAIL: stopped: still running after $(cat "$WORK/.deadline") s" >&2
+	else
+		echo "FAIL: stopped by SIG$1" >&2
+	fi
+	exit 1 # the EXIT trap cleans up
+}
+
+# test_deadline SECS: after SECS s, end what the test waits for (everything
+# it started: a command in the foreground holds off the signal trap until
+# it returns) and SIGTERM the test. The watchdog holds none of the test's
+# output open (CTest waits for that to close) and ends with the test.
+test_deadline() {
+	local secs=$1 main=$$
+	[ -n "${WORK:-}" ] || fail "test_deadline before vm_init"
+	(
+		sp=
+		trap '[ -n "$sp" ] && kill "$sp" 2>/dev/null; exit 0' TERM
+		sleep "$secs" &
+		sp=$!
+		wait "$sp" || exit 0
+		echo "$secs" >"$WORK/.deadline"
+		kill -TERM "$main"
+		victims=$(descendants "$main" | grep -vx -e "$BASHPID" -e "$sp")
+		# shellcheck disable=SC2086
+		[ -n "$victims" ] && kill -TERM $victims
+	) </dev/null >/dev/null 2>&1 &
+	WATCHDOG=$!
 }
 
 vm_init() {
@@ -64,6 +146,11 @@ vm_init() {
 	TG=${MIGVM_TESTGUEST:-$BUILD/vmm/testguest/testguest.elf}
 	WORK=$(mktemp -d /tmp/migvm-test.XXXXXX)
 	trap cleanup EXIT
+	# nap's clock: a read that times out on a FIFO no one writes to.
+	mkfifo "$WORK/.nap" && exec {NAP_FD}<>"$WORK/.nap"
+	trap 'on_signal TERM' TERM
+	trap 'on_signal INT' INT
+	trap 'on_signal HUP' HUP
 }
 
 thp_mode() {
@@ -103,52 +190,94 @@ need_testguest() {
 start_vm() {
 	local name=$1
 	shift
-	timeout -s TERM 240 "$MIGVM" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+	timeout -s TERM 400 "$MIGVM" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
 	VM_PID=$!
 	VM_PIDS+=("$VM_PID")
 }
 
-# `migvm ctl`, bounded in time.
-ctl() {
-	timeout -s KILL 120 "$MIGVM" ctl "$@"
+# CMD with a watchdog made of a subshell, not timeout(1): tests call it in
+# loops, and in a slow nested host each process started costs a second or
+# more. Its exit status is CMD's (137 when the watchdog killed it). SIGTERM
+# to the test interrupts the wait at once (the clean-up ends CMD).
+bounded() { # SECS CMD...
+	local secs=$1 p w rc
+	shift
+	"$@" &
+	p=$!
+	(nap "$secs"; kill -KILL "$p") </dev/null >/dev/null 2>&1 &
+	w=$!
+	wait "$p"
+	rc=$?
+	kill -KILL "$w" 2>/dev/null
+	wait "$w" 2>/dev/null
+	return "$rc"
 }
 
-wait_sock() {
-	for _ in $(seq 200); do
-		ctl "$1" status >/dev/null 2>&1 && return 0
-		sleep 0.05
+# `migvm ctl`, bounded in time.
+ctl() {
+	bounded 120 "$MIGVM" ctl "$@"
+}
+
+NAP_FD=
+nap() { # SECS
+	if [ -n "$NAP_FD" ]; then
+		read -r -t "$1" -u "$NAP_FD" _
+		return 0
+	fi
+	sleep "$1"
+}
+
+poll_until() { # SECS CMD...
+	local limit=$1 t0=$SECONDS i
+	shift
+	for ((i = 0; i <= limit * 10; i++)); do
+		"$@" && return 0
+		[ $((SECONDS - t0)) -lt "$limit" ] || return 1
+		nap 0.1
 	done
-	fail "control socket $1 did not answer within 10 s"
+	return 1
+}
+
+sock_answers() { # SOCK
+	ctl "$1" status >/dev/null 2>&1
+}
+
+wait_sock() { # SOCK [SECS]
+	local secs=${2:-120}
+	poll_until "$secs" sock_answers "$1" ||
+		fail "control socket $1 did not answer within $secs s"
 }
 
 status() {
 	STATUS=$(ctl "$1" status) || fail "status on $1 failed"
 }
 
-field() {
-	local v
-	v=$(printf '%s' "$STATUS" | grep -o "\"$1\":[^,}]*" | cut -d: -f2 | tr -d '"')
-	[ -n "$v" ] || fail "no field $1 in status: $STATUS"
-	echo "$v"
+field() { # KEY: its value in $STATUS (a flat JSON object), not empty
+	local re="\"$1\":\"?([^,}\"]*)"
+	[[ $STATUS =~ $re ]] && [ -n "${BASH_REMATCH[1]}" ] ||
+		fail "no field $1 in status: $STATUS"
+	echo "${BASH_REMATCH[1]}"
+}
+
+pid_gone() { # PID
+	! kill -0 "$1" 2>/dev/null
+}
+
+hb_reached() { # SOCK N
+	status "$1"
+	[ "$(field hb_lines)" -ge "$2" ]
 }
 
 wait_hb() {
-	local sock=$1 n=$2 secs=${3:-30} i
-	for i in $(seq $((secs * 10))); do
-		status "$sock"
-		[ "$(field hb_lines)" -ge "$n" ] && return 0
-		sleep 0.1
-	done
-	fail "fewer than $n heartbeats after $secs s: $STATUS"
+	local sock=$1 n=$2 secs=${3:-120}
+	poll_until "$secs" hb_reached "$sock" "$n" ||
+		fail "fewer than $n heartbeats after $secs s: $STATUS"
 }
 
 wait_exit() {
 	local pid=$1 secs=$2
-	for _ in $(seq $((secs * 10))); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && fail "migvm (pid $pid) still runs after $secs s"
+	poll_until "$secs" pid_gone "$pid" ||
+		fail "migvm (pid $pid) still runs after $secs s"
 	wait "$pid"
 	RC=$?
 }

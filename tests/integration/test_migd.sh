@@ -39,6 +39,10 @@ start_migd() {
 	for _ in 1 2 3 4 5; do
 		pick_port
 		port=$PORT
+		# An earlier migd of this name said "ready" in this log: it is
+		# emptied here, not by the redirection below, which happens in
+		# the child, maybe after wait_migd_ready has read the old one.
+		: >"$WORK/migd-$name.err"
 		# Not under timeout(1): $! must be migd itself (the test kills it).
 		"$MIGD" --state-dir "$WORK/$name" \
 			--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \

@@ -76,6 +76,7 @@ ok "namespaces $NS_A ($IP_A) and $NS_B ($IP_B) joined by $VETH_A/$VETH_B"
 # namespace, so the port is free); control socket and state in $WORK.
 start_migd() {
 	local name=$1 ns=$2 ip=$3
+	: >"$WORK/migd-$name.err" # no earlier "ready" (see test_migd.sh)
 	# Not under timeout(1): $! must be migd itself (ip netns exec execs it).
 	ip netns exec "$ns" "$MIGD" --state-dir "$WORK/$name" \
 		--control "$WORK/$name.sock" --listen "$ip:7400" \

@@ -47,6 +47,11 @@ def run_one(tool, mode, case, g, a):
             "--settle", str(a.settle)]
     if g["guest_args"]:
         argv += ["--guest-args", g["guest_args"]]
+    # Another build's binaries (a test's), else build/ beside the scripts.
+    if tool == "migvm" and a.migvm:
+        argv += ["--migvm", a.migvm]
+    if tool == "qemu" and a.kernel:
+        argv += ["--kernel", a.kernel]
     if a.prealloc:
         # the destination's RAM backed before the migration, on both sides
         argv.append("--dest-extra=" + ("--prealloc" if tool == "migvm" else "-mem-prealloc"))
@@ -155,6 +160,9 @@ def main(argv=None):
                     help="migvm modes to run (the first is the one compared)")
     ap.add_argument("--qemu-modes", default=None,
                     help="override QEMU's candidate modes (comma-separated)")
+    ap.add_argument("--migvm", default=None, help="the migvm binary (default build/vmm/migvm)")
+    ap.add_argument("--kernel", default=None,
+                    help="the test guest ELF for QEMU (default build/vmm/testguest/testguest.elf)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--downtime-ms", type=int, default=300)
     ap.add_argument("--settle", type=float, default=2.0)

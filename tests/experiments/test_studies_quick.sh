@@ -36,6 +36,7 @@ done
 
 # Study 5: migvm against QEMU, then its plot.
 timeout -s TERM 300 "$SRC/experiments/compare.sh" --quick --out "$WORK/compare" \
+	--migvm "$MIGVM" --kernel "$TG" \
 	>"$WORK/compare.out" 2>"$WORK/compare.err" ||
 	fail "compare --quick: $(tail -5 "$WORK/compare.err")"
 python3 - "$WORK/compare.csv" <<'PY' || fail "compare: bad CSV $(cat "$WORK/compare.csv")"

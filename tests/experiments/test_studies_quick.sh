@@ -25,6 +25,8 @@ for t in gnuplot qemu-system-x86_64 tc; do
 	}
 done
 
+[ -z "${MIG_IN_NESTED:-}" ] ||
+	echo "note: in a nested KVM host, emulated: the figures below show that the studies work, they are no benchmark"
 for s in dirty-rate mem-size bandwidth rounds; do
 	timeout -s TERM 300 "$STUDIES" "$s" --quick --migvm "$MIGVM" --out "$WORK/$s" \
 		>"$WORK/$s.out" 2>"$WORK/$s.err" ||

@@ -167,9 +167,11 @@ assert sum(r["bytes"] for r in j["per_round"]) <= j["bytes_on_wire"]
 assert abs(j["raw_bytes"] - 4096 * j["pages_sent"]) == 0
 if j["bytes_on_wire"]:
     assert abs(j["compression_ratio"] - j["raw_bytes"] / j["bytes_on_wire"]) < 0.01
-print("migrated: %d rounds, %d pages, %.1f MB on the wire, downtime %.1f ms, total %.1f ms"
+import os
+print("migrated: %d rounds, %d pages, %.1f MB on the wire, downtime %.1f ms, total %.1f ms%s"
       % (j["rounds"], j["pages_sent"], j["bytes_on_wire"] / 1e6, j["downtime_ms"],
-         j["total_time_ms"]))
+         j["total_time_ms"],
+         " (in a nested KVM host, emulated: no benchmark)" if os.environ.get("MIG_IN_NESTED") else ""))
 PY
 }
 

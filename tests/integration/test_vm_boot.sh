@@ -13,23 +13,12 @@ source "$here/test_vm_common.sh"
 vm_init "$1" "$2"
 need_testguest
 
-# The console's last heartbeat line into HB, their count into HB_N (the
-# shell's own reads: the two consoles are read within moments; a line the
-# guest is still printing does not count).
+# The console's last complete heartbeat line into HB, their count into HB_N
+# (the shell's own reads: the two consoles are read within moments).
 last_hb() { # FILE
-	local lines i
-	mapfile lines <"$1"
-	HB="" HB_N=0
-	for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
-		[[ ${lines[i]} == "hb "*$'\n' ]] || continue
-		[ -z "$HB" ] && HB=${lines[i]%$'\n'}
-		((HB_N++))
-	done
-}
-
-hb_count_at_least() { # FILE N
-	last_hb "$1"
-	[ "$HB_N" -ge "$2" ]
+	console_hbs "$1"
+	HB_N=${#HBS[@]} HB=""
+	[ "$HB_N" = 0 ] || HB=${HBS[HB_N - 1]}
 }
 
 # hb_rate FILE KEY LINE1 LINE2: KEY (written, verified) per guest second
@@ -76,8 +65,8 @@ for cpus in 1 2; do
 	m1=$HB mn=$HB_N
 	last_hb "$WORK/ref$cpus.out"
 	r1=$HB rn=$HB_N
-	poll_until 120 hb_count_at_least "$WORK/max$cpus.out" $((mn + 5)) &&
-		poll_until 120 hb_count_at_least "$WORK/ref$cpus.out" $((rn + 5)) ||
+	poll_until 120 console_hbs_at_least "$WORK/max$cpus.out" $((mn + 5)) &&
+		poll_until 120 console_hbs_at_least "$WORK/ref$cpus.out" $((rn + 5)) ||
 		fail "$cpus vCPU(s): fewer than 5 more heartbeats in 120 s"
 	last_hb "$WORK/max$cpus.out"
 	m2=$HB

@@ -19,6 +19,11 @@
 #   nap SECS                    sleep without starting a process
 #   wait_sock SOCK [SECS]       wait (120 s) until the control socket answers
 #   status SOCK; field KEY      `migvm ctl SOCK status` into $STATUS; a field
+#   console_hbs FILE            the complete heartbeat lines of a console
+#                               file (one still being printed does not
+#                               count) into the array HBS, with the shell's
+#                               own reads
+#   console_hbs_at_least FILE N at least N of them
 #   wait_hb SOCK N [SECS]       wait (120 s) until the console has shown N
 #                               heartbeats
 #   wait_exit PID SECS          wait for a VM to end; its exit code in $RC
@@ -261,6 +266,20 @@ field() { # KEY: its value in $STATUS (a flat JSON object), not empty
 
 pid_gone() { # PID
 	! kill -0 "$1" 2>/dev/null
+}
+
+console_hbs() { # FILE
+	local lines l
+	mapfile lines <"$1"
+	HBS=()
+	for l in "${lines[@]}"; do
+		[[ $l == "hb "*$'\n' ]] && HBS+=("${l%$'\n'}")
+	done
+}
+
+console_hbs_at_least() { # FILE N
+	console_hbs "$1"
+	[ "${#HBS[@]}" -ge "$2" ]
 }
 
 hb_reached() { # SOCK N

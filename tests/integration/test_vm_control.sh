@@ -61,23 +61,11 @@ ok "$cycles pause/resume cycles in $((SECONDS - t0)) s, guest consistent: $STATU
 # rate of a 2-vCPU guest on a 2-CPU host varies, hence the wide margin).
 # Rates are in guest time, from the heartbeats on the console (written,
 # tsc): however slow the host is to answer, the span is the guest's own.
-hb_lines() { # the console's complete heartbeat lines into HBS
-	local lines l
-	mapfile lines <"$WORK/vm.out"
-	HBS=()
-	for l in "${lines[@]}"; do
-		[[ $l == "hb "*$'\n' ]] && HBS+=("${l%$'\n'}")
-	done
-}
-hb_past() { # N: more than N heartbeat lines
-	hb_lines
-	[ "${#HBS[@]}" -gt "$1" ]
-}
 rate() { # RATE: pages written per guest second, 20 heartbeats (2 s) from now
 	local n khz
-	hb_lines
+	console_hbs "$WORK/vm.out"
 	n=${#HBS[@]}
-	poll_until 120 hb_past $((n + 20)) || fail "no 20 heartbeats in 120 s"
+	poll_until 120 console_hbs_at_least "$WORK/vm.out" $((n + 21)) || fail "no 20 heartbeats in 120 s"
 	khz=$(grep -m1 -o 'tsc_khz=[0-9]*' "$WORK/vm.out")
 	RATE=$(awk -v khz="${khz#tsc_khz=}" -v a="${HBS[n]}" -v b="${HBS[n + 20]}" '
 		function val(line, k,   m, f, i) {

@@ -186,22 +186,41 @@ migrate_committed() { # NAME SOCK PID K=V...
 	check_json "$WORK/$name.json"
 }
 
+# A number KEY=N of a heartbeat line, into $FIELD.
+hb_field() { # LINE KEY
+	local re="(^| )$2=([0-9]+)( |$)"
+	[[ $1 =~ $re ]] || fail "no $2= in the heartbeat line '$1'"
+	FIELD=${BASH_REMATCH[2]}
+}
+
 # The last heartbeat on the source and the first ones on the destination.
+# A line being printed at the pause is ended on the source when it exits
+# (the console is flushed) and printed again, whole, on the destination
+# (the UART's partial line moves with the VM): then the source's last line
+# begins the destination's first, and both are one heartbeat. Otherwise
+# the destination goes on with the next one: never a gap, never a repeat.
 check_continues() {
-	local src=$1 dst=$2 s_seq d_seq t1 t2
-	s_seq=$(grep '^hb ' "$src" | tail -n1 | sed 's/.*seq=\([0-9]*\).*/\1/')
-	d_seq=$(grep -m1 '^hb ' "$dst" | sed 's/.*seq=\([0-9]*\).*/\1/')
-	[ -n "$s_seq" ] || fail "no heartbeat on the source console"
-	[ -n "$d_seq" ] || fail "no heartbeat on the destination console"
-	# The heartbeat being printed at the pause is finished on the
-	# destination (the UART's line state moves with the VM), so the first
-	# sequence there is the source's last, or the next one; never lower,
-	# never a gap.
-	[ "$d_seq" -ge "$s_seq" ] && [ "$d_seq" -le $((s_seq + 1)) ] ||
-		fail "heartbeats do not continue: source ended at $s_seq, destination began at $d_seq"
-	t1=$(grep -m1 '^hb ' "$dst" | sed 's/.*ticks=\([0-9]*\).*/\1/')
-	t2=$(grep '^hb ' "$dst" | tail -n1 | sed 's/.*ticks=\([0-9]*\).*/\1/')
-	[ "$(grep -c '^hb ' "$dst")" -ge 2 ] || fail "fewer than 2 heartbeats after the move"
+	local src=$1 dst=$2 last first s_seq d_seq t1 t2
+	console_hbs "$src"
+	[ "${#HBS[@]}" -ge 1 ] || fail "no heartbeat on the source console $src"
+	last=${HBS[-1]}
+	console_hbs "$dst"
+	[ "${#HBS[@]}" -ge 2 ] || fail "fewer than 2 heartbeats after the move on $dst"
+	first=${HBS[0]}
+	hb_field "$first" seq
+	d_seq=$FIELD
+	if [[ $first == "$last"* ]]; then
+		s_seq=$d_seq
+	else
+		hb_field "$last" seq
+		s_seq=$FIELD
+		[ "$d_seq" = $((s_seq + 1)) ] ||
+			fail "heartbeats do not continue: the source's last is '$last', the destination's first '$first'"
+	fi
+	hb_field "${HBS[0]}" ticks
+	t1=$FIELD
+	hb_field "${HBS[-1]}" ticks
+	t2=$FIELD
 	[ "$t2" -gt "$t1" ] || fail "timer ticks stopped on the destination ($t1 -> $t2)"
 	grep -q MISMATCH "$src" "$dst" && fail "the guest reported a MISMATCH"
 	grep -q 'mismatches=[1-9]' "$dst" && fail "the guest counted mismatches"

@@ -52,6 +52,8 @@ def run_one(tool, mode, case, g, a):
         argv += ["--migvm", a.migvm]
     if tool == "qemu" and a.kernel:
         argv += ["--kernel", a.kernel]
+    if a.timeout:
+        argv += ["--timeout", str(a.timeout)]
     if a.prealloc:
         # the destination's RAM backed before the migration, on both sides
         argv.append("--dest-extra=" + ("--prealloc" if tool == "migvm" else "-mem-prealloc"))
@@ -163,6 +165,13 @@ def main(argv=None):
     ap.add_argument("--migvm", default=None, help="the migvm binary (default build/vmm/migvm)")
     ap.add_argument("--kernel", default=None,
                     help="the test guest ELF for QEMU (default build/vmm/testguest/testguest.elf)")
+    ap.add_argument("--touch", default=None, help="override the dirtying cases' guest touch=")
+    ap.add_argument("--wss", default=None, help="override the dirtying cases' guest wss=")
+    ap.add_argument("--rate", default=None,
+                    help="override the dirtying cases' guest rate= (pages/s; a slow machine "
+                    "such as a nested host needs one that QEMU's pre-copy can follow)")
+    ap.add_argument("--timeout", type=int, default=None,
+                    help="each migration's time limit, s (the tools' default: 120)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--downtime-ms", type=int, default=300)
     ap.add_argument("--settle", type=float, default=2.0)
@@ -181,6 +190,12 @@ def main(argv=None):
     if a.quick:
         a.reps, a.cases, a.fills = 1, "wss64M", "random"
         CASES["wss64M"] = dict(CASES["wss64M"], mem=512, touch="128M", wss="32M")
+    for c in a.cases.split(","):
+        if c not in CASES:
+            ap.error("unknown case %r (one of %s)" % (c, ",".join(CASES)))
+        for k in ("touch", "wss", "rate"):
+            if getattr(a, k) is not None and not c.startswith("idle"):
+                CASES[c] = dict(CASES[c], **{k: getattr(a, k)})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(HERE, "results", "compare-" + stamp)
     os.makedirs(os.path.dirname(out), exist_ok=True)

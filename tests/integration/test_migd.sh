@@ -17,7 +17,7 @@ MIGD=$BUILD/daemon/migd
 MIGCTL=$BUILD/daemon/migctl
 [ -x "$MIGD" ] && [ -x "$MIGCTL" ] || fail "migd/migctl not built"
 
-test_deadline 270 # CTest gives it 300 s (290 in a nested host)
+test_deadline 270 # CTest gives it 300 s (600 in a nested host)
 
 # The guest rewrites 500 pages/s (idle=halt: it sleeps in between) and
 # checks each page before it rewrites it: what is tested here is the

@@ -47,7 +47,7 @@ cleanup_netns() {
 trap cleanup_netns EXIT
 # Every wait is bounded, and so is the whole test (SIGTERM, SIGINT: a
 # failure, cleaned up like any other exit).
-test_deadline 270 # CTest gives it 300 s (290 in a nested host)
+test_deadline 270 # CTest gives it 300 s (600 in a nested host)
 
 # As in test_migd.sh: the guest rewrites 500 pages/s, sleeping in between;
 # the migrations here are about the link and the daemons, not throttling.
@@ -240,11 +240,14 @@ poll_until 120 sent_some || fail "no pre-copy progress: $S"
 ip -n "$NS_B" link set "$VETH_B" down || fail "link down"
 ok "link down during pre-copy"
 # The source gives up after stall_timeout_ms (10 s) without progress; the
-# release to B then waits for its own timeouts (10 s more).
+# release to B then waits for its own timeouts (10 s more). The daemons'
+# own connection, idle through the pre-copy, may be found dead first (its
+# keepalive probes began before the link went down): on a slow machine
+# either reason can come first, and both say why.
 wait_vm_state a vm1 120 running exited migrated
 s=$S
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A after the link went down: $s"
-grep -q "no progress on the connection" <<<"$(jfield "$s" last_error)" ||
+grep -Eq "no progress on the connection|the destination daemon went away" <<<"$(jfield "$s" last_error)" ||
 	fail "status does not say why: $s"
 check_runs_on a
 ok "A resumed vm1: $(jfield "$s" last_error)"

@@ -7,7 +7,7 @@ here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
 need_testguest
-test_deadline 270 # CTest gives it 300 s
+test_deadline 270 # CTest gives it 300 s (600 in a nested host)
 
 S=$WORK/src.sock
 start_vm src --mem 512 --cpus 1 --cmdline "touch=64M wss=16M hb=500" \

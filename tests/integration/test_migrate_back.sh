@@ -10,7 +10,7 @@ here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
 need_testguest
-test_deadline 280 # CTest gives it 300 s (290 in a nested host)
+test_deadline 280 # CTest gives it 300 s (600 in a nested host)
 
 CPUS=${MIG_TEST_CPUS:-2}
 MEM=${MIG_TEST_MEM:-256}

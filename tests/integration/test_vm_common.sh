@@ -28,7 +28,8 @@
 #                               heartbeats
 #   wait_exit PID SECS          wait for a VM to end; its exit code in $RC
 #   test_deadline SECS          stop the test (a failure, cleaned up) once it
-#                               has run SECS s: under CTest's own timeout
+#                               has run SECS s (twice that in a nested host):
+#                               under CTest's own timeout
 #   ram_info PID MIB            of the guest RAM (the MIB MiB mapping) of the
 #                               migvm at PID (or its `timeout` parent): how
 #                               it asks to be backed, "huge" or "base"
@@ -123,6 +124,9 @@ on_signal() { # SIG: stopped from outside (or by test_deadline): a failure
 # output open (CTest waits for that to close) and ends with the test.
 test_deadline() {
 	local secs=$1 main=$$
+	# A nested host runs tests up to twice as slow, and CTest gives them
+	# twice the time there (tests/CMakeLists.txt).
+	[ -z "${MIG_IN_NESTED:-}" ] || secs=$((secs * 2))
 	[ -n "${WORK:-}" ] || fail "test_deadline before vm_init"
 	(
 		sp=

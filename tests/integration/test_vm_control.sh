@@ -10,7 +10,7 @@ here=$(dirname "$0")
 source "$here/test_vm_common.sh"
 vm_init "$1" "$2"
 need_testguest
-test_deadline 270 # CTest gives it 300 s
+test_deadline 270 # CTest gives it 300 s (600 in a nested host)
 
 sock=$WORK/vm.sock
 start_vm vm --cpus 2 --mem 256 --control "$sock" --cmdline "touch=32M wss=8M hb=100"

@@ -10,7 +10,7 @@ here=$(dirname "$0")
 source "$here/test_vm_common.sh"
 vm_init "$1" "$2"
 need_testguest
-test_deadline 270 # CTest gives it 300 s
+test_deadline 270 # CTest gives it 300 s (600 in a nested host)
 
 TOUCH_MIB=64
 state=$WORK/vm.state

@@ -56,8 +56,14 @@ static struct kvm_cpuid2 *supported_cpuid(int kvm_fd, mig_error *err)
 	return NULL;
 }
 
-/* Adapt the supported CPUID to vCPU `id` of `n`. */
-static void cpuid_for_vcpu(struct kvm_cpuid2 *c, uint32_t id, uint32_t n)
+/* Adapt the supported CPUID to vCPU `id` of `n`. `tsc_deadline`: KVM's
+ * in-kernel LAPIC has the TSC-deadline timer mode, which KVM does not list
+ * in the supported CPUID (KVM_CAP_TSC_DEADLINE_TIMER; QEMU sets it too):
+ * with it Linux uses the LAPIC timer without calibrating it against the
+ * PIT, a calibration that slow or loaded hosts fail ("APIC timer disabled
+ * due to verification failure"). */
+static void cpuid_for_vcpu(struct kvm_cpuid2 *c, uint32_t id, uint32_t n,
+			   bool tsc_deadline)
 {
 	uint32_t shift = 0;
 
@@ -73,6 +79,8 @@ static void cpuid_for_vcpu(struct kvm_cpuid2 *c, uint32_t id, uint32_t n)
 			if (n > 1)
 				e->edx |= 1u << 28;
 			e->ecx |= 1u << 31; /* running under a hypervisor */
+			if (tsc_deadline)
+				e->ecx |= 1u << 24;
 			break;
 		case 7:
 			/* This KVM refuses IA32_ARCH_CAPABILITIES (the reason
@@ -115,6 +123,8 @@ int cpu_create_all(struct vm *vm, mig_error *err)
 	struct sigaction sa;
 	size_t csize;
 	int mmap_size, r;
+	bool tsc_deadline = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION,
+				  KVM_CAP_TSC_DEADLINE_TIMER) > 0;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = kick_handler;
@@ -137,7 +147,7 @@ int cpu_create_all(struct vm *vm, mig_error *err)
 	}
 	/* The fingerprint a destination compares: vCPU 0's CPUID. */
 	memcpy(c, sup, csize);
-	cpuid_for_vcpu(c, 0, vm->cfg.cpus);
+	cpuid_for_vcpu(c, 0, vm->cfg.cpus, tsc_deadline);
 	vm->cpuid = c;
 	vm->cpuid_len = csize;
 
@@ -160,7 +170,7 @@ int cpu_create_all(struct vm *vm, mig_error *err)
 			goto fail;
 		}
 		memcpy(mine, sup, csize);
-		cpuid_for_vcpu(mine, i, vm->cfg.cpus);
+		cpuid_for_vcpu(mine, i, vm->cfg.cpus, tsc_deadline);
 		r = ioctl(v->fd, KVM_SET_CPUID2, mine);
 		free(mine);
 		if (r < 0) {

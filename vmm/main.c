@@ -27,6 +27,7 @@ struct options {
 	const char *console;
 	const char *control;
 	const char *restore;
+	const char *initrd;       /* --initrd FILE, for --kernel */
 	bool corrupt;
 	uint64_t corrupt_gpa;
 	bool paused;
@@ -57,6 +58,8 @@ static void usage(FILE *f)
 "                         -mem-prealloc)\n"
 "  --kernel FILE          a PVH ELF to boot (default: the test guest)\n"
 "  --cmdline STR          the guest's command line\n"
+"  --initrd FILE          an initrd for the kernel (a PVH module; Linux\n"
+"                         takes it as its initramfs)\n"
 "  --console FILE         serial output to FILE (default: stdout)\n"
 "  --control PATH         serve the control channel on unix socket PATH\n"
 "  --restore FILE         continue the VM saved in FILE\n"
@@ -166,7 +169,7 @@ static bool has_param(const char *cmdline, const char *key)
 enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
-       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE };
+       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD };
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -177,6 +180,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "prealloc", no_argument, NULL, OPT_PREALLOC },
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "cmdline", required_argument, NULL, OPT_CMDLINE },
+		{ "initrd", required_argument, NULL, OPT_INITRD },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
 		{ "control", required_argument, NULL, OPT_CONTROL },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
@@ -262,6 +266,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			break;
 		case OPT_CMDLINE:
 			cmdline = optarg;
+			break;
+		case OPT_INITRD:
+			o->initrd = optarg;
 			break;
 		case OPT_CONSOLE:
 			o->console = optarg;
@@ -352,6 +359,16 @@ static int parse_options(int argc, char **argv, struct options *o)
 			   o->cpus_set)) {
 		fprintf(stderr, "migvm: --restore takes the VM's memory, vCPUs, "
 			"kernel and command line from the state file\n");
+		return -1;
+	}
+	if (o->initrd && !o->cfg.kernel) {
+		fprintf(stderr, "migvm: --initrd goes with --kernel (the test "
+			"guest takes none)\n");
+		return -1;
+	}
+	if (o->initrd && (o->restore || o->incoming)) {
+		fprintf(stderr, "migvm: --initrd: a VM that is restored or "
+			"migrated in has its initrd in its memory already\n");
 		return -1;
 	}
 	if ((o->incoming || o->migrate_to) && !o->token) {
@@ -576,8 +593,8 @@ static int run_vm(struct options *o)
 			      !o->incoming_huge_pages;
 	if (o->restore)
 		cfg.backend = o->cfg.backend;
-	else if (!o->incoming && (r = pvh_open(cfg.kernel, cfg.mem_mib, cfg.cmdline, &img,
-			       &err)) < 0)
+	else if (!o->incoming && (r = pvh_open(cfg.kernel, cfg.mem_mib, cfg.cmdline,
+					       o->initrd, &img, &err)) < 0)
 		goto fail;
 	if (o->console) {
 		console_fd = open(o->console, O_WRONLY | O_CREAT | O_TRUNC |

@@ -2,8 +2,9 @@
  * PVH boot of ELF guests (Xen's x86/HVM direct boot ABI, as QEMU, Firecracker
  * and cloud-hypervisor use it): load the PT_LOAD segments at their physical
  * addresses, find the XEN_ELFNOTE_PHYS32_ENTRY note, write hvm_start_info
- * with the command line and an e820-style memory map, and start the BSP in
- * 32-bit protected mode with paging off, flat segments, %ebx = start info.
+ * with the command line, an e820-style memory map and, given an initrd, one
+ * module (Linux takes the first as its initrd), and start the BSP in 32-bit
+ * protected mode with paging off, flat segments, %ebx = start info.
  */
 #include <elf.h>
 #include <errno.h>
@@ -29,6 +30,7 @@
 #define START_INFO_ADDR 0x6000ull
 #define MEMMAP_ADDR 0x6040ull
 #define MEMMAP_MAX 8
+#define MODLIST_ADDR 0x6100ull /* after the memory map's 8 entries */
 #define CMDLINE_ADDR 0x7000ull
 #define CMDLINE_MAX 0x1000ull
 #define BOOT_DATA_END 0x8000ull
@@ -49,6 +51,13 @@ struct hvm_start_info {
 	uint64_t memmap_paddr;
 	uint32_t memmap_entries;
 	uint32_t reserved;
+};
+
+struct hvm_modlist_entry {
+	uint64_t paddr;
+	uint64_t size;
+	uint64_t cmdline_paddr;
+	uint64_t reserved;
 };
 
 struct hvm_memmap_table_entry {
@@ -72,40 +81,47 @@ struct pvh_image {
 	bool is64;
 	uint32_t phnum;
 	struct phdr ph[ELF_MAX_PHDRS];
+	/* An initrd: a file, and where it goes in guest RAM. */
+	uint8_t *initrd;
+	size_t initrd_size;
+	uint64_t initrd_gpa;
 };
 
-static int read_file(const char *path, struct pvh_image *e, mig_error *err)
+/* The whole of a regular file of at most `max` bytes ("kernel" or "initrd"
+ * in messages). */
+static int read_file(const char *what, const char *path, uint64_t max,
+		     uint8_t **data, size_t *size, mig_error *err)
 {
 	struct stat st;
 	int fd, r;
 
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return vmm_err(err, -errno, "kernel %s: %s", path,
+		return vmm_err(err, -errno, "%s %s: %s", what, path,
 			       strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return vmm_err(err, -EINVAL, "kernel %s: not a regular file",
+		return vmm_err(err, -EINVAL, "%s %s: not a regular file", what,
 			       path);
 	}
-	if ((uint64_t)st.st_size > ELF_MAX_SIZE) {
+	if ((uint64_t)st.st_size > max) {
 		close(fd);
-		return vmm_err(err, -EFBIG, "kernel %s: %lld bytes, more than "
-			       "%llu MiB", path, (long long)st.st_size,
-			       ELF_MAX_SIZE >> 20);
+		return vmm_err(err, -EFBIG, "%s %s: %lld bytes, more than "
+			       "%llu MiB", what, path, (long long)st.st_size,
+			       (unsigned long long)(max >> 20));
 	}
-	e->size = (size_t)st.st_size;
-	e->data = malloc(e->size ? e->size : 1);
-	if (!e->data) {
+	*size = (size_t)st.st_size;
+	*data = malloc(*size ? *size : 1);
+	if (!*data) {
 		close(fd);
-		return vmm_err(err, -ENOMEM, "kernel %s: out of memory", path);
+		return vmm_err(err, -ENOMEM, "%s %s: out of memory", what, path);
 	}
-	r = read_full(fd, e->data, e->size);
+	r = read_full(fd, *data, *size);
 	close(fd);
 	if (r < 0) {
-		free(e->data);
-		e->data = NULL;
-		return vmm_err(err, r, "kernel %s: read: %s", path,
+		free(*data);
+		*data = NULL;
+		return vmm_err(err, r, "%s %s: read: %s", what, path,
 			       strerror(-r));
 	}
 	return 0;
@@ -276,6 +292,38 @@ static int check_segments(struct pvh_image *e, uint64_t mem_mib,
 	return 0;
 }
 
+/*
+ * The initrd goes at the top of the RAM below 4 GiB (region 0), page
+ * aligned, as other loaders put it: above the kernel's segments, which it
+ * must not touch, and where the kernel's early allocations are not.
+ */
+static int place_initrd(struct pvh_image *e, const char *path,
+			uint64_t mem_mib, mig_error *err)
+{
+	mig_region rg[VM_MAX_REGIONS];
+	uint64_t kend = HIGH_RAM_START, top;
+
+	if (!e->initrd_size)
+		return vmm_err(err, -EINVAL, "initrd %s: an empty file", path);
+	mem_layout(mem_mib, rg);
+	top = rg[0].gpa + rg[0].size;
+	for (uint32_t i = 0; i < e->phnum; i++) {
+		const struct phdr *ph = &e->ph[i];
+		if (ph->type == PT_LOAD && ph->memsz &&
+		    ph->paddr < top && ph->paddr + ph->memsz > kend)
+			kend = ph->paddr + ph->memsz;
+	}
+	kend = (kend + 0xfff) & ~0xfffull;
+	if (e->initrd_size > top - kend)
+		return vmm_err(err, -ENOSPC, "initrd %s: %zu bytes do not fit "
+			       "in guest RAM between the kernel's end (0x%llx) "
+			       "and 0x%llx; give the VM more --mem", path,
+			       e->initrd_size, (unsigned long long)kend,
+			       (unsigned long long)top);
+	e->initrd_gpa = (top - e->initrd_size) & ~0xfffull;
+	return 0;
+}
+
 static void load_segments(struct vm *vm, struct pvh_image *e)
 {
 	for (uint32_t i = 0; i < e->phnum; i++) {
@@ -288,10 +336,13 @@ static void load_segments(struct vm *vm, struct pvh_image *e)
 		memcpy(dst, e->data + ph->offset, ph->filesz);
 		memset(dst + ph->filesz, 0, ph->memsz - ph->filesz);
 	}
+	if (e->initrd_size)
+		memcpy(mem_gpa_to_hva(vm, e->initrd_gpa, e->initrd_size),
+		       e->initrd, e->initrd_size);
 }
 
-static int write_start_info(struct vm *vm, const char *cmdline,
-			    mig_error *err)
+static int write_start_info(struct vm *vm, const struct pvh_image *e,
+			    const char *cmdline, mig_error *err)
 {
 	struct hvm_memmap_table_entry map[MEMMAP_MAX];
 	struct hvm_start_info si;
@@ -318,6 +369,14 @@ static int write_start_info(struct vm *vm, const char *cmdline,
 	si.cmdline_paddr = CMDLINE_ADDR;
 	si.memmap_paddr = MEMMAP_ADDR;
 	si.memmap_entries = n;
+	if (e->initrd_size) {
+		struct hvm_modlist_entry mod = {
+			.paddr = e->initrd_gpa, .size = e->initrd_size };
+		si.nr_modules = 1;
+		si.modlist_paddr = MODLIST_ADDR;
+		memcpy(mem_gpa_to_hva(vm, MODLIST_ADDR, sizeof(mod)), &mod,
+		       sizeof(mod));
+	}
 	memcpy(mem_gpa_to_hva(vm, START_INFO_ADDR, sizeof(si)), &si, sizeof(si));
 	memcpy(mem_gpa_to_hva(vm, MEMMAP_ADDR, n * sizeof(map[0])), map,
 	       n * sizeof(map[0]));
@@ -387,12 +446,13 @@ void pvh_close(struct pvh_image *img)
 	if (!img)
 		return;
 	free(img->data);
+	free(img->initrd);
 	free(img->path);
 	free(img);
 }
 
 int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
-	     struct pvh_image **out, mig_error *err)
+	     const char *initrd, struct pvh_image **out, mig_error *err)
 {
 	struct pvh_image *e;
 	int r;
@@ -409,10 +469,14 @@ int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
 		free(e);
 		return vmm_err(err, -ENOMEM, "out of memory");
 	}
-	if ((r = read_file(path, e, err)) < 0 ||
+	if ((r = read_file("kernel", path, ELF_MAX_SIZE, &e->data, &e->size,
+			   err)) < 0 ||
 	    (r = parse_headers(e, err)) < 0 ||
 	    (r = find_entry(e, &e->entry, err)) < 0 ||
-	    (r = check_segments(e, mem_mib, err)) < 0) {
+	    (r = check_segments(e, mem_mib, err)) < 0 ||
+	    (initrd && ((r = read_file("initrd", initrd, mem_mib << 20,
+				       &e->initrd, &e->initrd_size, err)) < 0 ||
+			(r = place_initrd(e, initrd, mem_mib, err)) < 0))) {
 		pvh_close(e);
 		return r;
 	}
@@ -426,8 +490,8 @@ int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
 	int r;
 
 	load_segments(vm, img);
-	r = write_start_info(vm, cmdline, err);
-	if (r < 0)
+	r = write_start_info(vm, img, cmdline, err);
+	if (r < 0 || (r = mptable_write(vm, vm->cfg.cpus, err)) < 0)
 		return r;
 	return setup_bsp(vm, img->entry, err);
 }

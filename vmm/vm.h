@@ -5,6 +5,7 @@
  *   mem.c      guest RAM (memfd or shared anonymous), slots, gpa -> hva
  *   cpu.c      vCPUs: CPUID, threads, the run loop, pause/resume/stop
  *   pvh.c      PVH boot of ELF guests (hvm_start_info, BSP registers)
+ *   mptable.c  the MP table that lists CPUs and IOAPIC for a guest
  *   serial.c   16550 UART and the console line scanner (hb, MISMATCH)
  *   state.c    everything but memory to/from named blobs (mig_state)
  *   snapfile.c the state file: header, VmSnapshot, sparse memory, CRCs
@@ -228,10 +229,14 @@ enum run_state vm_run_state(struct vm *vm);
  * hvm_start_info and sets the BSP's registers. */
 struct pvh_image;
 int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
-	     struct pvh_image **out, mig_error *err);
+	     const char *initrd, struct pvh_image **out, mig_error *err);
 int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
 	     mig_error *err);
 void pvh_close(struct pvh_image *img);
+
+/* mptable.c: the MP table (CPUs, IOAPIC, ISA IRQs) at 0x9fc00, in the
+ * reserved EBDA of the PVH memory map, for guests without ACPI. */
+int mptable_write(struct vm *vm, uint32_t ncpus, mig_error *err);
 
 /* state.c: everything but memory as named blobs. */
 struct state_sink {

@@ -33,6 +33,17 @@ expect 2 "--restore takes the VM's memory" --restore x --mem 64
 expect 2 "--restore takes the VM's memory" --restore x --kernel y
 expect 2 "a unix socket path must be shorter than 108 bytes" \
 	--control "$WORK/$(head -c 200 /dev/zero | tr '\0' s)"
+expect 2 "--initrd goes with --kernel" --initrd x
+expect 2 "--initrd: a VM that is restored or migrated in" --initrd x --kernel y --incoming tcp:127.0.0.1:0 --token t
+# With a kernel that passes its own checks (the test guest):
+[ -r "$TG" ] || fail "the test guest was not built ($TG)"
+expect 1 "initrd $WORK/none: No such file or directory" --kernel "$TG" --initrd "$WORK/none"
+: >"$WORK/empty"
+expect 1 "initrd $WORK/empty: an empty file" --kernel "$TG" --initrd "$WORK/empty"
+head -c $((9 << 20)) /dev/zero >"$WORK/big"
+expect 1 "initrd $WORK/big: 9437184 bytes, more than 8 MiB" --mem 8 --kernel "$TG" --initrd "$WORK/big"
+head -c $((7 << 20)) /dev/zero >"$WORK/big"
+expect 1 "initrd $WORK/big: 7340032 bytes do not fit in guest RAM" --mem 8 --kernel "$TG" --initrd "$WORK/big"
 expect 2 "unknown command or wrong arguments: frobnicate" ctl "$WORK/s" frobnicate
 expect 2 "unknown command or wrong arguments: save" ctl "$WORK/s" save
 expect 2 "raw: an even number of hex digits" ctl "$WORK/s" raw abc

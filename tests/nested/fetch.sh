@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch Debian's kernel and busybox-static packages (apt-get download, never
-# installed) and build the nested host's initramfs from them, into a cache:
+# installed) and build the nested host's initramfs from them, into a cache,
+# with the kernel's ELF (vmlinux) and busybox kept for the Linux test VM:
 #   tests/nested/fetch.sh [CACHE_DIR]
 # CACHE_DIR defaults to `nested cache` ($MIG_NESTED_CACHE, else a folder in
 # /var/cache for root, in ~/.cache for others).
@@ -32,6 +33,7 @@ fi
 kver=${kpkg#linux-image-}
 if [ -s "$cache/version" ] && [ "$(cat "$cache/version")" = "$kver" ] &&
 	[ -s "$cache/vmlinuz" ] && [ -s "$cache/initramfs.cpio.gz" ] &&
+	[ -s "$cache/vmlinux" ] && [ -s "$cache/busybox" ] &&
 	[ "$cache/initramfs.cpio.gz" -nt "$here/init" ] &&
 	[ "$cache/initramfs.cpio.gz" -nt "$here/mkinitramfs.sh" ]; then
 	echo "$kver"; exit 0
@@ -53,8 +55,14 @@ dpkg-deb -x "$dl"/busybox-static_*.deb "$dl/bb"
 "$here/mkinitramfs.sh" "$dl/k/lib/modules/$kver" "$dl/bb/bin/busybox" \
 	"$here/init" "$dl/initramfs.cpio.gz"
 cp "$dl/k/boot/vmlinuz-$kver" "$dl/vmlinuz"
+# The same kernel for the Linux test VM (vmm/linuxguest): the ELF inside
+# the bzImage, which carries the PVH entry note migvm boots.
+"$here/../../vmm/linuxguest/extract-vmlinux.sh" "$dl/vmlinuz" "$dl/vmlinux"
+cp "$dl/bb/bin/busybox" "$dl/busybox"
 # Replace the cache's files only once everything was built.
 mv -f "$dl/vmlinuz" "$cache/vmlinuz"
 mv -f "$dl/initramfs.cpio.gz" "$cache/initramfs.cpio.gz"
+mv -f "$dl/vmlinux" "$cache/vmlinux"
+mv -f "$dl/busybox" "$cache/busybox"
 echo "$kver" >"$cache/version"
 echo "$kver"

@@ -2048,9 +2048,13 @@ static void fail_cleanup(mig_source *s)
 		ab.reason = s->result.msg;
 		if (send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab, 1) == 0) {
 			struct timespec ts;
-			mig__deadline(&ts, 200);
 			/* Until it is written, not just taken: closing the
-			 * connection cancels the writes still pending. */
+			 * connection cancels the writes still pending. A
+			 * paused VM waits for this (it resumes after it), so
+			 * 200 ms at most then; a running one loses nothing by
+			 * waiting, and a slow or loaded host (a nested one
+			 * under emulation) may need seconds to get to it. */
+			mig__deadline(&ts, was_paused ? 200 : 3000);
 			pthread_mutex_lock(&s->lock);
 			while ((s->conns[0].head || s->conns[0].writes) &&
 			       !s->conns[0].error &&

@@ -14,7 +14,10 @@
 #include "vm.h"
 
 #define MPTABLE_ADDR 0x9fc00ull
-#define MPTABLE_MAX 0x400ull /* the EBDA's first KiB */
+/* The floating pointer must lie in the EBDA's first KiB, where Linux looks;
+ * the configuration table after it may run on (220 bytes + 20 per vCPU:
+ * 1500 for 64), still inside the reserved [0x9fc00, 1 MiB). */
+#define MPTABLE_MAX 0x1000ull
 #define APIC_DEFAULT_BASE 0xfee00000u
 #define IOAPIC_DEFAULT_BASE 0xfec00000u
 #define APIC_VERSION 0x14

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test guest boots with 1 and 2 vCPUs: heartbeats, timer ticks and its
+# The test guest boots with 1 and 2 vCPUs (and with 64 at the end): heartbeats, timer ticks and its
 # page counters go up, no page mismatches, `quit` ends it with status 0, and
 # with duration= it ends itself with status 0, removing its control socket.
 # Its dirty rate at rate=max is compared, side by side, with a guest that
@@ -132,3 +132,14 @@ for cpus in 1 2; do
 	[ -e "$ss" ] && fail "control socket $ss left behind"
 	ok "$cpus vCPU(s): $n heartbeats, ended itself with 0"
 done
+
+# The most vCPUs migvm takes (64): all of them start and run the workload
+# (the MP table that lists them for guests without ACPI must fit too).
+start_vm big --cpus 64 --mem 256 --cmdline "cpus=64 touch=4M wss=2M hb=300 duration=2"
+wait_exit "$VM_PID" 230
+[ "$RC" = 0 ] || fail "64 vCPUs: migvm exited $RC: $(tail -n 3 "$WORK/big.err" 2>/dev/null)"
+grep -q "^ready .*" "$WORK/big.out" && grep -q "^done .*mismatches=0 status=0" "$WORK/big.out" ||
+	fail "64 vCPUs: no clean run: $(tail -n 3 "$WORK/big.out")"
+[ "$(grep -c '^cpu ' "$WORK/big.out")" = 64 ] ||
+	fail "64 vCPUs: $(grep -c '^cpu ' "$WORK/big.out") CPUs took a share of the work"
+ok "64 vCPUs: the guest ran on all of them and ended itself with 0"

@@ -287,11 +287,13 @@ static void reject(struct dst_conn *c, const char *why)
 
 /* ---- protocol ------------------------------------------------------------ */
 
-static void hello_reply(struct dst_conn *c, int ok, int code, const char *msg)
+/* The features granted: those the source asked for that we have. */
+static void hello_reply(struct dst_conn *c, const Mig__Wire__Hello *h, int ok,
+			int code, const char *msg)
 {
 	Mig__Wire__HelloAck ack = MIG__WIRE__HELLO_ACK__INIT;
 	ack.version_major = MIG_PROTOCOL_VERSION;
-	ack.features = MIG_FEATURES_SUPPORTED;
+	ack.features = h->features & MIG_FEATURES_SUPPORTED;
 	/* The state before the last pages only if the VMM can load it so. */
 	if (!c->d->load_early)
 		ack.features &= ~(uint64_t)MIG__WIRE__FEATURE__FEATURE_EARLY_STATE;
@@ -309,24 +311,24 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	if (h->version_major != MIG_PROTOCOL_VERSION) {
 		snprintf(why, sizeof(why), "protocol version %u, we speak %u",
 			 h->version_major, MIG_PROTOCOL_VERSION);
-		hello_reply(c, 0, MIG_E_VERSION, why);
+		hello_reply(c, h, 0, MIG_E_VERSION, why);
 		reject(c, why);
 		return;
 	}
 	if (!mig__secret_eq(h->token.data, h->token.len, d->token, d->token_len)) {
-		hello_reply(c, 0, MIG_E_AUTH, "wrong token");
+		hello_reply(c, h, 0, MIG_E_AUTH, "wrong token");
 		reject(c, "wrong token");
 		return;
 	}
 	if (h->session_id.len != sizeof(d->session_id) || h->connection_count == 0 ||
 	    h->connection_count > 16 || h->connection_index >= h->connection_count) {
-		hello_reply(c, 0, MIG_E_PROTOCOL, "bad session or connection index");
+		hello_reply(c, h, 0, MIG_E_PROTOCOL, "bad session or connection index");
 		reject(c, "bad session or connection index");
 		return;
 	}
 	if (!d->have_session) {
 		if (h->connection_index != 0) {
-			hello_reply(c, 0, MIG_E_PROTOCOL, "connection 0 must come first");
+			hello_reply(c, h, 0, MIG_E_PROTOCOL, "connection 0 must come first");
 			reject(c, "data connection before the control connection");
 			return;
 		}
@@ -346,7 +348,7 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	} else if (memcmp(h->session_id.data, d->session_id, sizeof(d->session_id)) ||
 		   h->connection_count != d->expected ||
 		   d->by_index[h->connection_index]) {
-		hello_reply(c, 0, MIG_E_PROTOCOL, "a migration is already in progress");
+		hello_reply(c, h, 0, MIG_E_PROTOCOL, "a migration is already in progress");
 		reject(c, "connection for another or duplicate session");
 		return;
 	}
@@ -365,7 +367,7 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	c->index = h->connection_index;
 	c->rd.limit = MIG_FRAME_MAX;
 	d->by_index[c->index] = c;
-	hello_reply(c, 1, 0, "");
+	hello_reply(c, h, 1, 0, "");
 }
 
 static void on_config(mig_dest *d, const Mig__Wire__VmConfig *cfg)
@@ -528,8 +530,7 @@ static void on_hint(mig_dest *d, const Mig__Wire__MemoryHint *m)
 		return;
 	prefault_join(d);
 	for (int i = 0; i < PREFAULT_THREADS; i++) {
-		d->prefault_thread_ok[i] = pthread_create(&d->prefault_thread[i], NULL,
-							  prefault_main, d) == 0;
+		d->prefault_thread_ok[i] = mig__thread_start(&d->prefault_thread[i], prefault_main, d) == 0;
 		if (!d->prefault_thread_ok[i]) {
 			pthread_mutex_lock(&d->lock);
 			d->prefault_running--;
@@ -1099,7 +1100,7 @@ MIG_API int mig_dest_start(mig_dest *d, mig_error *err)
 		return mig__err(err, -EINVAL, "destination: NULL");
 	if (d->started)
 		return mig__err(err, -EALREADY, "destination: already started");
-	if (pthread_create(&d->thread, NULL, dest_main, d) != 0)
+	if (mig__thread_start(&d->thread, dest_main, d) != 0)
 		return mig__err(err, -EAGAIN, "destination: cannot create thread");
 	d->started = 1;
 	return 0;

@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "migrate/migrate.h"
@@ -48,6 +49,11 @@ uint64_t mig__now_us(void);
 uint64_t mig__now_ns(void);
 /* Name the calling thread (top, perf, gdb show it); at most 15 chars. */
 void mig__thread_name(const char *name);
+/* pthread_create() with every signal blocked in the new thread: the
+ * embedder's signals go to its own threads, and a write to a peer that
+ * hung up fails with EPIPE there instead of killing the process with a
+ * SIGPIPE it did not ignore. Returns 0 or a positive errno. */
+int mig__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* Parse "123", "64K", "1M", "2G" (powers of 1024) into *out. */
 int mig__parse_size(const char *s, uint64_t *out);

@@ -972,6 +972,19 @@ static int chunk_to_buf(mig_source *s, struct item *it, void *opaque)
 	return r;
 }
 
+/* What the source asks for in its hello. verify compares guest memory as
+ * it was at the pause, so the destination must hash it before the VMM
+ * loads the state: loading may write guest memory (KVM writes a Linux
+ * guest's kvmclock wall clock as MSR_KVM_WALL_CLOCK_NEW is set). Without
+ * early state the destination loads it after the check. */
+static uint64_t wanted_features(const mig_source *s)
+{
+	uint64_t f = MIG_FEATURES_SUPPORTED;
+	if (s->params.verify)
+		f &= ~(uint64_t)MIG__WIRE__FEATURE__FEATURE_EARLY_STATE;
+	return f;
+}
+
 /* Set up connection i and start its thread, which connects and sends the
  * hello. */
 static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *ss)
@@ -1004,7 +1017,7 @@ static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *s
 	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
 	h.version_major = MIG_PROTOCOL_VERSION;
 	h.version_minor = 0;
-	h.features = MIG_FEATURES_SUPPORTED;
+	h.features = wanted_features(s);
 	h.token.data = s->token;
 	h.token.len = s->token_len;
 	h.connection_index = i;
@@ -1019,7 +1032,7 @@ static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *s
 		return mig__err(&s->result, -ENOMEM, "out of memory");
 	}
 	c->head = c->tail = it;
-	if (pthread_create(&c->thread, NULL, conn_main, c) != 0)
+	if (mig__thread_start(&c->thread, conn_main, c) != 0)
 		return mig__err(&s->result, -EAGAIN,
 				"cannot start connection thread");
 	c->thread_ok = 1;
@@ -1041,7 +1054,7 @@ static int await_hello(mig_source *s, uint32_t i)
 		pthread_mutex_lock(&s->lock);
 		s->rtt_us = mig__now_us() - s->conns[0].connected_us;
 		pthread_mutex_unlock(&s->lock);
-		s->features = env->hello_ack->features & MIG_FEATURES_SUPPORTED;
+		s->features = env->hello_ack->features & wanted_features(s);
 	}
 	if (!env->hello_ack->ok) {
 		int code = env->hello_ack->error;
@@ -2200,7 +2213,7 @@ MIG_API int mig_source_start(mig_source *s, mig_error *err)
 		return mig__err(err, -EINVAL, "source: NULL");
 	if (s->started)
 		return mig__err(err, -EALREADY, "source: already started");
-	if (pthread_create(&s->thread, NULL, engine_main, s) != 0)
+	if (mig__thread_start(&s->thread, engine_main, s) != 0)
 		return mig__err(err, -EAGAIN, "source: cannot create thread");
 	s->started = 1;
 	return 0;

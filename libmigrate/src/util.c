@@ -1,5 +1,7 @@
 /* Small shared helpers: buffers, clocks, size parsing. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -89,4 +91,16 @@ int mig__parse_size(const char *s, uint64_t *out)
 void mig__thread_name(const char *name)
 {
 	(void)prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int mig__thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int r;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
 }

@@ -450,6 +450,35 @@ static void test_not_negotiated_loads_at_end(void **state)
 	rig_down(&g);
 }
 
+/* The hello's answer grants what the source asked for and the
+ * destination has, nothing more: a source that did not ask for early
+ * state (verify) must not be told to send it. */
+static void hello_grants(int load_early, uint64_t asked, uint64_t granted)
+{
+	struct rig g;
+	Mig__Wire__Envelope *env;
+
+	rig_up(&g, load_early, asked);
+	env = next_msg(&g);
+	assert_non_null(env);
+	assert_int_equal(env->msg_case, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK);
+	assert_true(env->hello_ack->ok);
+	assert_int_equal(env->hello_ack->features, granted);
+	mig__msg_free(env);
+	rig_down(&g);
+}
+
+static void test_hello_grants_only_asked(void **state)
+{
+	const uint64_t zstd = MIG__WIRE__FEATURE__FEATURE_ZSTD;
+	(void)state;
+	hello_grants(1, 0, 0);
+	hello_grants(1, zstd, zstd);
+	hello_grants(1, zstd | EARLY, zstd | EARLY);
+	hello_grants(0, zstd | EARLY, zstd);
+	hello_grants(1, zstd | (1ull << 40), zstd); /* unknown bits dropped */
+}
+
 /* A destination not configured for early state refuses StateEnd even
  * from a source that asked for it. */
 static void test_early_not_configured(void **state)
@@ -500,6 +529,7 @@ int main(void)
 		cmocka_unit_test(test_not_negotiated_state_end),
 		cmocka_unit_test(test_activate_before_commit),
 		cmocka_unit_test(test_early_not_configured),
+		cmocka_unit_test(test_hello_grants_only_asked),
 		cmocka_unit_test(test_duplicate_item),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -127,8 +127,12 @@ typedef struct mig_params {
 	                             100..3600000, default 10000 */
 	int verify;               /* hash guest memory at pause and after the
 	                             last page on the destination, and refuse to
-	                             commit when they differ; costs downtime
-	                             (about 0.1 s per GiB); default 0 */
+	                             commit when they differ; the destination
+	                             then loads the VM state after the check,
+	                             not while the last pages arrive (loading
+	                             may write guest memory: KVM's kvmclock);
+	                             costs downtime (about 0.1 s per GiB);
+	                             default 0 */
 } mig_params;
 
 /* Fill `p` with the defaults above. */
@@ -166,6 +170,11 @@ typedef struct mig_state mig_state;
  * Callbacks into the VMM. All are called from the library's migration
  * thread, never concurrently with each other for one handle. Each returns 0
  * or a negative errno; on failure it may fill `err`.
+ *
+ * The library's threads run with every signal blocked (so a peer that hangs
+ * up gives EPIPE, never a SIGPIPE to the process, and the VMM's signals go
+ * to its own threads); a thread a callback creates inherits that mask and
+ * unblocks what it needs, as vCPU threads do their kick signal.
  */
 typedef struct mig_vm_ops {
 	/* Stop every vCPU (out of KVM_RUN, will not re-enter) and devices. */

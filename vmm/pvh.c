@@ -1,10 +1,18 @@
 /*
- * PVH boot of ELF guests (Xen's x86/HVM direct boot ABI, as QEMU, Firecracker
+ * Direct kernel boot, two ways.
+ *
+ * PVH for ELF guests (Xen's x86/HVM direct boot ABI, as QEMU, Firecracker
  * and cloud-hypervisor use it): load the PT_LOAD segments at their physical
  * addresses, find the XEN_ELFNOTE_PHYS32_ENTRY note, write hvm_start_info
  * with the command line, an e820-style memory map and, given an initrd, one
  * module (Linux takes the first as its initrd), and start the BSP in 32-bit
  * protected mode with paging off, flat segments, %ebx = start info.
+ *
+ * A bzImage (a distribution's /boot/vmlinuz) through the Linux/x86 64-bit
+ * boot protocol (bzimage.c checks it): the protected-mode kernel at its
+ * preferred address, boot_params (the zero page) with the same memory map,
+ * the command line and the initrd, and the BSP in 64-bit mode at the load
+ * address + 0x200 with the first 4 GiB identity-mapped, %rsi = zero page.
  */
 #include <elf.h>
 #include <errno.h>
@@ -34,6 +42,12 @@
 #define CMDLINE_ADDR 0x7000ull
 #define CMDLINE_MAX 0x1000ull
 #define BOOT_DATA_END 0x8000ull
+/* The 64-bit boot protocol's zero page, and page tables mapping 4 GiB with
+ * 2 MiB pages (PML4, PDPT, 4 PDs), below the MP table. */
+#define ZERO_PAGE_ADDR 0x1000ull
+#define PML4_ADDR 0x9000ull
+#define PDPT_ADDR 0xa000ull
+#define PD_ADDR 0xb000ull
 #define EBDA_START 0x9fc00ull
 #define HIGH_RAM_START 0x100000ull
 
@@ -75,6 +89,8 @@ struct phdr {
 
 struct pvh_image {
 	char *path;
+	bool bz;               /* a bzImage, bi says where things go */
+	struct bz_info bi;
 	uint32_t entry;
 	uint8_t *data;
 	size_t size;
@@ -134,8 +150,8 @@ static int parse_headers(struct pvh_image *e, mig_error *err)
 	uint32_t phentsize;
 
 	if (e->size < EI_NIDENT || memcmp(id, ELFMAG, SELFMAG))
-		return vmm_err(err, -ENOEXEC, "kernel %s: not an ELF file",
-			       e->path);
+		return vmm_err(err, -ENOEXEC, "kernel %s: not an ELF file "
+			       "(PVH) nor a bzImage", e->path);
 	if (id[EI_DATA] != ELFDATA2LSB)
 		return vmm_err(err, -ENOEXEC, "kernel %s: not a little-endian "
 			       "ELF", e->path);
@@ -341,28 +357,41 @@ static void load_segments(struct vm *vm, struct pvh_image *e)
 		       e->initrd, e->initrd_size);
 }
 
-static int write_start_info(struct vm *vm, const struct pvh_image *e,
-			    const char *cmdline, mig_error *err)
+/* The memory map both boot ABIs give: low RAM, the reserved EBDA and BIOS
+ * area, and the RAM of every region above 1 MiB. */
+static uint32_t memory_map(struct vm *vm, struct boot_e820 map[MEMMAP_MAX])
 {
-	struct hvm_memmap_table_entry map[MEMMAP_MAX];
-	struct hvm_start_info si;
-	size_t clen = strlen(cmdline);
 	uint32_t n = 0;
 
-	if (clen >= CMDLINE_MAX)
-		return vmm_err(err, -E2BIG, "command line of %zu bytes, at most "
-			       "%llu", clen, CMDLINE_MAX - 1);
-	map[n++] = (struct hvm_memmap_table_entry){ 0, EBDA_START, E820_RAM, 0 };
-	map[n++] = (struct hvm_memmap_table_entry){
-		EBDA_START, HIGH_RAM_START - EBDA_START, E820_RESERVED, 0 };
-	for (uint32_t i = 0; i < vm->nr_regions; i++) {
+	map[n++] = (struct boot_e820){ 0, EBDA_START, E820_RAM };
+	map[n++] = (struct boot_e820){ EBDA_START, HIGH_RAM_START - EBDA_START,
+				       E820_RESERVED };
+	for (uint32_t i = 0; i < vm->nr_regions && n < MEMMAP_MAX; i++) {
 		const mig_region *rg = &vm->regions[i];
 		uint64_t start = rg->gpa < HIGH_RAM_START ? HIGH_RAM_START
 							  : rg->gpa;
 		if (rg->gpa + rg->size > start)
-			map[n++] = (struct hvm_memmap_table_entry){
-				start, rg->gpa + rg->size - start, E820_RAM, 0 };
+			map[n++] = (struct boot_e820){
+				start, rg->gpa + rg->size - start, E820_RAM };
 	}
+	return n;
+}
+
+static int write_start_info(struct vm *vm, const struct pvh_image *e,
+			    const char *cmdline, mig_error *err)
+{
+	struct hvm_memmap_table_entry map[MEMMAP_MAX];
+	struct boot_e820 m[MEMMAP_MAX];
+	struct hvm_start_info si;
+	size_t clen = strlen(cmdline);
+	uint32_t n = memory_map(vm, m);
+
+	if (clen >= CMDLINE_MAX)
+		return vmm_err(err, -E2BIG, "command line of %zu bytes, at most "
+			       "%llu", clen, CMDLINE_MAX - 1);
+	for (uint32_t i = 0; i < n; i++)
+		map[i] = (struct hvm_memmap_table_entry){ m[i].addr, m[i].size,
+							  m[i].type, 0 };
 	memset(&si, 0, sizeof(si));
 	si.magic = HVM_START_MAGIC;
 	si.version = 1;
@@ -441,6 +470,86 @@ static int setup_bsp(struct vm *vm, uint32_t entry, mig_error *err)
 	return 0;
 }
 
+/* The 64-bit boot protocol: long mode, the first 4 GiB identity-mapped
+ * with 2 MiB pages, __BOOT_CS (0x10) and __BOOT_DS (0x18), %rsi = the zero
+ * page, interrupts off. */
+static int setup_bsp64(struct vm *vm, uint64_t entry, mig_error *err)
+{
+	static const uint64_t gdt[4] = {
+		0,
+		0,
+		0x00af9b000000ffffull, /* 0x10: code, 64-bit */
+		0x00cf93000000ffffull, /* 0x18: data */
+	};
+	struct vcpu *v = &vm->vcpus[0];
+	uint64_t *pml4, *pdpt, *pd;
+	struct kvm_sregs s;
+	struct kvm_regs r;
+
+	pml4 = mem_gpa_to_hva(vm, PML4_ADDR, 0x1000);
+	pdpt = mem_gpa_to_hva(vm, PDPT_ADDR, 0x1000);
+	pd = mem_gpa_to_hva(vm, PD_ADDR, 4 * 0x1000);
+	memset(pml4, 0, 0x1000);
+	memset(pdpt, 0, 0x1000);
+	pml4[0] = PDPT_ADDR | 0x3; /* present, writable */
+	for (uint64_t i = 0; i < 4; i++)
+		pdpt[i] = (PD_ADDR + i * 0x1000) | 0x3;
+	for (uint64_t i = 0; i < 4 * 512; i++)
+		pd[i] = (i << 21) | 0x83; /* present, writable, 2 MiB */
+	memcpy(mem_gpa_to_hva(vm, BOOT_GDT_ADDR, sizeof(gdt)), gdt, sizeof(gdt));
+
+	if (ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
+		return vmm_err(err, -errno, "KVM_GET_SREGS: %s", strerror(errno));
+	flat_seg(&s.cs, 0x10, 0xb);
+	s.cs.l = 1;
+	s.cs.db = 0;
+	flat_seg(&s.ds, 0x18, 0x3);
+	s.es = s.fs = s.gs = s.ss = s.ds;
+	memset(&s.tr, 0, sizeof(s.tr));
+	s.tr.limit = 0x67;
+	s.tr.type = 0xb; /* 64-bit TSS, busy */
+	s.tr.present = 1;
+	s.gdt.base = BOOT_GDT_ADDR;
+	s.gdt.limit = sizeof(gdt) - 1;
+	s.idt.base = 0;
+	s.idt.limit = 0;
+	s.cr3 = PML4_ADDR;
+	s.cr4 = 0x20;         /* PAE */
+	s.efer = 0x500;       /* LME | LMA */
+	s.cr0 = 0x80000011;   /* PG | ET | PE */
+	if (ioctl(v->fd, KVM_SET_SREGS, &s) < 0)
+		return vmm_err(err, -errno, "KVM_SET_SREGS: %s", strerror(errno));
+	memset(&r, 0, sizeof(r));
+	r.rflags = 0x2;
+	r.rip = entry;
+	r.rsi = ZERO_PAGE_ADDR;
+	if (ioctl(v->fd, KVM_SET_REGS, &r) < 0)
+		return vmm_err(err, -errno, "KVM_SET_REGS: %s", strerror(errno));
+	return 0;
+}
+
+static int bz_load(struct vm *vm, struct pvh_image *e, const char *cmdline,
+		   mig_error *err)
+{
+	struct boot_e820 map[MEMMAP_MAX];
+	size_t clen = strlen(cmdline);
+	uint32_t n = memory_map(vm, map);
+	int r;
+
+	memcpy(mem_gpa_to_hva(vm, e->bi.load_addr, e->bi.kernel_size),
+	       e->data + e->bi.kernel_off, e->bi.kernel_size);
+	if (e->initrd_size)
+		memcpy(mem_gpa_to_hva(vm, e->initrd_gpa, e->initrd_size),
+		       e->initrd, e->initrd_size);
+	memcpy(mem_gpa_to_hva(vm, CMDLINE_ADDR, clen + 1), cmdline, clen + 1);
+	r = bz_zero_page(mem_gpa_to_hva(vm, ZERO_PAGE_ADDR, 4096), e->data,
+			 &e->bi, CMDLINE_ADDR, e->initrd_gpa, e->initrd_size,
+			 map, n, err);
+	if (r < 0 || (r = mptable_write(vm, vm->cfg.cpus, err)) < 0)
+		return r;
+	return setup_bsp64(vm, e->bi.load_addr + 0x200, err);
+}
+
 void pvh_close(struct pvh_image *img)
 {
 	if (!img)
@@ -454,7 +563,9 @@ void pvh_close(struct pvh_image *img)
 int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
 	     const char *initrd, struct pvh_image **out, mig_error *err)
 {
+	mig_region rg[VM_MAX_REGIONS];
 	struct pvh_image *e;
+	uint64_t top;
 	int r;
 
 	*out = NULL;
@@ -462,21 +573,32 @@ int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
 		return vmm_err(err, -E2BIG, "command line of %zu bytes, at most "
 			       "%llu", strlen(cmdline), CMDLINE_MAX - 1);
 	if ((mem_mib << 20) < HIGH_RAM_START * 2)
-		return vmm_err(err, -EINVAL, "PVH boot needs at least 2 MiB "
-			       "of RAM");
+		return vmm_err(err, -EINVAL, "direct kernel boot needs at "
+			       "least 2 MiB of RAM");
 	e = calloc(1, sizeof(*e));
 	if (!e || !(e->path = strdup(path))) {
 		free(e);
 		return vmm_err(err, -ENOMEM, "out of memory");
 	}
+	mem_layout(mem_mib, rg);
+	top = rg[0].gpa + rg[0].size;
 	if ((r = read_file("kernel", path, ELF_MAX_SIZE, &e->data, &e->size,
-			   err)) < 0 ||
-	    (r = parse_headers(e, err)) < 0 ||
-	    (r = find_entry(e, &e->entry, err)) < 0 ||
-	    (r = check_segments(e, mem_mib, err)) < 0 ||
-	    (initrd && ((r = read_file("initrd", initrd, mem_mib << 20,
-				       &e->initrd, &e->initrd_size, err)) < 0 ||
-			(r = place_initrd(e, initrd, mem_mib, err)) < 0))) {
+			   err)) == 0) {
+		e->bz = bz_probe(e->data, e->size);
+		if (e->bz)
+			r = bz_parse(path, e->data, e->size, top,
+				     strlen(cmdline), &e->bi, err);
+		else if ((r = parse_headers(e, err)) == 0 &&
+			 (r = find_entry(e, &e->entry, err)) == 0)
+			r = check_segments(e, mem_mib, err);
+	}
+	if (r == 0 && initrd &&
+	    (r = read_file("initrd", initrd, mem_mib << 20, &e->initrd,
+			   &e->initrd_size, err)) == 0)
+		r = e->bz ? bz_place_initrd(initrd, &e->bi, top, e->initrd_size,
+					    &e->initrd_gpa, err)
+			  : place_initrd(e, initrd, mem_mib, err);
+	if (r < 0) {
 		pvh_close(e);
 		return r;
 	}
@@ -489,6 +611,8 @@ int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
 {
 	int r;
 
+	if (img->bz)
+		return bz_load(vm, img, cmdline, err);
 	load_segments(vm, img);
 	r = write_start_info(vm, img, cmdline, err);
 	if (r < 0 || (r = mptable_write(vm, vm->cfg.cpus, err)) < 0)

@@ -224,15 +224,47 @@ void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
 void vm_stop(struct vm *vm);
 enum run_state vm_run_state(struct vm *vm);
 
-/* pvh.c: PVH boot. pvh_open() reads and checks an ELF for a VM of
- * `mem_mib` MiB (no KVM needed); pvh_load() copies it into guest RAM, writes
- * hvm_start_info and sets the BSP's registers. */
+/* pvh.c: direct kernel boot. pvh_open() reads and checks an ELF (PVH) or
+ * a bzImage (64-bit boot protocol) for a VM of `mem_mib` MiB (no KVM
+ * needed); pvh_load() copies it into guest RAM, writes hvm_start_info or
+ * boot_params and sets the BSP's registers. */
 struct pvh_image;
 int pvh_open(const char *path, uint64_t mem_mib, const char *cmdline,
 	     const char *initrd, struct pvh_image **out, mig_error *err);
 int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
 	     mig_error *err);
 void pvh_close(struct pvh_image *img);
+
+/* bzimage.c: the Linux/x86 boot protocol of a bzImage (64-bit entry),
+ * pure code on the file's bytes. bz_parse() checks the setup header for a
+ * VM whose RAM below 4 GiB ends at `ram_top` and a command line of
+ * `cmdline_len` bytes; bz_place_initrd() puts an initrd at the top of RAM
+ * below the kernel's limit and above what it needs to boot; bz_zero_page()
+ * writes boot_params. */
+#define BZ_HIGH_RAM_START 0x100000ull
+struct bz_info {
+	uint16_t version;
+	uint32_t hdr_end;        /* the setup header ends here (file offset) */
+	uint64_t kernel_off;     /* the protected-mode kernel in the file */
+	uint64_t kernel_size;
+	uint64_t load_addr;      /* where it goes (pref_address) */
+	uint64_t mem_end;        /* what it needs to boot ends here, page up */
+	uint32_t cmdline_max;
+	uint32_t initrd_addr_max;
+};
+struct boot_e820 {
+	uint64_t addr, size;
+	uint32_t type;
+};
+bool bz_probe(const uint8_t *d, size_t n);
+int bz_parse(const char *path, const uint8_t *d, size_t n, uint64_t ram_top,
+	     size_t cmdline_len, struct bz_info *bi, mig_error *err);
+int bz_place_initrd(const char *path, const struct bz_info *bi,
+		    uint64_t ram_top, size_t size, uint64_t *gpa,
+		    mig_error *err);
+int bz_zero_page(uint8_t zp[4096], const uint8_t *d, const struct bz_info *bi,
+		 uint32_t cmdline_gpa, uint64_t initrd_gpa, size_t initrd_size,
+		 const struct boot_e820 *map, uint32_t nmap, mig_error *err);
 
 /* mptable.c: the MP table (CPUs, IOAPIC, ISA IRQs) at 0x9fc00, in the
  * reserved EBDA of the PVH memory map, for guests without ACPI. */

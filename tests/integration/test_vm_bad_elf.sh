@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Bad kernels: missing, not a file, empty, not ELF, wrong class or machine,
 # truncated, no PVH note, a segment outside guest RAM, a command line too
-# long. Each gets exit 1 and a message naming the file and the cause. No
-# KVM needed: migvm checks the ELF before it makes the VM.
+# long; bzImages that are truncated, too old, 32-bit only, too big for the
+# RAM or given a command line longer than they take (tests/vmm/test_bzimage
+# tries every rule of the header; this shows migvm acting on them). Each
+# gets exit 1 and a message naming the file and the cause. No KVM needed:
+# migvm checks the kernel before it makes the VM.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
 vm_init "$1" "$2" nokvm
@@ -81,3 +84,34 @@ expect_err small-ram "lies outside guest RAM (2 MiB)" --kernel "$TG" --mem 2
 
 long=$(head -c 5000 /dev/zero | tr '\0' 'x')
 expect_err long-cmdline "command line of 5000 bytes" --kernel "$TG" --cmdline "$long"
+
+# A bzImage's setup header (protocol 2.15, 64-bit entry, at 16 MiB, needing
+# 32 MiB from there), then a kernel of 8 KiB: 12 KiB in all.
+bz() {
+	local f=$WORK/$1.bz
+	head -c 12288 /dev/zero >"$f"
+	poke "$f" $((0x1f1)) 07            # setup sectors
+	poke "$f" $((0x1f4)) 00 02 00 00   # syssize: 8 KiB / 16
+	poke "$f" $((0x1fe)) 55 aa 00 66 48 64 72 53 0f 02 # boot flag, jump, HdrS, 2.15
+	poke "$f" $((0x211)) 01            # LOADED_HIGH
+	poke "$f" $((0x22c)) ff ff ff 7f 00 00 20 00 01 00 7f 00 ff 07 00 00
+	poke "$f" $((0x258)) 00 00 00 01 00 00 00 00 00 00 00 02 # pref, init_size
+	echo "$f"
+}
+f=$(bz small)
+expect_err bz-small-ram "kernel $f: needs RAM up to 0x3000000 .* more --mem" --kernel "$f" --mem 40
+head -c 6000 "$f" >"$WORK/trunc.bz"
+expect_err bz-truncated "kernel $WORK/trunc.bz: .*(truncated?)" --kernel "$WORK/trunc.bz" --mem 64
+f=$(bz old)
+poke "$f" $((0x206)) 0a 02
+expect_err bz-old "kernel $f: boot protocol 2.10, 2.12 or later" --kernel "$f" --mem 64
+f=$(bz no64)
+poke "$f" $((0x236)) 00
+expect_err bz-32bit "kernel $f: no 64-bit entry point" --kernel "$f" --mem 64
+f=$(bz cmdline)
+expect_err bz-cmdline "kernel $f: command line of 2100 bytes, the kernel takes at most 2047" \
+	--kernel "$f" --mem 64 --cmdline "$(head -c 2100 /dev/zero | tr '\0' 'x')"
+: >"$WORK/empty.img"
+expect_err bz-initrd-empty "initrd $WORK/empty.img: an empty file" --kernel "$(bz ok)" --mem 64 --initrd "$WORK/empty.img"
+head -c $((40 << 20)) /dev/zero >"$WORK/big.img"
+expect_err bz-initrd-big "initrd $WORK/big.img: .* do not fit .* more --mem" --kernel "$(bz ok)" --mem 64 --initrd "$WORK/big.img"

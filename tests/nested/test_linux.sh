@@ -11,5 +11,5 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-$here/../../build}" && pwd)
 src=$(cd "${2:-$here/../..}" && pwd)
 why=$("$here/nested" check) || { echo "skip: no nested host can run here: $why"; exit 77; }
-exec "$here/nested" run --mem 3072 --cpus 1 --build "$build" --timeout 800 -- \
+exec "$here/nested" run --mem 3072 --cpus 1 --build "$build" --timeout 1100 -- \
 	bash "$src/tests/linux/test_linux_vm.sh" "$build" "$src"

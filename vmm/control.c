@@ -114,6 +114,11 @@ int control_open(struct control **out, const char *path, struct vm *vm,
 	return 0;
 }
 
+void control_paused_by_user(struct control *c)
+{
+	c->user_paused = true;
+}
+
 static void client_close(struct client *cl)
 {
 	if (cl->fd >= 0)

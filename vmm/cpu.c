@@ -81,6 +81,13 @@ static void cpuid_for_vcpu(struct kvm_cpuid2 *c, uint32_t id, uint32_t n,
 			e->ecx |= 1u << 31; /* running under a hypervisor */
 			if (tsc_deadline)
 				e->ecx |= 1u << 24;
+			/* No VMX: nested state (KVM_GET_NESTED_STATE) is
+			 * not migrated, so a guest hypervisor would lose
+			 * its own guests' state on a move. */
+			e->ecx &= ~(1u << 5);
+			break;
+		case 0x80000001:
+			e->ecx &= ~(1u << 2); /* no SVM, for the same reason */
 			break;
 		case 7:
 			/* This KVM refuses IA32_ARCH_CAPABILITIES (the reason
@@ -655,6 +662,13 @@ int vm_resume(struct vm *vm, mig_error *err)
 	if (vm->pause_depth == 0) {
 		r = vmm_err(err, -EINVAL, "resume: the VM is not paused");
 	} else if (--vm->pause_depth == 0) {
+		/* As QEMU does whenever a VM starts: tell a kvmclock guest
+		 * that it was stopped (PVCLOCK_GUEST_STOPPED), so that its
+		 * soft-lockup watchdog does not count the pause. The vCPUs
+		 * are parked, out of KVM_RUN. EINVAL: no kvmclock in the
+		 * guest (the test guest); nothing to tell. */
+		for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+			(void)ioctl(vm->vcpus[i].fd, KVM_KVMCLOCK_CTRL, 0);
 		vm->pause_req = false;
 		pthread_cond_broadcast(&vm->cond);
 	}

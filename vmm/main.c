@@ -382,6 +382,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 			"not with --migrate-to, --restore or --paused\n");
 		return -1;
 	}
+	if (o->paused && !o->control) {
+		fprintf(stderr, "migvm: --paused needs --control (the VM "
+			"resumes through it)\n");
+		return -1;
+	}
 	if (o->incoming_huge_pages && !o->incoming && !o->restore) {
 		fprintf(stderr, "migvm: --incoming-huge-pages needs --incoming "
 			"or --restore\n");
@@ -630,9 +635,12 @@ static int run_vm(struct options *o)
 		if (r < 0)
 			goto fail_vm;
 	}
-	/* An incoming VM stays paused until libmigrate has loaded it. */
+	/* An incoming VM stays paused until libmigrate has loaded it; a
+	 * --paused one until `resume` on the control channel. */
 	if ((o->paused || o->incoming) && (r = vm_pause(vm, &err)) < 0)
 		goto fail_vm;
+	if (o->paused)
+		control_paused_by_user(ctl);
 	r = vm_start(vm, &err);
 	if (r < 0)
 		goto fail_vm;

@@ -327,6 +327,9 @@ struct control;
 int control_open(struct control **out, const char *path, struct vm *vm,
 		 mig_error *err);
 void control_close(struct control *c);
+/* The VM starts paused at the user's request (--paused): `resume` ends
+ * that pause, as it ends one made by `pause`. */
+void control_paused_by_user(struct control *c);
 /* pollfds the main loop must watch; returns the count written. */
 int control_pollfds(struct control *c, struct pollfd *fds, int max);
 /* Handle whatever is ready on those fds. */

@@ -790,6 +790,11 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 		ioctl_err(err, r, "KVM_SET_DEBUGREGS");
 		goto out;
 	}
+	/* The guest was stopped (since the source paused it): a kvmclock
+	 * guest learns so at its next entry (PVCLOCK_GUEST_STOPPED) and its
+	 * soft-lockup watchdog does not count the pause, as QEMU does it.
+	 * Advisory: EINVAL when the guest has not enabled kvmclock. */
+	(void)xioctl(vcpu_fd, KVM_KVMCLOCK_CTRL, 0);
 	r = 0;
 out:
 	free(msrs);

@@ -34,6 +34,7 @@ expect 2 "--restore takes the VM's memory" --restore x --kernel y
 expect 2 "a unix socket path must be shorter than 108 bytes" \
 	--control "$WORK/$(head -c 200 /dev/zero | tr '\0' s)"
 expect 2 "--initrd goes with --kernel" --initrd x
+expect 2 "--paused needs --control" --paused
 expect 2 "--initrd: a VM that is restored or migrated in" --initrd x --kernel y --incoming tcp:127.0.0.1:0 --token t
 # With a kernel that passes its own checks (the test guest):
 [ -r "$TG" ] || fail "the test guest was not built ($TG)"

@@ -30,7 +30,8 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: migctl [--socket SOCK] [--json] COMMAND\n"
 "\n"
-"  start NAME [--kernel ELF] [--cmdline C] --mem MIB --cpus N\n"
+"  start NAME [--kernel FILE [--initrd FILE]] [--cmdline C] --mem MIB\n"
+"        --cpus N\n"
 "  list\n"
 "  status NAME\n"
 "  migrate NAME --to HOST[:PORT] [--downtime-ms N] [--max-bandwidth B]\n"
@@ -135,6 +136,17 @@ static void jstr(const char *s)
 	putchar('"');
 }
 
+/* PATH made absolute (malloc'd), or NULL after saying why. */
+static char *abs_path(const char *what, const char *path)
+{
+	char *p = realpath(path, NULL);
+
+	if (!p)
+		fprintf(stderr, "migctl: %s %s: %s\n", what, path,
+			strerror(errno));
+	return p;
+}
+
 static void print_vm_json(const Mig__D__VmInfo *v)
 {
 	const Mig__D__VmConfig *c = v->config;
@@ -147,6 +159,8 @@ static void print_vm_json(const Mig__D__VmInfo *v)
 	jstr(c ? c->cmdline : "");
 	printf(",\"kernel\":");
 	jstr(c ? c->kernel : "");
+	printf(",\"initrd\":");
+	jstr(c ? c->initrd : "");
 	printf(",\"pid\":%d,\"run_state\":", v->pid);
 	jstr(v->run_state);
 	printf(",\"hb_lines\":%llu,\"hb_seq\":%llu,\"mismatches\":%llu,"
@@ -189,9 +203,10 @@ static void print_vm_text(const Mig__D__VmInfo *v)
 	       v->run_state && v->run_state[0] ? " / guest " : "",
 	       v->run_state ? v->run_state : "");
 	if (c)
-		printf("config:     %llu MiB, %u vCPUs%s%s%s%s\n",
+		printf("config:     %llu MiB, %u vCPUs%s%s%s%s%s%s\n",
 		       (unsigned long long)c->mem_mib, c->cpus,
 		       c->kernel[0] ? ", kernel " : "", c->kernel,
+		       c->initrd[0] ? ", initrd " : "", c->initrd,
 		       c->cmdline[0] ? ", cmdline " : "", c->cmdline);
 	if (v->pid)
 		printf("migvm:      pid %d, control %s\n", v->pid, v->control);
@@ -306,6 +321,7 @@ int main(int argc, char **argv)
 	};
 	static const struct option cmdopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
+		{ "initrd", required_argument, NULL, 'i' },
 		{ "cmdline", required_argument, NULL, 'c' },
 		{ "mem", required_argument, NULL, 'm' },
 		{ "cpus", required_argument, NULL, 'p' },
@@ -363,6 +379,7 @@ int main(int argc, char **argv)
 					&li)) != -1) {
 			switch (c) {
 			case 'k': cfg.kernel = optarg; break;
+			case 'i': cfg.initrd = optarg; break;
 			case 'c': cfg.cmdline = optarg; break;
 			case 'm': cfg.mem_mib = strtoull(optarg, NULL, 10); break;
 			case 'p': cfg.cpus = (uint32_t)strtoul(optarg, NULL, 10);
@@ -397,6 +414,14 @@ int main(int argc, char **argv)
 				"--cpus N\n");
 			return 2;
 		}
+		if (cfg.initrd && !cfg.kernel) {
+			fprintf(stderr, "migctl: --initrd goes with --kernel\n");
+			return 2;
+		}
+		/* migd runs elsewhere: it gets absolute paths. */
+		if ((cfg.kernel && !(cfg.kernel = abs_path("kernel", cfg.kernel))) ||
+		    (cfg.initrd && !(cfg.initrd = abs_path("initrd", cfg.initrd))))
+			return 2;
 		cfg.name = (char *)name;
 		req.req_case = MIG__D__REQUEST__REQ_START;
 		req.start = &cfg;

@@ -127,6 +127,7 @@ struct vmrec *vm_claim(const char *name, int *err)
 		uint64_t in = v->migrations_in, out = v->migrations_out;
 		free(v->kernel);
 		free(v->cmdline);
+		free(v->initrd);
 		free(v->last_result);
 		memset(v, 0, sizeof(*v));
 		v->next = next;
@@ -190,6 +191,13 @@ uint64_t mem_used_mib(void)
 	return used;
 }
 
+/* A string of the config file, escaped as migd_adopt.c's reader expects. */
+static void config_str(FILE *f, const char *s)
+{
+	for (; s && *s; s++)
+		fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+}
+
 /* The config as a small JSON file in the state dir (and the pid). */
 void vm_save_config(struct vmrec *vm)
 {
@@ -207,11 +215,11 @@ void vm_save_config(struct vmrec *vm)
 		"\"state\":\"%s\",\"pid\":%d,\"kernel\":\"", vm->name,
 		(unsigned long long)vm->mem_mib, vm->cpus,
 		vm_state_name(vm->state), vm->pid);
-	for (const char *s = vm->kernel; s && *s; s++)
-		fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+	config_str(f, vm->kernel);
 	fprintf(f, "\",\"cmdline\":\"");
-	for (const char *s = vm->cmdline; s && *s; s++)
-		fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+	config_str(f, vm->cmdline);
+	fprintf(f, "\",\"initrd\":\"");
+	config_str(f, vm->initrd);
 	fprintf(f, "\"}\n");
 	if (fclose(f) == 0)
 		rename(tmp, path);
@@ -490,6 +498,10 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 			args[n++] = "--cmdline";
 			args[n++] = vm->cmdline;
 		}
+		if (vm->initrd && vm->initrd[0]) {
+			args[n++] = "--initrd";
+			args[n++] = vm->initrd;
+		}
 	}
 	args[n] = NULL;
 	uv_pipe_init(g.loop, &c->out, 0);
@@ -547,6 +559,7 @@ void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
 	cfg->cpus = vm->cpus;
 	cfg->kernel = vm->kernel ? vm->kernel : (char *)"";
 	cfg->cmdline = vm->cmdline ? vm->cmdline : (char *)"";
+	cfg->initrd = vm->initrd ? vm->initrd : (char *)"";
 	info->config = cfg;
 	info->pid = vm->child ? vm->pid : 0;
 	info->control = vm->ctl_path;

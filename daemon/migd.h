@@ -55,7 +55,7 @@ struct vmrec {
 	char name[MIGD_NAME_MAX + 1];
 	uint64_t mem_mib;
 	uint32_t cpus;
-	char *kernel, *cmdline;          /* malloc'd; "" = none */
+	char *kernel, *cmdline, *initrd; /* malloc'd; "" = none */
 	enum vm_state state;
 	struct child *child;             /* the migvm, while it runs */
 	int pid;

@@ -122,6 +122,7 @@ static void adopt_one(const char *name)
 		   (uint32_t)strtoul(v, NULL, 10) : 0;
 	vm->kernel = strdup(json_get(json, "kernel", v, sizeof(v)) ? v : "");
 	vm->cmdline = strdup(json_get(json, "cmdline", v, sizeof(v)) ? v : "");
+	vm->initrd = strdup(json_get(json, "initrd", v, sizeof(v)) ? v : "");
 	json_get(json, "state", state, sizeof(state));
 	snprintf(path, sizeof(path), "%s/%s.pid", g.state_dir, name);
 	if (read_small(path, v, 32, NULL))

@@ -175,6 +175,7 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 		vm->cpus = cfg->cpus;
 		vm->kernel = strdup(cfg->kernel ? cfg->kernel : "");
 		vm->cmdline = strdup(cfg->cmdline ? cfg->cmdline : "");
+		vm->initrd = strdup(cfg->initrd ? cfg->initrd : "");
 		vm->state = VM_RUNNING;
 		if (vm_spawn(vm, false, msg, sizeof(msg)) < 0) {
 			vm->state = VM_EXITED;

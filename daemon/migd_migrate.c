@@ -131,6 +131,7 @@ static void *migrate_thread(void *arg)
 	cfg.cpus = vm->cpus;
 	cfg.kernel = vm->kernel;
 	cfg.cmdline = vm->cmdline;
+	cfg.initrd = vm->initrd;
 	res.migration_id = vm->mig_id;
 	pthread_mutex_unlock(&g.lock);
 	res.config = &cfg;

@@ -190,6 +190,7 @@ static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
 	vm->cpus = cfg->cpus;
 	vm->kernel = strdup(cfg->kernel ? cfg->kernel : "");
 	vm->cmdline = strdup(cfg->cmdline ? cfg->cmdline : "");
+	vm->initrd = strdup(cfg->initrd ? cfg->initrd : "");
 	vm->state = VM_INCOMING;
 	snprintf(vm->mig_id, sizeof(vm->mig_id), "%s", r->migration_id);
 	snprintf(vm->peer, sizeof(vm->peer), "%s", c->addr);

@@ -32,48 +32,6 @@ cleanup_migd() {
 }
 trap cleanup_migd EXIT
 
-# start_migd NAME PSKFILE [ARGS...]: sets PORT_<NAME> and PID_<NAME>
-start_migd() {
-	local name=$1 psk=$2 port pid
-	shift 2
-	for _ in 1 2 3 4 5; do
-		pick_port
-		port=$PORT
-		# An earlier migd of this name said "ready" in this log: it is
-		# emptied here, not by the redirection below, which happens in
-		# the child, maybe after wait_migd_ready has read the old one.
-		: >"$WORK/migd-$name.err"
-		# Not under timeout(1): $! must be migd itself (the test kills it).
-		"$MIGD" --state-dir "$WORK/$name" \
-			--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \
-			--psk-file "$psk" --log-level debug "$@" \
-			>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
-		pid=$!
-		D_PIDS+=("$pid")
-		if wait_migd_ready "$name" "$pid"; then
-			eval "PORT_$name=$port PID_$name=$pid"
-			return 0
-		fi
-		wait "$pid" 2>/dev/null
-		# Taken since pick_port looked (another test, say): another one.
-		grep -qi "address already in use" "$WORK/migd-$name.err" || break
-	done
-	fail "migd $name did not start: $(cat "$WORK/migd-$name.err")"
-}
-
-# check_result JSON: a migration that committed, with consistent figures
-# (migctl's JSON: the VM's last_result is the only object with these
-# keys); a summary in $RESULT.
-check_result() {
-	local st rounds dt tt
-	st=$(jfield "$1" status) rounds=$(jfield "$1" rounds)
-	dt=$(jfield "$1" downtime_ms) tt=$(jfield "$1" total_time_ms)
-	[ "$st" = ok ] && [ "$rounds" -ge 1 ] 2>/dev/null &&
-		awk -v d="$dt" -v t="$tt" 'BEGIN { exit !(d > 0 && d < t) }' ||
-		fail "bad result: $1"
-	RESULT="downtime $dt ms, total $tt ms, $rounds rounds"
-}
-
 # runs_on HOST [N]: vm1 runs there and goes on (N, 2, more heartbeats), no
 # mismatch. The counts come from a status that has the guest's (migd leaves
 # them out, zero, when its migvm does not answer it in time).

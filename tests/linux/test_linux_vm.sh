@@ -11,9 +11,18 @@
 #      memory hashes at the pause must agree): on each destination its
 #      heartbeats go on, no mismatch, its clock never back and no step of
 #      it longer than the downtime plus a second.
-#   3. The last one is saved to a file and restored in a new process: it
-#      goes on from its last heartbeat, no mismatch, its clock never back;
-#      then it quits with status 0.
+#   3. The last one is saved to a file and restored, paused, in a new
+#      process, and resumed half a minute later: it goes on from its last
+#      heartbeat, no mismatch, its clock never back, and no soft lockup
+#      (the restore tells kvmclock the guest was stopped, KVM_KVMCLOCK_CTRL,
+#      as QEMU does); then it quits with status 0.
+#   4. Through the daemons: migctl start --kernel (the bzImage) --initrd on
+#      migd A, migctl migrate to migd B (loopback); it runs on there, no
+#      mismatch, no complaint.
+#   5. The same VM (bzImage, initramfs, parameters) boots under QEMU
+#      (microvm, -accel kvm, its ACPI rather than our MP table) to its
+#      heartbeats and status 0: the guest for comparing the two
+#      (experiments/compare.sh --linux).
 # Run by tests/nested/test_linux.sh (a nested host of its own, one vCPU).
 # Every console is checked for what the kernel logged at warning level or
 # worse (the workload passes it on as "kmsg:" lines): nothing about
@@ -48,20 +57,35 @@ linux_ok() { # CONSOLE: no kernel complaint of the kinds that matter
 	! grep -q MISMATCH "$1" || fail "the workload reported: $(grep -m3 MISMATCH "$1")"
 }
 
-# The clock across a move: never back, no step longer than the downtime
-# plus a second (the workload reads CLOCK_MONOTONIC every 10 ms).
-clock_ok() { # JSON DEST-CONSOLE
-	local down gap
+# The clock across a move: never back, and no step across it longer than
+# the downtime plus this machine's own noise: the longest step the guest saw
+# on the source before it (at least 1 s; an emulated host stalls its guests
+# now and then). The workload reads CLOCK_MONOTONIC every 10 ms; gap_ms is
+# the longest step since its previous heartbeat, so the first two
+# heartbeats on the destination cover the pause.
+clock_ok() { # JSON SRC-CONSOLE DEST-CONSOLE
+	local down noise gap g k
 	down=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["downtime_ms"]))' "$1") ||
 		fail "no downtime in $1"
 	console_hbs "$2"
+	noise=1000 # from the source's last whole heartbeat (the pause may cut one)
+	for ((k = ${#HBS[@]} - 1; k >= 0; k--)); do
+		if [[ ${HBS[k]} =~ (^| )maxgap_ms=([0-9]+)\ gap_ms= ]]; then
+			[ "${BASH_REMATCH[2]}" -gt 1000 ] && noise=${BASH_REMATCH[2]}
+			break
+		fi
+	done
+	console_hbs "$3"
 	hb_field "${HBS[-1]}" back
 	[ "$FIELD" = 0 ] || fail "the guest's clock went back $FIELD times: ${HBS[-1]}"
-	hb_field "${HBS[-1]}" maxgap_ms
-	gap=$FIELD
-	[ "$gap" -le $((down + 1000)) ] ||
-		fail "the guest's clock stepped $gap ms, more than the downtime ($down ms) plus 1 s"
-	CLOCK="clock steps at most $gap ms (downtime $down ms), never back"
+	gap=0
+	for g in "${HBS[0]}" "${HBS[1]}"; do
+		hb_field "$g" gap_ms
+		[ "$FIELD" -gt "$gap" ] && gap=$FIELD
+	done
+	[ "$gap" -le $((down + noise)) ] ||
+		fail "the guest's clock stepped $gap ms across the move, more than the downtime ($down ms) plus $noise ms (its longest step before)"
+	CLOCK="clock steps $gap ms across it (downtime $down ms, noise before $noise ms), never back"
 }
 
 # 1. Boot to heartbeats, PVH with 1 vCPU, bzImage with 2; the guest ends by
@@ -103,7 +127,7 @@ for ((i = 0; i < ${#hops[@]}; i++)); do
 	poll_until 120 console_hbs_at_least "$WORK/$to.con" 3 ||
 		fail "$from -> $to: fewer than 3 heartbeats there"
 	check_continues "$WORK/$from.con" "$WORK/$to.con"
-	clock_ok "$WORK/$from.json" "$WORK/$to.con"
+	clock_ok "$WORK/$from.json" "$WORK/$from.con" "$WORK/$to.con"
 	linux_ok "$WORK/$to.con"
 	ok "$from -> $to (dirty log: $mode): the Linux VM runs on, no mismatch, $CLOCK"
 	from=$to from_sock=$WORK/$to.sock from_pid=$to_pid
@@ -114,17 +138,64 @@ state=$WORK/linux.state
 ctl "$from_sock" save "$state" >/dev/null || fail "$from: save refused"
 wait_exit "$from_pid" 120
 [ "$RC" = 0 ] || fail "$from: migvm exited $RC after save: $(tail -n3 "$WORK/$from.err")"
-launch_vm r --restore "$state" --control "$WORK/r.sock" --console "$WORK/r.con"
+launch_vm r --restore "$state" --paused --control "$WORK/r.sock" --console "$WORK/r.con"
 r_pid=$VM_PID
 wait_sock "$WORK/r.sock"
+# Longer than the soft-lockup threshold (2 x watchdog_thresh, 20 s): the
+# guest's clock runs meanwhile (it is set at the load, issue 18 notes).
+sleep 30
+ctl "$WORK/r.sock" resume >/dev/null || fail "restored: resume refused"
 poll_until 120 console_hbs_at_least "$WORK/r.con" 3 ||
 	fail "restored: fewer than 3 heartbeats: $(tail -n3 "$WORK/r.con")"
 check_continues "$WORK/$from.con" "$WORK/r.con"
 hb_field "${HBS[-1]}" back
 [ "$FIELD" = 0 ] || fail "restored: the guest's clock went back $FIELD times: ${HBS[-1]}"
 linux_ok "$WORK/r.con"
-ok "$from saved and restored: the Linux VM runs on, no mismatch, its clock never back"
+ok "$from saved, restored paused and resumed 30 s later: the Linux VM runs on, no mismatch, no lockup, its clock never back"
 ctl "$WORK/r.sock" quit >/dev/null || fail "restored: quit refused"
 wait_exit "$r_pid" 60
 [ "$RC" = 0 ] || fail "restored: migvm exited $RC: $(tail -n3 "$WORK/r.err")"
 ok "the Linux VM quit after its restore, exit 0"
+
+# 4. Through the daemons.
+source "$here/../integration/migd_common.sh"
+MIGD=$BUILD/daemon/migd MIGCTL=$BUILD/daemon/migctl
+trap 'end_daemons; cleanup' EXIT
+head -c 32 /dev/urandom | base64 >"$WORK/psk"
+chmod 600 "$WORK/psk"
+start_migd a "$WORK/psk"
+start_migd b "$WORK/psk"
+mc a start lin --mem 512 --cpus 2 --kernel "$LZ" --initrd "$LI" --cmdline "$guest" \
+	>"$WORK/start.out" 2>&1 || fail "migctl start of the Linux VM: $(cat "$WORK/start.out")"
+wait_vm_hb a lin 3
+[ "$(jfield "$S" kernel)" = "$LZ" ] && [ "$(jfield "$S" initrd)" = "$LI" ] ||
+	fail "migd A's record of the Linux VM: $S"
+mc_to "$WORK/res" a --json migrate lin --to "127.0.0.1:$PORT_b"
+res=$(<"$WORK/res")
+[ "$MC_RC" = 0 ] || fail "migctl migrate of the Linux VM: $res"
+[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
+check_result "$res"
+[ "$(vm_state b lin)" = running ] || fail "B says $S"
+wait_vm_hb b lin 1
+wait_vm_hb b lin $(($(jfield "$S" hb_lines) + 3))
+[ "$(jfield "$S" mismatches)" = 0 ] || fail "mismatch on B: $S"
+linux_ok "$WORK/b/lin.console"
+ok "migctl moved the Linux VM from migd A to B ($RESULT): it runs on, no mismatch"
+mc b stop lin >/dev/null || fail "migctl stop on B"
+
+# 5. The same VM under QEMU (microvm, -accel kvm): it boots to its
+# heartbeats and ends through isa-debug-exit (QEMU exits (status << 1) | 1).
+qemu=$(command -v qemu-system-x86_64) || fail "no qemu-system-x86_64 (scripts/setup.sh installs it)"
+timeout -s KILL 600 "$qemu" -M microvm -accel kvm -cpu host,-arch-capabilities,-vmx,-svm \
+	-m 384M -smp 2 -nodefaults -no-user-config -nographic -serial "file:$WORK/qemu.con" \
+	-device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$LZ" -initrd "$LI" \
+	-append "${KARGS/ acpi=off/} -- touch=16M wss=2M rate=500 hb=300 duration=3" \
+	>"$WORK/qemu.out" 2>"$WORK/qemu.err" </dev/null
+rc=$?
+[ "$rc" = 1 ] || fail "QEMU exited $rc, expected 1 (guest status 0): $(tail -n3 "$WORK/qemu.err"); console: $(tail -n5 "$WORK/qemu.con")"
+grep -q "^linux-guest: kernel .*, 2 cpus, clocksource kvm-clock$" "$WORK/qemu.con" ||
+	fail "QEMU: not 2 CPUs with kvm-clock: $(grep -m1 '^linux-guest' "$WORK/qemu.con")"
+console_hbs_at_least "$WORK/qemu.con" 2 || fail "QEMU: fewer than 2 heartbeats"
+grep -q "^done .* mismatches=0 status=0$" "$WORK/qemu.con" || fail "QEMU: $(grep '^done' "$WORK/qemu.con")"
+linux_ok "$WORK/qemu.con"
+ok "the same Linux VM under QEMU (microvm): ${#HBS[@]} heartbeats, status 0"

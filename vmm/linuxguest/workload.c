@@ -9,14 +9,16 @@
  * and the tests read both alike:
  *
  *   ready touched=N ms=T
- *   hb seq=N ticks=T written=W verified=V mismatches=M pass=P maxgap_ms=G back=B
+ *   hb seq=N ticks=T written=W verified=V mismatches=M pass=P maxgap_ms=G gap_ms=g back=B
  *   MISMATCH page=N expected=G got=G [reason=...] cpu=C
  *   kmsg: LEVEL TEXT        (a kernel message of level warning or worse)
  *   done ticks=T written=W verified=V mismatches=M status=S
  *
  * It also checks time: CLOCK_MONOTONIC, read every 10 ms, never goes back
- * (back= counts it, and a MISMATCH line says so), and maxgap_ms is the
- * longest step seen, which a test compares with a migration's downtime.
+ * (back= counts it, and a MISMATCH line says so); maxgap_ms is the
+ * longest step seen, gap_ms the longest since the last heartbeat: a test
+ * compares the steps across a migration with its downtime, and the steps
+ * before it with the machine's own noise.
  * ticks are CLOCK_MONOTONIC in 10 ms units since start (the test guest's
  * 100 Hz timer ticks).
  *
@@ -274,7 +276,7 @@ static int setup(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	uint64_t seq = 0, last, next_hb, maxgap = 0, back = 0, end_ns = 0;
+	uint64_t seq = 0, last, next_hb, maxgap = 0, gap = 0, back = 0, end_ns = 0;
 	uint64_t wr, ve, mm, pass;
 	pthread_t km;
 
@@ -319,21 +321,27 @@ int main(int argc, char **argv)
 			back++;
 			say("MISMATCH clock went back by %llu ns\n",
 			    (unsigned long long)(last - t));
-		} else if (t - last > maxgap) {
-			maxgap = t - last;
+		} else {
+			if (t - last > maxgap)
+				maxgap = t - last;
+			if (t - last > gap)
+				gap = t - last;
 		}
 		last = t;
 		if (P.hb_ms && t >= next_hb) {
 			totals(&wr, &ve, &mm, &pass);
 			say("hb seq=%llu ticks=%llu written=%llu verified=%llu "
-			    "mismatches=%llu pass=%llu maxgap_ms=%llu back=%llu\n",
+			    "mismatches=%llu pass=%llu maxgap_ms=%llu gap_ms=%llu "
+			    "back=%llu\n",
 			    (unsigned long long)++seq,
 			    (unsigned long long)((t - t0_ns) / 10000000ull),
 			    (unsigned long long)wr, (unsigned long long)ve,
 			    (unsigned long long)(mm + back),
 			    (unsigned long long)pass,
 			    (unsigned long long)(maxgap / 1000000ull),
+			    (unsigned long long)(gap / 1000000ull),
 			    (unsigned long long)back);
+			gap = 0;
 			next_hb += (uint64_t)P.hb_ms * 1000000ull;
 			if (next_hb < t)
 				next_hb = t + (uint64_t)P.hb_ms * 1000000ull;

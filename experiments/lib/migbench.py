@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -477,3 +478,37 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def guest_cmdline(a):
+    """The guest's command line: the test guest's parameters, after the
+    kernel's own arguments and "--" for a Linux VM (vmm/linuxguest: its init
+    hands the words after "--" to the workload, which takes the same)."""
+    args = ["cpus=%d" % a.cpus, "touch=" + a.touch, "wss=" + a.wss, "rate=" + a.rate,
+            "fill=" + a.fill, "seed=%d" % a.seed]
+    if a.hb is not None:
+        args.append("hb=%d" % a.hb)
+    line = " ".join(args + shlex.split(a.guest_args))
+    if a.kernel_args:
+        line = a.kernel_args + " -- " + line
+    return line
+
+
+def add_kernel_args(group, default_kernel):
+    """--kernel, --initrd and --kernel-args, the same on both sides."""
+    group.add_argument("--kernel", default=default_kernel,
+                       help="the guest kernel: the test guest ELF, or a Linux bzImage "
+                            "(default %(default)s)")
+    group.add_argument("--initrd", default=None,
+                       help="an initrd for --kernel (the Linux test VM's: "
+                            "build/vmm/linuxguest/initrd.cpio.gz)")
+    group.add_argument("--kernel-args", default="",
+                       help="a Linux kernel's own arguments, put before '--' and the "
+                            "workload's parameters, e.g. 'console=ttyS0 quiet'")
+
+
+def boot_timeout(a, touched):
+    """Time to the workload's 'ready': the test guest's stamping of what it
+    touches, and a Linux kernel's boot before it (a minute or two in an
+    emulated host)."""
+    return 30 + 10 * touched / (1 << 30) + (120 if a.kernel_args else 0)

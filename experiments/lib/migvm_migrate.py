@@ -131,11 +131,7 @@ def mode_params(a):
 
 
 def guest_cmdline(a):
-    args = ["cpus=%d" % a.cpus, "touch=" + a.touch, "wss=" + a.wss, "rate=" + a.rate,
-            "fill=" + a.fill, "seed=%d" % a.seed]
-    if a.hb is not None:
-        args.append("hb=%d" % a.hb)
-    return " ".join(args + shlex.split(a.guest_args))
+    return mb.guest_cmdline(a)
 
 
 def debug_stamp(text, what):
@@ -186,8 +182,12 @@ def migrate(a, wd, result):
     p = mb.wait_for(port, 20 + 10 * a.mem / 1024, 0.05, "the destination's port")
     result["port"] = p
 
-    src = Proc("src", [a.migvm] + mem + ["--cmdline", a.cmdline, "--console", src_con_path,
-                                         "--control", ctl_path], wd)
+    boot = []
+    if a.kernel:
+        boot = ["--kernel", a.kernel] + (["--initrd", a.initrd] if a.initrd else [])
+    src = Proc("src", [a.migvm] + mem + boot + ["--cmdline", a.cmdline,
+                                                "--console", src_con_path,
+                                                "--control", ctl_path], wd)
     result["_procs"].append(src)
     result["settings"]["migvm_argv_src"] = src.argv
 
@@ -311,8 +311,8 @@ def migrate(a, wd, result):
 def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="migvm_migrate.sh",
-        description="Live-migrate the test guest between two migvm processes over loopback "
-                    "TCP and print one JSON object.")
+        description="Live-migrate the test guest (or a Linux VM) between two migvm "
+                    "processes over loopback TCP and print one JSON object.")
     g = ap.add_argument_group("guest")
     g.add_argument("--mem", type=int, default=1024, help="guest RAM, MiB (default 1024)")
     g.add_argument("--cpus", type=int, default=2, help="vCPUs = guest cpus= (default 2)")
@@ -323,6 +323,7 @@ def parse_args(argv):
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--hb", type=int, default=None, help="guest hb= period, ms (guest default 1000)")
     g.add_argument("--guest-args", default="", help="more guest parameters, e.g. 'idle=halt'")
+    mb.add_kernel_args(g, default_kernel=None)
     m = ap.add_argument_group("migration")
     m.add_argument("--mode", default="default",
                    help="default (compress auto) | zstd (compress on) | raw (compress off) | "
@@ -339,14 +340,15 @@ def parse_args(argv):
     r.add_argument("--settle", type=float, default=2.0, help="seconds to run after 'ready' (default 2)")
     r.add_argument("--timeout", type=int, default=120, help="migration time limit, s (default 120)")
     r.add_argument("--boot-timeout", type=float, default=None,
-                   help="time limit to 'ready', s (default 30 + 10 per GiB touched)")
+                   help="time limit to 'ready', s (default 30 + 10 per GiB touched; "
+                        "a Linux VM 120 more)")
     r.add_argument("--check-seconds", type=float, default=4.0,
                    help="watch the guest on the destination this long (default 4)")
     r.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     touched = max(mb.parse_size(a.touch), mb.parse_size(a.wss))
     if a.boot_timeout is None:
-        a.boot_timeout = 30 + 10 * touched / (1 << 30)
+        a.boot_timeout = mb.boot_timeout(a, touched)
     a.migvm_extra = shlex.split(a.migvm_extra)
     a.dest_extra = shlex.split(a.dest_extra)
     a.cmdline = guest_cmdline(a)
@@ -360,7 +362,8 @@ def main(argv=None):
         "mem_mib": a.mem, "cpus": a.cpus, "touch": a.touch, "wss": a.wss, "rate": a.rate,
         "fill": a.fill, "seed": a.seed, "append": a.cmdline, "downtime_ms": a.downtime_ms,
         "max_bandwidth": a.max_bandwidth, "settle_s": a.settle, "timeout_s": a.timeout,
-        "migvm": a.migvm, "netns_private": mb.private_netns(),
+        "migvm": a.migvm, "kernel": a.kernel, "initrd": a.initrd,
+        "netns_private": mb.private_netns(),
     }
     hard_limit = int(a.boot_timeout + a.settle + a.timeout + a.check_seconds + 60)
 
@@ -375,6 +378,9 @@ def main(argv=None):
     try:
         if not os.access(a.migvm, os.X_OK):
             raise RunError("no migvm at %s (build it: cmake --build build)" % a.migvm)
+        for what, path in (("guest kernel", a.kernel), ("initrd", a.initrd)):
+            if path and not os.path.isfile(path):
+                raise RunError("no %s at %s" % (what, path))
         migrate(a, wd, result)
     except (Abort, RunError, TimeoutError, OSError, ValueError,
             subprocess.SubprocessError) as e:

@@ -246,9 +246,11 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
             "-nodefaults", "-no-user-config", "-nographic",
             "-serial", "file:" + console,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-            "-kernel", a.kernel, "-append", a.append,
-            "-qmp", "unix:%s,server=on,wait=off" % qmp_path,
-            "-msg", "timestamp=on", "-D", os.path.join(workdir, name + ".trace")]
+            "-kernel", a.kernel, "-append", a.append]
+    if a.initrd:
+        argv += ["-initrd", a.initrd]
+    argv += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path,
+             "-msg", "timestamp=on", "-D", os.path.join(workdir, name + ".trace")]
     for ev in TRACE_EVENTS:
         argv += ["-trace", ev]
     if incoming:
@@ -259,11 +261,7 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
 
 
 def guest_append(a):
-    args = ["cpus=%d" % a.cpus, "touch=" + a.touch, "wss=" + a.wss, "rate=" + a.rate,
-            "fill=" + a.fill, "seed=%d" % a.seed]
-    if a.hb is not None:
-        args.append("hb=%d" % a.hb)
-    return " ".join(args + shlex.split(a.guest_args))
+    return mb.guest_cmdline(a)
 
 
 def migrate(a, wd, result):
@@ -500,7 +498,7 @@ def parse_args(argv):
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--hb", type=int, default=None, help="guest hb= period, ms (guest default 1000)")
     g.add_argument("--guest-args", default="", help="more guest parameters, e.g. 'idle=halt'")
-    g.add_argument("--kernel", default=DEFAULT_KERNEL, help="test guest ELF (default %(default)s)")
+    mb.add_kernel_args(g, default_kernel=DEFAULT_KERNEL)
     m = ap.add_argument_group("migration")
     m.add_argument("--mode", default="plain",
                    help="plain | multifd | multifd-zstd | xbzrle | auto-converge | return-path, "
@@ -529,7 +527,8 @@ def parse_args(argv):
     r.add_argument("--settle", type=float, default=2.0, help="seconds to run after 'ready' (default 2)")
     r.add_argument("--timeout", type=int, default=120, help="migration time limit, s (default 120)")
     r.add_argument("--boot-timeout", type=float, default=None,
-                   help="time limit to 'ready', s (default 30 + 10 per GiB touched)")
+                   help="time limit to 'ready', s (default 30 + 10 per GiB touched; "
+                        "a Linux VM 120 more)")
     r.add_argument("--check-seconds", type=float, default=4.0,
                    help="watch the guest on the destination this long (default 4)")
     r.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -546,7 +545,7 @@ def parse_args(argv):
     else:
         a.xbzrle_cache = mb.parse_size(a.xbzrle_cache)
     if a.boot_timeout is None:
-        a.boot_timeout = 30 + 10 * touched / (1 << 30)
+        a.boot_timeout = mb.boot_timeout(a, touched)
     a.qemu_extra = shlex.split(a.qemu_extra)
     a.dest_extra = shlex.split(a.dest_extra)
     a.src_extra = shlex.split(a.src_extra)
@@ -561,7 +560,7 @@ def main(argv=None):
         "mem_mib": a.mem, "cpus": a.cpus, "touch": a.touch, "wss": a.wss, "rate": a.rate,
         "fill": a.fill, "seed": a.seed, "append": a.append, "downtime_ms": a.downtime_ms,
         "max_bandwidth": a.max_bandwidth, "settle_s": a.settle, "timeout_s": a.timeout,
-        "kernel": a.kernel, "netns_private": mb.private_netns(),
+        "kernel": a.kernel, "initrd": a.initrd, "netns_private": mb.private_netns(),
     }
     # Everything is bounded: boot, settle, migration, checks, plus slack.
     hard_limit = int(a.boot_timeout + a.settle + a.timeout + a.check_seconds + 60)
@@ -576,8 +575,10 @@ def main(argv=None):
     wd = a.workdir or tempfile.mkdtemp(prefix="qemu-mig.")
     try:
         if not os.path.isfile(a.kernel):
-            raise QMPError("no test guest at %s (build it: cmake --build build --target testguest)"
-                           % a.kernel)
+            raise QMPError("no guest kernel at %s (the test guest: cmake --build build "
+                           "--target testguest)" % a.kernel)
+        if a.initrd and not os.path.isfile(a.initrd):
+            raise QMPError("no initrd at %s" % a.initrd)
         migrate(a, wd, result)
     except (Abort, QMPError, TimeoutError, OSError, ValueError) as e:
         if result.get("status") in (None, "error", "active", "setup"):

@@ -414,13 +414,16 @@ int main(int argc, char **argv)
 				"--cpus N\n");
 			return 2;
 		}
-		if (cfg.initrd && !cfg.kernel) {
+		/* Unset strings are "" (protobuf's default), not NULL. */
+		bool kernel = cfg.kernel && cfg.kernel[0];
+		bool initrd = cfg.initrd && cfg.initrd[0];
+		if (initrd && !kernel) {
 			fprintf(stderr, "migctl: --initrd goes with --kernel\n");
 			return 2;
 		}
 		/* migd runs elsewhere: it gets absolute paths. */
-		if ((cfg.kernel && !(cfg.kernel = abs_path("kernel", cfg.kernel))) ||
-		    (cfg.initrd && !(cfg.initrd = abs_path("initrd", cfg.initrd))))
+		if ((kernel && !(cfg.kernel = abs_path("kernel", cfg.kernel))) ||
+		    (initrd && !(cfg.initrd = abs_path("initrd", cfg.initrd))))
 			return 2;
 		cfg.name = (char *)name;
 		req.req_case = MIG__D__REQUEST__REQ_START;

@@ -73,6 +73,10 @@ mc a start vm1 --mem 512 --cpus 1 --cmdline "$GUEST" >/dev/null ||
 wait_vm_hb a vm1 2
 out=$(mc a start vm1 --mem 512 --cpus 1 2>&1) && fail "a second vm1 started"
 grep -q "exists" <<<"$out" || fail "unclear error for a duplicate: $out"
+out=$(mc a start vm2 --mem 64 --cpus 1 --initrd "$TG" 2>&1) && fail "an initrd without a kernel started"
+grep -q "initrd goes with --kernel" <<<"$out" || fail "unclear error for --initrd alone: $out"
+out=$(mc a start vm2 --mem 64 --cpus 1 --kernel "$WORK/nope" 2>&1) && fail "a missing kernel started"
+grep -q "kernel $WORK/nope: No such file" <<<"$out" || fail "unclear error for a missing kernel: $out"
 out=$(mc a status nosuch 2>&1) && fail "status of a VM that does not exist"
 grep -q "no VM named nosuch" <<<"$out" || fail "unclear error: $out"
 ok "vm1 runs on A"

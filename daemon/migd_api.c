@@ -149,6 +149,12 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 				 "(1..63 of A-Z a-z 0-9 _ . -)");
 			break;
 		}
+		if (cfg->initrd && cfg->initrd[0] &&
+		    !(cfg->kernel && cfg->kernel[0])) {
+			err_resp(&resp, msg, sizeof(msg), -EINVAL, "--initrd "
+				 "goes with --kernel");
+			break;
+		}
 		if (cfg->mem_mib < 2 || cfg->cpus < 1 || cfg->cpus > 64) {
 			err_resp(&resp, msg, sizeof(msg), -EINVAL, "--mem MIB "
 				 "(>= 2) and --cpus N (1..64) are needed");

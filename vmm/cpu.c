@@ -528,6 +528,14 @@ static void *vcpu_thread(void *arg)
 					pthread_cond_wait(&vm->cond, &vm->lock);
 				vm->nr_parked--;
 				v->throttle_ran_from = 0;
+				/* As QEMU does whenever a VM starts: tell a
+				 * kvmclock guest it was stopped
+				 * (PVCLOCK_GUEST_STOPPED), so that its
+				 * soft-lockup watchdog does not count the
+				 * pause. On the vCPU's own fd, out of
+				 * KVM_RUN: it cannot block. EINVAL: no
+				 * kvmclock in the guest (the test guest). */
+				(void)ioctl(v->fd, KVM_KVMCLOCK_CTRL, 0);
 			}
 		}
 		if (vm->stopping) {
@@ -662,13 +670,6 @@ int vm_resume(struct vm *vm, mig_error *err)
 	if (vm->pause_depth == 0) {
 		r = vmm_err(err, -EINVAL, "resume: the VM is not paused");
 	} else if (--vm->pause_depth == 0) {
-		/* As QEMU does whenever a VM starts: tell a kvmclock guest
-		 * that it was stopped (PVCLOCK_GUEST_STOPPED), so that its
-		 * soft-lockup watchdog does not count the pause. The vCPUs
-		 * are parked, out of KVM_RUN. EINVAL: no kvmclock in the
-		 * guest (the test guest); nothing to tell. */
-		for (uint32_t i = 0; i < vm->nr_vcpus; i++)
-			(void)ioctl(vm->vcpus[i].fd, KVM_KVMCLOCK_CTRL, 0);
 		vm->pause_req = false;
 		pthread_cond_broadcast(&vm->cond);
 	}

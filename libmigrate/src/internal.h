@@ -49,7 +49,8 @@ uint64_t mig__now_us(void);
 uint64_t mig__now_ns(void);
 /* Name the calling thread (top, perf, gdb show it); at most 15 chars. */
 void mig__thread_name(const char *name);
-/* pthread_create() with every signal blocked in the new thread: the
+/* pthread_create() with every signal but the faults' (SIGSEGV, SIGBUS,
+ * ...) blocked in the new thread: the
  * embedder's signals go to its own threads, and a write to a peer that
  * hung up fails with EPIPE there instead of killing the process with a
  * SIGPIPE it did not ignore. Returns 0 or a positive errno. */

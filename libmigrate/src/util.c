@@ -99,6 +99,15 @@ int mig__thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 	int r;
 
 	sigfillset(&all);
+	/* Not the faults: blocked, the kernel would kill the process at
+	 * the first one rather than run the embedder's handler (a SIGBUS
+	 * handler for memory errors, say). */
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGTRAP);
+	sigdelset(&all, SIGSYS);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -171,9 +171,10 @@ typedef struct mig_state mig_state;
  * thread, never concurrently with each other for one handle. Each returns 0
  * or a negative errno; on failure it may fill `err`.
  *
- * The library's threads run with every signal blocked (so a peer that hangs
+ * The library's threads run with every signal blocked but the faults'
+ * (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS), so a peer that hangs
  * up gives EPIPE, never a SIGPIPE to the process, and the VMM's signals go
- * to its own threads); a thread a callback creates inherits that mask and
+ * to its own threads; a thread a callback creates inherits that mask and
  * unblocks what it needs, as vCPU threads do their kick signal.
  */
 typedef struct mig_vm_ops {

@@ -476,10 +476,6 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def guest_cmdline(a):
     """The guest's command line: the test guest's parameters, after the
     kernel's own arguments and "--" for a Linux VM (vmm/linuxguest: its init
@@ -512,3 +508,7 @@ def boot_timeout(a, touched):
     touches, and a Linux kernel's boot before it (a minute or two in an
     emulated host)."""
     return 30 + 10 * touched / (1 << 30) + (120 if a.kernel_args else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

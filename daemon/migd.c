@@ -278,7 +278,10 @@ static void child_line(struct child *c, bool is_err, char *line)
 	pthread_mutex_unlock(&g.lock);
 	if (!is_err)
 		return;
-	mlog(LOG_DEBUG, vm, "migvm: %s", line);
+	/* What migvm warns of (a TSC rate it cannot keep, ...) is for the
+	 * operator, not only for debugging. */
+	mlog(strncmp(line, "migvm: warning: ", 16) ? LOG_DEBUG : LOG_WARN, vm,
+	     "migvm: %s", line);
 	if ((p = strstr(line, "incoming migration on port ")) &&
 	    vm->state == VM_INCOMING) {
 		vm->incoming_port = atoi(p + strlen("incoming migration on "

@@ -75,6 +75,9 @@ static void usage(FILE *f)
 "  --incoming-huge-pages  with --incoming or --restore: fill guest RAM with\n"
 "                         huge pages (default: base pages until the VM runs,\n"
 "                         as nested hosts may fault them in faster; then THP)\n"
+"  --strict-tsc           with --incoming or --restore: refuse a saved TSC\n"
+"                         rate this host cannot run (default: run at this\n"
+"                         host's rate and warn, as QEMU does)\n"
 "  --migrate-to tcp:HOST:PORT  migrate this VM there ...\n"
 "  --migrate-after SEC    ... this long after it started (default 1)\n"
 "  --token T              the one-time token both sides must share\n"
@@ -170,7 +173,8 @@ static bool has_param(const char *cmdline, const char *key)
 enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
-       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD };
+       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD,
+       OPT_STRICT_TSC };
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -190,6 +194,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "incoming-timeout", required_argument, NULL, OPT_INCOMING_TIMEOUT },
 		{ "incoming-huge-pages", no_argument, NULL, OPT_INCOMING_HUGE },
+		{ "strict-tsc", no_argument, NULL, OPT_STRICT_TSC },
 		{ "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
 		{ "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
 		{ "token", required_argument, NULL, OPT_TOKEN },
@@ -248,6 +253,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			break;
 		case OPT_INCOMING_HUGE:
 			o->incoming_huge_pages = true;
+			break;
+		case OPT_STRICT_TSC:
+			o->cfg.strict_tsc = true;
 			break;
 		case OPT_BACKEND:
 			if (!strcmp(optarg, "memfd"))
@@ -390,6 +398,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 	if (o->incoming_huge_pages && !o->incoming && !o->restore) {
 		fprintf(stderr, "migvm: --incoming-huge-pages needs --incoming "
 			"or --restore\n");
+		return -1;
+	}
+	if (o->cfg.strict_tsc && !o->incoming && !o->restore) {
+		fprintf(stderr, "migvm: --strict-tsc needs --incoming or "
+			"--restore\n");
 		return -1;
 	}
 	/* The dirty ring must be enabled before the vCPUs exist. */
@@ -597,6 +610,7 @@ static int run_vm(struct options *o)
 	/* RAM that a migration or a state file fills: see mem.c. */
 	cfg.fill_base_pages = (o->incoming || o->restore) &&
 			      !o->incoming_huge_pages;
+	cfg.strict_tsc = o->cfg.strict_tsc;
 	if (o->restore)
 		cfg.backend = o->cfg.backend;
 	else if (!o->incoming && (r = pvh_open(cfg.kernel, cfg.mem_mib, cfg.cmdline,

@@ -182,6 +182,43 @@ static long vcpu_index(struct vm *vm, const char *name)
 	return i;
 }
 
+/*
+ * One vCPU's state. A TSC rate KVM cannot run here (no TSC scaling, slower
+ * than this host's) is refused with --strict-tsc; otherwise the VM runs at
+ * this host's rate, as QEMU does, and the user is told once per load.
+ */
+static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
+		     mig_error *err)
+{
+	mig_x86_tsc_policy policy = vm->cfg.strict_tsc ? MIG_X86_TSC_STRICT
+						       : MIG_X86_TSC_HOST;
+	mig_x86_tsc_info tsc;
+	int r;
+
+	r = mig_x86_vcpu_load_tsc(vm->kvm_fd, vm->vcpus[i].fd, data, len,
+				  policy, &tsc, err);
+	if (r < 0) {
+		if (vm->cfg.strict_tsc && tsc.saved_khz && tsc.khz &&
+		    tsc.saved_khz != tsc.khz)
+			vmm_err_prefix(err, "vCPU %u (--strict-tsc): ", i);
+		else
+			vmm_err_prefix(err, "vCPU %u: ", i);
+		return r;
+	}
+	if (tsc.saved_khz && tsc.khz && tsc.saved_khz != tsc.khz &&
+	    !vm->tsc_warned) {
+		double ppm = ((double)tsc.khz - tsc.saved_khz) * 1e6 /
+			     tsc.saved_khz;
+		fprintf(stderr, "migvm: warning: the saved TSC ran at %u kHz; "
+			"KVM here cannot run it below this host's %u kHz (no "
+			"TSC scaling), so the guest's TSC now runs %+.0f ppm "
+			"off (kvmclock unaffected; --strict-tsc refuses)\n",
+			tsc.saved_khz, tsc.khz, ppm);
+		vm->tsc_warned = true;
+	}
+	return 0;
+}
+
 int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 		       size_t len, mig_error *err)
 {
@@ -203,11 +240,8 @@ int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 	} else if ((i = vcpu_index(vm, name)) >= 0) {
 		if (!vm->loaded.vm)
 			return 0; /* devices before vCPUs (see kvm_x86.h) */
-		r = mig_x86_vcpu_load(vm->kvm_fd, vm->vcpus[i].fd, data, len, err);
-		if (r < 0) {
-			vmm_err_prefix(err, "vCPU %ld: ", i);
+		if ((r = load_vcpu(vm, (uint32_t)i, data, len, err)) < 0)
 			return r;
-		}
 		vm->loaded.vcpu[i] = true;
 	} else if (!strcmp(name, ITEM_SERIAL)) {
 		if ((r = serial_load(&vm->serial, data, len, err)) < 0)
@@ -244,12 +278,8 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 		vcpu_item(name, sizeof(name), i);
 		if ((r = get_item(src, name, &data, &len, err)) < 0)
 			return r;
-		r = mig_x86_vcpu_load(vm->kvm_fd, vm->vcpus[i].fd, data, len,
-				      err);
-		if (r < 0) {
-			vmm_err_prefix(err, "vCPU %u: ", i);
+		if ((r = load_vcpu(vm, i, data, len, err)) < 0)
 			return r;
-		}
 	}
 	if (!vm->loaded.serial) {
 		if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||

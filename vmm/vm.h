@@ -62,6 +62,9 @@ struct vm_config {
 	 * restore: fault it in with base pages, and give it back to THP
 	 * once filled (mem_filled()). Off with --incoming-huge-pages. */
 	bool fill_base_pages;
+	/* A saved TSC rate this host cannot run fails the load; otherwise
+	 * the VM runs at this host's rate, with a warning (--strict-tsc). */
+	bool strict_tsc;
 };
 
 /* ---- serial.c ----------------------------------------------------- */
@@ -171,6 +174,7 @@ struct vm {
 		bool config, vm, serial;
 		bool vcpu[VM_MAX_VCPUS];
 	} loaded;
+	bool tsc_warned;          /* state.c: the TSC rate warning was given */
 
 	/* migrate.c: the migration in progress, if any, and the JSON result
 	 * of the last one that ended (main thread only) */

@@ -673,8 +673,52 @@ static int load_xsave(int kvm_fd, int vcpu_fd, const ProtobufCBinaryData *x,
 	return r < 0 ? ioctl_err(err, r, "KVM_SET_XSAVE") : 0;
 }
 
+/*
+ * Run the vCPU at the saved TSC rate. Without TSC scaling KVM can emulate
+ * a faster TSC (catch-up) but not a slower one; there, by policy, either
+ * refuse (-ENOTSUP) or go on at the vCPU's own rate, as QEMU does unless
+ * the rate was asked for explicitly. A refused KVM_SET_TSC_KHZ has already
+ * recorded the rate as the vCPU's virtual TSC rate (which KVM uses to
+ * match TSC writes across vCPUs): set the vCPU's own rate back.
+ */
+static int load_tsc_khz(int vcpu_fd, uint64_t saved, mig_x86_tsc_policy policy,
+			mig_x86_tsc_info *tsc, mig_error *err)
+{
+	int cur, r;
+
+	if (!saved)
+		return 0; /* unknown at the source: nothing to match */
+	if ((cur = xioctl(vcpu_fd, KVM_GET_TSC_KHZ, NULL)) < 0)
+		return ioctl_err(err, cur, "KVM_GET_TSC_KHZ");
+	if (tsc)
+		tsc->khz = (uint32_t)cur;
+	if ((uint64_t)cur == saved)
+		return 0;
+	r = xioctl(vcpu_fd, KVM_SET_TSC_KHZ, (void *)(unsigned long)saved);
+	if (r == 0) {
+		if (tsc)
+			tsc->khz = (uint32_t)saved;
+		return 0;
+	}
+	(void)xioctl(vcpu_fd, KVM_SET_TSC_KHZ, (void *)(unsigned long)cur);
+	if (policy == MIG_X86_TSC_HOST)
+		return 0;
+	return mig__err(err, -ENOTSUP, "KVM_SET_TSC_KHZ: cannot run the saved "
+			"TSC at %llu kHz here (vCPU has %d kHz, and KVM cannot "
+			"scale it down): %s", (unsigned long long)saved, cur,
+			mig_strerror(r));
+}
+
 MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 			      size_t len, mig_error *err)
+{
+	return mig_x86_vcpu_load_tsc(kvm_fd, vcpu_fd, blob, len,
+				     MIG_X86_TSC_STRICT, NULL, err);
+}
+
+MIG_API int mig_x86_vcpu_load_tsc(int kvm_fd, int vcpu_fd, const void *blob,
+				  size_t len, mig_x86_tsc_policy policy,
+				  mig_x86_tsc_info *tsc, mig_error *err)
 {
 	Mig__State__X86Vcpu *m;
 	struct kvm_msrs *msrs = NULL;
@@ -691,9 +735,16 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 	uint64_t deadline = 0;
 	int r;
 
+	if (tsc)
+		memset(tsc, 0, sizeof(*tsc));
+	if (policy != MIG_X86_TSC_STRICT && policy != MIG_X86_TSC_HOST)
+		return mig__err(err, -EINVAL, "mig_x86_vcpu_load_tsc: unknown "
+				"TSC policy %d", (int)policy);
 	r = vcpu_decode(blob, len, &m, err);
 	if (r < 0)
 		return r;
+	if (tsc)
+		tsc->saved_khz = (uint32_t)m->tsc_khz; /* checked <= UINT32_MAX */
 	/* Copy out of the (unaligned) protobuf buffers. */
 	memcpy(&regs, m->regs.data, sizeof(regs));
 	memcpy(&sregs, m->sregs.data, sizeof(sregs));
@@ -710,26 +761,8 @@ MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 	if (m->debugregs.len)
 		memcpy(&dregs, m->debugregs.data, sizeof(dregs));
 
-	if (m->tsc_khz) {
-		r = xioctl(vcpu_fd, KVM_GET_TSC_KHZ, NULL);
-		if (r < 0) {
-			ioctl_err(err, r, "KVM_GET_TSC_KHZ");
-			goto out;
-		}
-		if ((uint64_t)r != m->tsc_khz) {
-			int cur = r;
-			r = xioctl(vcpu_fd, KVM_SET_TSC_KHZ,
-				   (void *)(unsigned long)m->tsc_khz);
-			if (r < 0) {
-				r = mig__err(err, -ENOTSUP, "KVM_SET_TSC_KHZ: "
-					     "cannot run the saved TSC at %llu "
-					     "kHz here (vCPU has %d kHz): %s",
-					     (unsigned long long)m->tsc_khz,
-					     cur, mig_strerror(r));
-				goto out;
-			}
-		}
-	}
+	if ((r = load_tsc_khz(vcpu_fd, m->tsc_khz, policy, tsc, err)) < 0)
+		goto out;
 	r = msrs_for_load(kvm_fd, m, &msrs, &has_deadline, &deadline, err);
 	if (r < 0)
 		goto out;

@@ -28,6 +28,7 @@ expect 2 "--cpus two: not a number" --cpus two
 expect 2 "--mem-backend hugepages: expected private, memfd or anon" --mem-backend hugepages
 expect 2 "--corrupt-gpa needs --restore" --corrupt-gpa 0x1000
 expect 2 "--incoming-huge-pages needs --incoming or --restore" --incoming-huge-pages
+expect 2 "--strict-tsc needs --incoming or --restore" --strict-tsc
 expect 2 "--corrupt-gpa zz: not an address" --corrupt-gpa zz --restore x
 expect 2 "--restore takes the VM's memory" --restore x --mem 64
 expect 2 "--restore takes the VM's memory" --restore x --kernel y

@@ -458,6 +458,90 @@ static int cpuid_with_deadline(struct kvm_env *k)
  * in after the LAPIC (KVM ignores it unless the timer is in TSC-deadline
  * mode) and after the TSC it counts against.
  */
+/* b's vCPU loads a's blob with its TSC rate replaced by `khz`. */
+static int load_at_rate(struct kvm_env *b, const void *blob, size_t len,
+			uint32_t khz, mig_x86_tsc_policy policy,
+			mig_x86_tsc_info *tsc, mig_error *e)
+{
+	Mig__State__X86Vcpu *m = mig__state__x86_vcpu__unpack(NULL, len, blob);
+	uint8_t *buf;
+	size_t n;
+	int r;
+
+	assert_non_null(m);
+	m->tsc_khz = khz;
+	n = mig__state__x86_vcpu__get_packed_size(m);
+	buf = malloc(n);
+	assert_non_null(buf);
+	mig__state__x86_vcpu__pack(m, buf);
+	r = mig_x86_vcpu_load_tsc(b->kvm, b->vcpu, buf, n, policy, tsc, e);
+	free(buf);
+	mig__state__x86_vcpu__free_unpacked(m, NULL);
+	return r;
+}
+
+/*
+ * A saved TSC rate 10% below the vCPU's: KVM with TSC scaling runs it;
+ * without, the strict policy refuses and leaves the vCPU's rate as it was
+ * (KVM records a refused rate), the host policy goes on at the vCPU's own
+ * rate and says so. A faster saved rate always loads (scaling or KVM's
+ * catch-up).
+ */
+static void test_kvm_tsc_policy(void **state)
+{
+	struct kvm_env a, b;
+	mig_x86_tsc_info tsc;
+	mig_error e = { 0 };
+	void *blob = NULL;
+	size_t len = 0;
+	int cur, r;
+	(void)state;
+
+	need_kvm(&a);
+	assert_int_equal(kvm_env_open(&b), 0);
+	assert_int_equal(mig_x86_vcpu_save(a.kvm, a.vcpu, &blob, &len, &e), 0);
+	cur = ioctl(b.vcpu, KVM_GET_TSC_KHZ, 0);
+	assert_true(cur > 1000);
+	uint32_t slow = (uint32_t)cur / 10 * 9, fast = (uint32_t)cur / 10 * 11;
+
+	assert_int_equal(load_at_rate(&b, blob, len, slow, (mig_x86_tsc_policy)7,
+				      &tsc, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "TSC policy"));
+
+	r = load_at_rate(&b, blob, len, slow, MIG_X86_TSC_STRICT, &tsc, &e);
+	print_message("vCPU at %d kHz, saved %u kHz: KVM %s\n", cur, slow,
+		      r == 0 ? "scales it" : "cannot run it (no TSC scaling)");
+	assert_int_equal(tsc.saved_khz, slow);
+	if (r == 0) { /* TSC scaling */
+		assert_int_equal(tsc.khz, slow);
+		assert_int_equal(ioctl(b.vcpu, KVM_GET_TSC_KHZ, 0), (int)slow);
+		assert_int_equal(ioctl(b.vcpu, KVM_SET_TSC_KHZ, cur), 0);
+	} else {
+		assert_int_equal(r, -ENOTSUP);
+		assert_non_null(strstr(e.msg, "KVM_SET_TSC_KHZ"));
+		assert_int_equal(tsc.khz, (uint32_t)cur);
+		assert_int_equal(ioctl(b.vcpu, KVM_GET_TSC_KHZ, 0), cur);
+		memset(&tsc, 0xff, sizeof(tsc));
+		r = load_at_rate(&b, blob, len, slow, MIG_X86_TSC_HOST, &tsc,
+				 &e);
+		if (r < 0)
+			fail_msg("host policy: %s", e.msg);
+		assert_int_equal(tsc.saved_khz, slow);
+		assert_int_equal(tsc.khz, (uint32_t)cur);
+		assert_int_equal(ioctl(b.vcpu, KVM_GET_TSC_KHZ, 0), cur);
+	}
+	r = load_at_rate(&b, blob, len, fast, MIG_X86_TSC_STRICT, &tsc, &e);
+	if (r < 0)
+		fail_msg("faster rate: %s", e.msg);
+	assert_int_equal(tsc.saved_khz, fast);
+	assert_int_equal(tsc.khz, fast);
+	assert_int_equal(ioctl(b.vcpu, KVM_GET_TSC_KHZ, 0), (int)fast);
+
+	mig_free(blob);
+	kvm_env_close(&a);
+	kvm_env_close(&b);
+}
+
 static void test_kvm_tsc_deadline(void **state)
 {
 	const uint32_t msr_tsc = 0x10, msr_deadline = 0x6e0;
@@ -627,6 +711,7 @@ int main(void)
 		cmocka_unit_test(test_vcpu_truncated_and_corrupted),
 		cmocka_unit_test(test_vm_blob),
 		cmocka_unit_test(test_kvm_round_trip),
+		cmocka_unit_test(test_kvm_tsc_policy),
 		cmocka_unit_test(test_kvm_tsc_deadline),
 		cmocka_unit_test(test_kvm_pending_init),
 		cmocka_unit_test(test_kvm_ap_init_sipi),

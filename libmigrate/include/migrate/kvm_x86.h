@@ -71,7 +71,8 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
 /*
  * Load a blob made by mig_x86_vcpu_save() into `vcpu_fd` (whose CPUID is
  * already set). The TSC frequency is set with KVM_SET_TSC_KHZ when it differs
- * from the vCPU's; -ENOTSUP if KVM cannot scale to it. Order inside, as KVM
+ * from the vCPU's; -ENOTSUP if KVM cannot run it (see
+ * mig_x86_vcpu_load_tsc() for the alternative). Order inside, as KVM
  * needs it: sregs, regs, XCRs, XSAVE, LAPIC, MSRs (TSC_ADJUST before TSC,
  * TSC_DEADLINE last: KVM ignores it unless the LAPIC is already in
  * TSC-deadline mode and the TSC set), vCPU events (with them an INIT the
@@ -83,6 +84,41 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
  */
 MIG_API int mig_x86_vcpu_load(int kvm_fd, int vcpu_fd, const void *blob,
 			      size_t len, mig_error *err);
+
+/*
+ * What mig_x86_vcpu_load_tsc() does when KVM cannot run the saved TSC rate
+ * on this vCPU (no TSC scaling, and the saved rate is below this host's:
+ * KVM emulates a faster TSC but not a slower one).
+ *   MIG_X86_TSC_STRICT  fail with -ENOTSUP, nothing applied (what
+ *                       mig_x86_vcpu_load() does): for a rate the user
+ *                       asked for explicitly.
+ *   MIG_X86_TSC_HOST    go on at this vCPU's own rate and report both in
+ *                       *tsc, as QEMU does (with a warning) for a rate it
+ *                       merely carried over. kvmclock stays right (KVM
+ *                       computes it from the real rate); a guest that
+ *                       counts raw TSC ticks runs its clock off by the
+ *                       difference until it recalibrates. The caller
+ *                       should tell the user.
+ */
+typedef enum mig_x86_tsc_policy {
+	MIG_X86_TSC_STRICT = 0,
+	MIG_X86_TSC_HOST = 1,
+} mig_x86_tsc_policy;
+
+typedef struct mig_x86_tsc_info {
+	uint32_t saved_khz; /* the rate in the blob; 0: none saved */
+	uint32_t khz;       /* the rate the vCPU runs at now; 0: not known */
+} mig_x86_tsc_info;
+
+/*
+ * mig_x86_vcpu_load() with a TSC policy; `tsc` (may be NULL) receives the
+ * saved and the resulting rate, also on failure as far as known: a caller
+ * warns when both are set and differ. Returns as mig_x86_vcpu_load(), and
+ * -EINVAL for an unknown policy.
+ */
+MIG_API int mig_x86_vcpu_load_tsc(int kvm_fd, int vcpu_fd, const void *blob,
+				  size_t len, mig_x86_tsc_policy policy,
+				  mig_x86_tsc_info *tsc, mig_error *err);
 
 /*
  * Save the VM-wide in-kernel devices of `vm_fd`: PIC master and slave and

@@ -4,8 +4,9 @@
 # reported a bug, or failed with a guest's KVM_EXIT_SHUTDOWN in its output
 # runs again on a fresh host, at most MIG_NESTED_RETRIES (2) more times; a
 # plain failure and a timeout never run again, and a timeout leaves the host
-# stale, so that the next test boots a fresh one. Made-up jobs play each
-# case; each run records the boot id of the host it ran on.
+# stale, so that the next test boots a fresh one; `run` runs again too.
+# Made-up jobs play each case; each run records the boot id of the host it
+# ran on.
 #   test_runner.sh BUILD SRC
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -94,4 +95,20 @@ expect timeout 124 1 1 5
 expect plain 3 2 2
 grep -q "timed out or lost the host" <<<"$OUT" ||
 	fail "after a timeout: no fresh host was announced: $OUT"
+
+# `run` (a host of its own per command) does the same: its host panics
+# under the job once, and the job runs again on a fresh host.
+"$here/nested" down "$dir" >/dev/null 2>&1
+rc=0
+"$here/nested" run --mem 1024 --cpus 1 --build "$build" --timeout 200 -- \
+	bash "$dir/job.sh" panic "$dir/run-panic" >"$dir/out" 2>&1 || rc=$?
+OUT=$(cat "$dir/out")
+runs=$(wc -l <"$dir/run-panic.runs" 2>/dev/null || echo 0)
+hosts=$(sort -u "$dir/run-panic.runs" 2>/dev/null | wc -l)
+[ "$rc" = 0 ] && [ "$runs" = 2 ] && [ "$hosts" = 2 ] ||
+	fail "run, panic: exit $rc after $runs run(s) on $hosts host(s), expected exit 0 after 2 on 2; the runner said:
+$OUT"
+grep -q "lost under.*running .* again (run 2 of at most 3)" <<<"$OUT" ||
+	fail "run, panic: the lost host and the run again were not reported: $OUT"
+echo "ok: run: exit 0 after 2 runs on 2 hosts, the lost host reported"
 echo "ok: the nested runner runs a test again on a fresh host only when the host failed under it"

@@ -267,6 +267,7 @@ static bool handle(struct control *c, struct client *cl,
 	struct vm *vm = c->vm;
 	mig_error e = { 0 };
 	bool exit_after = false, saved = false;
+	enum run_state rs;
 	char path_copy[4096];
 
 	req = mig__ctl__request__unpack(NULL, len, data);
@@ -353,6 +354,26 @@ static bool handle(struct control *c, struct client *cl,
 		if (vm_set_throttle(vm, req->throttle ? req->throttle->pct : 0,
 				    &e) < 0)
 			fail(&resp, &e);
+		break;
+	case MIG__CTL__REQUEST__REQ_INPUT:
+		rs = vm_run_state(vm);
+		if (!req->input || !req->input->data.len) {
+			vmm_err(&e, -EINVAL, "input: no bytes to send");
+			fail(&resp, &e);
+		} else if (rs == RUN_STARTING || rs == RUN_STOPPING ||
+			   (rs == RUN_PAUSED &&
+			    (!c->user_paused || vm->migration))) {
+			/* Its state may be saved already (a migration's
+			 * last round) or not loaded yet (incoming): input
+			 * now could be lost. */
+			vmm_err(&e, -EBUSY, "input: the VM is %s for a "
+				"migration, a load or its exit: input now could "
+				"be lost", run_state_name(rs));
+			fail(&resp, &e);
+		} else if (serial_input(vm, req->input->data.data,
+					req->input->data.len, &e) < 0) {
+			fail(&resp, &e);
+		}
 		break;
 	case MIG__CTL__REQUEST__REQ_QUIT:
 		exit_after = true;

@@ -29,6 +29,10 @@
 #define SIG_KICK SIGUSR1
 #define PORT_EXIT 0xf4
 #define PORT_COM1 0x3f8
+/* The i8042's command port: 0xfe pulses the CPU reset line (Linux's
+ * "reboot=k", its way once ACPI has no reset register). */
+#define PORT_I8042_CMD 0x64
+#define I8042_CMD_RESET 0xfe
 #define PAUSE_TIMEOUT_NS (5ull * 1000000000ull)
 
 /* ---- CPUID ------------------------------------------------------------ */
@@ -298,6 +302,16 @@ static void handle_io(struct vcpu *v)
 			vm_request_exit(v->vm, data[0], "the guest wrote "
 					"status %u to the exit port", data[0]);
 			return;
+		} else if (port == PORT_I8042_CMD && write &&
+			   data[0] == I8042_CMD_RESET) {
+			/* A reboot. migvm does not restart a guest: it ends,
+			 * cleanly, as QEMU with -no-reboot and Firecracker
+			 * do. Reads of the i8042 stay 0xff (no controller:
+			 * Linux's boot probe gives up at once). */
+			vm_guest_ended(v->vm, "vCPU %u: the guest reset the "
+				       "machine (i8042 reset line): VM ended, "
+				       "not restarted", v->index);
+			return;
 		} else if (!write) {
 			memset(data, 0xff, run->io.size);
 		}
@@ -368,12 +382,13 @@ static bool handle_exit(struct vcpu *v)
 	case KVM_EXIT_SYSTEM_EVENT:
 		switch (run->system_event.type) {
 		case KVM_SYSTEM_EVENT_SHUTDOWN:
-			vm_request_exit(vm, MIGVM_EXIT_OK, "the guest powered "
-					"off");
+			vm_guest_ended(vm, "vCPU %u: the guest powered off",
+				       v->index);
 			break;
 		case KVM_SYSTEM_EVENT_RESET:
-			vm_request_exit(vm, MIGVM_EXIT_ERROR, "the guest "
-					"asked for a reset (not supported)");
+			vm_guest_ended(vm, "vCPU %u: the guest reset the "
+				       "machine (KVM system event): VM ended, "
+				       "not restarted", v->index);
 			break;
 		default:
 			report_regs(v, false);
@@ -704,18 +719,17 @@ enum run_state vm_run_state(struct vm *vm)
 	return s;
 }
 
-void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
+static void request_exit(struct vm *vm, int code, bool told, const char *fmt,
+			 va_list ap)
 {
 	uint64_t one = 1;
-	va_list ap;
 
 	pthread_mutex_lock(&vm->lock);
 	if (!vm->exit_set) {
 		vm->exit_set = true;
 		vm->exit_code = code;
-		va_start(ap, fmt);
+		vm->exit_told = told;
 		vsnprintf(vm->exit_reason, sizeof(vm->exit_reason), fmt, ap);
-		va_end(ap);
 	}
 	vm->stopping = true;
 	pthread_cond_broadcast(&vm->cond);
@@ -724,6 +738,24 @@ void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
 	    write(vm->event_fd, &one, sizeof(one)) != sizeof(one)) {
 		/* the counter cannot overflow from these few writes */
 	}
+}
+
+void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	request_exit(vm, code, false, fmt, ap);
+	va_end(ap);
+}
+
+void vm_guest_ended(struct vm *vm, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	request_exit(vm, MIGVM_EXIT_OK, true, fmt, ap);
+	va_end(ap);
 }
 
 void vm_stop(struct vm *vm)

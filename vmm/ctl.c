@@ -1,9 +1,11 @@
 /*
  * `migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT|
- * migrate URI TOKEN [KEY=VALUE ...]|cancel`: a
+ * migrate URI TOKEN [KEY=VALUE ...]|cancel|input TEXT`: a
  * small client of the control channel for tests and people. `status`
  * prints one JSON object; the others print {"ok":true} or the error on
  * stderr.
+ * `input TEXT` types TEXT on the guest's serial console, with the escapes
+ * \n \r \t \\ and \xHH (no newline is added).
  * `raw HEX` (for tests) sends the bytes HEX as they are, framing included,
  * and reports the response like the others.
  * Exit: 0 ok, 1 the request failed or migvm is unreachable, 2 usage.
@@ -29,7 +31,50 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: migvm ctl SOCKET pause|resume|status|"
 		"save FILE|quit|throttle PCT|\n"
-		"       migrate URI TOKEN [KEY=VALUE ...]|cancel|raw HEX\n");
+		"       migrate URI TOKEN [KEY=VALUE ...]|cancel|input TEXT|"
+		"raw HEX\n");
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* TEXT with \n \r \t \\ \xHH into out (at least strlen(text) bytes);
+ * returns the length, or -1 for a bad escape. */
+static long unescape(const char *text, uint8_t *out)
+{
+	size_t n = 0;
+
+	for (const char *p = text; *p; p++) {
+		if (*p != '\\') {
+			out[n++] = (uint8_t)*p;
+			continue;
+		}
+		switch (*++p) {
+		case 'n': out[n++] = '\n'; break;
+		case 'r': out[n++] = '\r'; break;
+		case 't': out[n++] = '\t'; break;
+		case '\\': out[n++] = '\\'; break;
+		case 'x': {
+			int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+			if (lo < 0)
+				return -1;
+			out[n++] = (uint8_t)(hi << 4 | lo);
+			p += 2;
+			break;
+		}
+		default:
+			return -1;
+		}
+	}
+	return (long)n;
 }
 
 static int ctl_connect(const char *path)
@@ -137,12 +182,13 @@ int ctl_main(int argc, char **argv)
 	Mig__Ctl__Empty empty = MIG__CTL__EMPTY__INIT;
 	Mig__Ctl__SaveState save = MIG__CTL__SAVE_STATE__INIT;
 	Mig__Ctl__Throttle thr = MIG__CTL__THROTTLE__INIT;
+	Mig__Ctl__ConsoleInput input = MIG__CTL__CONSOLE_INPUT__INIT;
 	Mig__Ctl__Migrate mig = MIG__CTL__MIGRATE__INIT;
 	Mig__Ctl__Param params[32], *pp[32];
 	Mig__Ctl__Response *resp;
 	const char *cmd;
 	char *path = NULL;
-	uint8_t *raw = NULL;
+	uint8_t *raw = NULL, *input_buf = NULL;
 	size_t raw_len = 0;
 	uint8_t hdr[4], *buf;
 	size_t n;
@@ -219,6 +265,25 @@ int ctl_main(int argc, char **argv)
 		mig.params = pp;
 		req.req_case = MIG__CTL__REQUEST__REQ_MIGRATE;
 		req.migrate = &mig;
+	} else if (!strcmp(cmd, "input") && argc == 4) {
+		long len;
+		input_buf = malloc(strlen(argv[3]) + 1);
+		if (!input_buf) {
+			fprintf(stderr, "migvm ctl: out of memory\n");
+			return 1;
+		}
+		len = unescape(argv[3], input_buf);
+		if (len <= 0) {
+			fprintf(stderr, "migvm ctl: input: %s (escapes: \\n "
+				"\\r \\t \\\\ \\xHH)\n", len ? "a bad escape" :
+				"no bytes");
+			free(input_buf);
+			return MIGVM_EXIT_USAGE;
+		}
+		input.data.data = input_buf;
+		input.data.len = (size_t)len;
+		req.req_case = MIG__CTL__REQUEST__REQ_INPUT;
+		req.input = &input;
 	} else if (!strcmp(cmd, "raw") && argc == 4) {
 		size_t hl = strlen(argv[3]);
 		raw = malloc(hl / 2 + 1);
@@ -310,5 +375,6 @@ out_close:
 out_free:
 	free(path);
 	free(raw);
+	free(input_buf);
 	return ret;
 }

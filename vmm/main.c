@@ -47,7 +47,8 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: migvm [options]\n"
 "       migvm --restore FILE [--console FILE] [--control PATH]\n"
-"       migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT\n"
+"       migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT|\n"
+"                 migrate URI TOKEN [K=V ...]|cancel|input TEXT\n"
 "\n"
 "  --mem MIB              guest RAM in MiB (default %d)\n"
 "  --cpus N               vCPUs, 1..%d (default 1)\n"
@@ -92,8 +93,9 @@ static void usage(FILE *f)
 "                         resumes (costs downtime)\n"
 "  -h, --help             this text\n"
 "\n"
-"Exit: 0 the guest said ok (or quit/save/signal), the guest's non-zero\n"
-"status byte, 1 error, 2 usage, 3 the guest reported a MISMATCH.\n",
+"Exit: 0 the guest said ok, reset the machine (a reboot ends migvm) or\n"
+"quit/save/signal; the guest's non-zero status byte, 1 error, 2 usage,\n"
+"3 the guest reported a MISMATCH.\n",
 		DEFAULT_MEM_MIB, VM_MAX_VCPUS);
 }
 
@@ -669,7 +671,7 @@ static int run_vm(struct options *o)
 	serial_flush(&vm->serial);
 	serial_get_stats(&vm->serial, &cs);
 	code = vm->exit_code;
-	if (code != MIGVM_EXIT_OK)
+	if (code != MIGVM_EXIT_OK || vm->exit_told)
 		fprintf(stderr, "migvm: %s\n", vm->exit_reason);
 	if (cs.mismatch_lines || cs.mismatches) {
 		fprintf(stderr, "migvm: the guest reported %" PRIu64 " MISMATCH "

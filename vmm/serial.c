@@ -1,9 +1,11 @@
 /*
- * A 16550 UART at 0x3f8 (COM1, IRQ 4), output only: bytes written to THR go
- * to the console, line by line, and each line is scanned for the test
- * guest's heartbeat ("hb seq=.. ticks=.. written=.. verified=..
- * mismatches=..") and for "MISMATCH" reports. The transmitter is always
- * empty (LSR THRE|TEMT), nothing is ever received.
+ * A 16550 UART at 0x3f8 (COM1, IRQ 4): bytes written to THR go to the
+ * console, line by line, and each line is scanned for the test guest's
+ * heartbeat ("hb seq=.. ticks=.. written=.. verified=.. mismatches=..") and
+ * for "MISMATCH" reports. The transmitter is always empty (LSR THRE|TEMT).
+ * Input comes from the control channel (serial_input) into a receive queue
+ * of SERIAL_RX_MAX bytes, read through RBR with LSR DR and the receive
+ * interrupt (IER bit 0, IIR 0x04, above THRI), as a 16550 with a deep FIFO.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,11 +29,15 @@
 #define UART_SCR 7
 
 #define LCR_DLAB 0x80
+#define IER_RDI 0x01
 #define IER_THRI 0x02
 #define IIR_NO_INT 0x01
 #define IIR_THRI 0x02
+#define IIR_RDI 0x04
 #define IIR_FIFO 0xc0
 #define FCR_FIFO_ENABLE 0x01
+#define FCR_CLEAR_RCVR 0x02
+#define LSR_DR 0x01
 #define LSR_THRE 0x20
 #define LSR_TEMT 0x40
 #define MCR_LOOP 0x10
@@ -134,13 +140,60 @@ static void put_char(struct serial *s, char c)
 	}
 }
 
+bool serial_irq_level(const struct serial *s)
+{
+	return ((s->ier & IER_RDI) && s->rx_len) ||
+	       ((s->ier & IER_THRI) && s->iir_thri);
+}
+
 static void update_irq(struct vm *vm, struct serial *s)
 {
 	struct kvm_irq_level irq = {
 		.irq = UART_IRQ,
-		.level = (s->ier & IER_THRI) && s->iir_thri,
+		.level = serial_irq_level(s),
 	};
 	ioctl(vm->vm_fd, KVM_IRQ_LINE, &irq);
+}
+
+void serial_sync_irq(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->serial.lock);
+	update_irq(vm, &vm->serial);
+	pthread_mutex_unlock(&vm->serial.lock);
+}
+
+int serial_input(struct vm *vm, const uint8_t *data, size_t len,
+		 mig_error *err)
+{
+	struct serial *s = &vm->serial;
+	size_t room;
+
+	pthread_mutex_lock(&s->lock);
+	room = SERIAL_RX_MAX - s->rx_len;
+	if (len > room) {
+		pthread_mutex_unlock(&s->lock);
+		return vmm_err(err, -ENOSPC, "console input: %zu bytes do not "
+			       "fit, %zu of %d free (the guest has not read "
+			       "the rest)", len, room, SERIAL_RX_MAX);
+	}
+	for (size_t i = 0; i < len; i++)
+		s->rx[(s->rx_head + s->rx_len + i) % SERIAL_RX_MAX] = data[i];
+	s->rx_len += len;
+	update_irq(vm, s);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static uint8_t rx_pop(struct serial *s)
+{
+	uint8_t v;
+
+	if (!s->rx_len)
+		return 0;
+	v = s->rx[s->rx_head];
+	s->rx_head = (s->rx_head + 1) % SERIAL_RX_MAX;
+	s->rx_len--;
+	return v;
 }
 
 void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data)
@@ -176,6 +229,10 @@ void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data)
 			break;
 		case UART_IIR:
 			s->fcr = v;
+			if (v & FCR_CLEAR_RCVR) {
+				s->rx_head = s->rx_len = 0;
+				update_irq(vm, s);
+			}
 			break;
 		case UART_LCR:
 			s->lcr = v;
@@ -193,14 +250,21 @@ void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data)
 		uint8_t v = 0;
 		switch (off) {
 		case UART_RX:
-			v = dlab ? s->dll : 0;
+			if (dlab) {
+				v = s->dll;
+			} else {
+				v = rx_pop(s);
+				update_irq(vm, s);
+			}
 			break;
 		case UART_IER:
 			v = dlab ? s->dlm : s->ier;
 			break;
 		case UART_IIR:
 			v = (s->fcr & FCR_FIFO_ENABLE) ? IIR_FIFO : 0;
-			if ((s->ier & IER_THRI) && s->iir_thri) {
+			if ((s->ier & IER_RDI) && s->rx_len) {
+				v |= IIR_RDI; /* until RBR is read empty */
+			} else if ((s->ier & IER_THRI) && s->iir_thri) {
 				v |= IIR_THRI;
 				s->iir_thri = 0; /* reading IIR clears THRI */
 				update_irq(vm, s);
@@ -215,7 +279,7 @@ void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data)
 			v = s->mcr;
 			break;
 		case UART_LSR:
-			v = LSR_THRE | LSR_TEMT;
+			v = LSR_THRE | LSR_TEMT | (s->rx_len ? LSR_DR : 0);
 			break;
 		case UART_MSR:
 			v = (s->mcr & MCR_LOOP) ? 0 : MSR_DCD | MSR_DSR | MSR_CTS;
@@ -252,7 +316,7 @@ int serial_save(struct serial *s, void **blob, size_t *len, mig_error *err)
 	Mig__Ctl__SerialState m = MIG__CTL__SERIAL_STATE__INIT;
 	Mig__Ctl__ConsoleStats cs = MIG__CTL__CONSOLE_STATS__INIT;
 	size_t n;
-	uint8_t *buf;
+	uint8_t *buf, *rx = NULL;
 
 	pthread_mutex_lock(&s->lock);
 	m.ier = s->ier;
@@ -265,6 +329,19 @@ int serial_save(struct serial *s, void **blob, size_t *len, mig_error *err)
 	m.thri_pending = s->iir_thri;
 	m.partial_line.data = (uint8_t *)s->line;
 	m.partial_line.len = s->line_len;
+	/* The queue in order, from a copy (the ring may wrap). */
+	if (s->rx_len) {
+		rx = malloc(s->rx_len);
+		if (!rx) {
+			pthread_mutex_unlock(&s->lock);
+			return vmm_err(err, -ENOMEM, "serial state: out of "
+				       "memory");
+		}
+		for (size_t i = 0; i < s->rx_len; i++)
+			rx[i] = s->rx[(s->rx_head + i) % SERIAL_RX_MAX];
+		m.rx_pending.data = rx;
+		m.rx_pending.len = s->rx_len;
+	}
 	cs.hb_lines = s->stats.hb_lines;
 	cs.hb_seq = s->stats.hb_seq;
 	cs.ticks = s->stats.ticks;
@@ -278,6 +355,7 @@ int serial_save(struct serial *s, void **blob, size_t *len, mig_error *err)
 	if (buf)
 		mig__ctl__serial_state__pack(&m, buf);
 	pthread_mutex_unlock(&s->lock);
+	free(rx);
 	if (!buf)
 		return vmm_err(err, -ENOMEM, "serial state: out of memory");
 	*blob = buf;
@@ -296,11 +374,13 @@ int serial_load(struct serial *s, const void *blob, size_t len,
 			       "not decode", len);
 	if (m->ier > 0xff || m->lcr > 0xff || m->mcr > 0xff || m->scr > 0xff ||
 	    m->dll > 0xff || m->dlm > 0xff || m->fcr > 0xff ||
-	    m->partial_line.len > SERIAL_PARTIAL_MAX) {
+	    m->partial_line.len > SERIAL_PARTIAL_MAX ||
+	    m->rx_pending.len > SERIAL_RX_MAX) {
 		mig__ctl__serial_state__free_unpacked(m, NULL);
 		return vmm_err(err, -EINVAL, "serial state: a register over "
-			       "0xff or a partial console line over %d bytes",
-			       SERIAL_PARTIAL_MAX);
+			       "0xff, a partial console line over %d bytes or "
+			       "console input over %d", SERIAL_PARTIAL_MAX,
+			       SERIAL_RX_MAX);
 	}
 	pthread_mutex_lock(&s->lock);
 	s->ier = (uint8_t)m->ier;
@@ -314,6 +394,10 @@ int serial_load(struct serial *s, const void *blob, size_t len,
 	if (m->partial_line.len)
 		memcpy(s->line, m->partial_line.data, m->partial_line.len);
 	s->line_len = m->partial_line.len;
+	if (m->rx_pending.len)
+		memcpy(s->rx, m->rx_pending.data, m->rx_pending.len);
+	s->rx_head = 0;
+	s->rx_len = m->rx_pending.len;
 	if (m->console) {
 		s->stats.hb_lines = m->console->hb_lines;
 		s->stats.hb_seq = m->console->hb_seq;

@@ -246,6 +246,7 @@ int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 	} else if (!strcmp(name, ITEM_SERIAL)) {
 		if ((r = serial_load(&vm->serial, data, len, err)) < 0)
 			return r;
+		serial_sync_irq(vm);
 		vm->loaded.serial = true;
 	}
 	return 0;
@@ -285,6 +286,7 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 		if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||
 		    (r = serial_load(&vm->serial, data, len, err)) < 0)
 			return r;
+		serial_sync_irq(vm);
 	}
 	return 0;
 }

@@ -80,11 +80,17 @@ struct console_stats {
 /* The longest partial line kept between bytes (see put_char()). */
 #define SERIAL_PARTIAL_MAX (SERIAL_LINE_MAX - 2)
 
+/* Console input the guest has not read yet (from the control channel). */
+#define SERIAL_RX_MAX 4096
+
 struct serial {
 	pthread_mutex_t lock;
 	int out_fd;               /* console output (not owned) */
 	/* 16550 registers */
 	uint8_t ier, iir_thri, lcr, mcr, scr, dll, dlm, fcr;
+	/* receive queue: a ring of rx_len bytes from rx_head */
+	uint8_t rx[SERIAL_RX_MAX];
+	size_t rx_head, rx_len;
 	/* console line scanner */
 	char line[SERIAL_LINE_MAX];
 	size_t line_len;
@@ -98,6 +104,16 @@ void serial_init(struct serial *s, int out_fd);
 void serial_exit(struct serial *s);
 /* Port I/O at 0x3f8..0x3ff from a vCPU thread. */
 void serial_io(struct vm *vm, uint16_t port, bool write, uint8_t *data);
+/* Queue console input for the guest (all of it, or nothing: -ENOSPC when
+ * it does not fit in what the guest has left unread) and raise the
+ * receive interrupt if the guest enabled it. */
+int serial_input(struct vm *vm, const uint8_t *data, size_t len,
+		 mig_error *err);
+/* What IRQ 4 should be: received data with its interrupt enabled, or a
+ * transmitter-empty interrupt pending (caller holds s->lock). */
+bool serial_irq_level(const struct serial *s);
+/* Set IRQ 4 as the UART's state says (after a load). */
+void serial_sync_irq(struct vm *vm);
 /* Write out a partial last line (at exit). */
 void serial_flush(struct serial *s);
 void serial_get_stats(struct serial *s, struct console_stats *out);
@@ -163,6 +179,7 @@ struct vm {
 	bool exit_set;
 	int exit_code;
 	char exit_reason[256];
+	bool exit_told;           /* exit_reason said even with status 0 */
 	int event_fd;             /* eventfd: vCPU threads -> main loop */
 
 	struct serial serial;
@@ -224,6 +241,10 @@ int vm_set_throttle(struct vm *vm, unsigned int pct, mig_error *err);
 /* Ask the VM to stop with `code` (first caller wins) and wake main. */
 void vm_request_exit(struct vm *vm, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* The guest ended the VM itself (power-off, reset): status 0, and the
+ * reason is said on stderr all the same. */
+void vm_guest_ended(struct vm *vm, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 /* Stop and join all vCPU threads. */
 void vm_stop(struct vm *vm);
 enum run_state vm_run_state(struct vm *vm);

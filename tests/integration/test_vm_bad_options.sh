@@ -49,4 +49,7 @@ expect 1 "initrd $WORK/big: 7340032 bytes do not fit in guest RAM" --mem 8 --ker
 expect 2 "unknown command or wrong arguments: frobnicate" ctl "$WORK/s" frobnicate
 expect 2 "unknown command or wrong arguments: save" ctl "$WORK/s" save
 expect 2 "raw: an even number of hex digits" ctl "$WORK/s" raw abc
+expect 2 "input: a bad escape" ctl "$WORK/s" input 'a\q'
+expect 2 "input: a bad escape" ctl "$WORK/s" input '\x4'
+expect 2 "input: no bytes" ctl "$WORK/s" input ''
 expect 1 "cannot connect to $WORK/none.sock" ctl "$WORK/none.sock" status

@@ -3,8 +3,9 @@
 # resume continues it, 50 quick pause/resume cycles of a 2-vCPU guest (as
 # many as fit in 60 s where the host is slow, 10 at least) leave it
 # consistent; throttle slows the guest down; bad requests (oversized frame,
-# undecodable, empty, resume when running, save to a bad path) get an error
-# and the VM runs on; a second migvm cannot take a live socket but replaces
+# undecodable, empty, resume when running, save to a bad path, console
+# input that does not fit or to an incoming VM) get an error and the VM
+# runs on; a second migvm cannot take a live socket but replaces
 # a stale one; SIGTERM and SIGINT stop the VM cleanly and remove the socket.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -21,9 +22,11 @@ wait_hb "$sock" 2
 ctl_err() { # PATTERN ARGS...: the request fails with PATTERN
 	local pat=$1
 	shift
-	ctl "$sock" "$@" >/dev/null 2>"$WORK/ctl.err" && fail "ctl $* succeeded"
-	grep -q -- "$pat" "$WORK/ctl.err" || fail "ctl $*: $(cat "$WORK/ctl.err")"
-	ok "ctl $*: $(cat "$WORK/ctl.err")"
+	local what="$*"
+	[ ${#what} -le 60 ] || what="${what:0:57}..."
+	ctl "$sock" "$@" >/dev/null 2>"$WORK/ctl.err" && fail "ctl $what succeeded"
+	grep -q -- "$pat" "$WORK/ctl.err" || fail "ctl $what: $(cat "$WORK/ctl.err")"
+	ok "ctl $what: $(cat "$WORK/ctl.err")"
 }
 
 ctl "$sock" pause >/dev/null || fail "pause failed"
@@ -99,11 +102,24 @@ ctl_err "request frame of 2097152 bytes, more than the 1048576 allowed (EMSGSIZE
 ctl_err "request of 5 bytes does not decode (EBADMSG)" raw 05000000ffffffffff
 ctl_err "empty or unknown request (EINVAL)" raw 00000000
 ctl_err "state file /nonexistent/dir/x.state.tmp: No such file" save /nonexistent/dir/x.state
+ctl_err "input: no bytes to send (EINVAL)" raw 020000004a00
+# Console input waits in the UART's queue (this guest does not read it):
+# what does not fit in the rest is refused whole.
+ctl "$sock" input 'x\n' >/dev/null || fail "console input refused"
+ctl_err "console input: 4095 bytes do not fit, 4094 of 4096 free" input "$(printf 'y%.0s' {1..4095})"
 status "$sock"
 n3=$(field hb_lines)
 wait_hb "$sock" $((n3 + 2))
 [ "$(field run_state)" = running ] || fail "VM not running after bad requests"
 ok "the VM runs on after bad requests"
+
+# An incoming VM (nothing loaded yet) takes no console input.
+start_vm inc --mem 64 --incoming tcp:127.0.0.1:0 --token t0 --control "$WORK/inc.sock"
+inc=$VM_PID
+wait_sock "$WORK/inc.sock"
+sock=$WORK/inc.sock ctl_err "input: the VM is paused for a migration, a load or its exit" input 'z'
+kill -TERM "$inc"
+wait_exit "$inc" 60
 
 # A live socket is not taken over.
 timeout -s KILL 60 "$MIGVM" --mem 64 --control "$sock" --cmdline "touch=4M wss=1M" \

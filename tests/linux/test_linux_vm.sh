@@ -5,7 +5,9 @@
 #   1. It boots to its heartbeats and ends by itself (exit port) with
 #      status 0: the ELF vmlinux through PVH with 1 vCPU, Debian's bzImage
 #      (/boot/vmlinuz) through the 64-bit boot protocol with 2 (the MP
-#      table lists them).
+#      table lists them), which ends with a reboot (i8042 reset: migvm
+#      ends, status 0). The first reads a line typed through the control
+#      channel (`migvm ctl SOCK input`: the UART's receive side).
 #   2. A running 2-vCPU Linux VM moves live, one hop per dirty-log backend
 #      (MIG_LINUX_HOPS, default "clear bitmap ring"), each with --verify (the
 #      memory hashes at the pause must agree): on each destination its
@@ -32,30 +34,8 @@ source "$here/../integration/migrate_common.sh"
 vm_init "$1" "$2"
 test_deadline 500 # 1000 s in a nested host (nested.linux gives it 1100)
 
-cache=$(bash "$SRC/tests/nested/nested" cache)
-LK=$cache/vmlinux LZ=$cache/vmlinuz
-LI=$BUILD/vmm/linuxguest/initrd.cpio.gz
-for k in "$LK" "$LZ"; do
-	[ -s "$k" ] || fail "no Linux kernel at $k: scripts/setup.sh (tests/nested/fetch.sh) unpacks Debian's"
-done
-[ -s "$LI" ] || fail "no Linux initramfs at $LI: scripts/setup.sh, then the build (target linuxguest)"
-# No ACPI (the MP table describes the machine), no PCI (there is none).
-KARGS="console=ttyS0 quiet acpi=off pci=off"
-if [ -n "${MIG_IN_NESTED:-}" ]; then
-	# The nested host's emulated SVM (QEMU 7.2 TCG) lets the guest's
-	# XSETBV through without an exit to KVM, so KVM never learns the
-	# guest's XCR0: CPUID 0xD keeps the size for x87+SSE and Linux warns
-	# "XSAVE consistency problem". Hardware SVM and VMX always exit on
-	# XSETBV; here the guest does without XSAVE.
-	KARGS+=" clearcpuid=xsave"
-fi
-
-linux_ok() { # CONSOLE: no kernel complaint of the kinds that matter
-	local bad
-	bad=$(grep -E '^kmsg: [0-4] .*(WARNING|BUG|Oops|Call Trace|panic|clocksource|APIC|apic|MSR|msr|lockup|stall|XSAVE|high resolution)' "$1" | head -n 5)
-	[ -z "$bad" ] || fail "the Linux kernel complained ($1): $bad"
-	! grep -q MISMATCH "$1" || fail "the workload reported: $(grep -m3 MISMATCH "$1")"
-}
+source "$SRC/tests/linux/linux_common.sh"
+linux_init
 
 # The clock across a move: never back, and no step across it longer than
 # the downtime plus this machine's own noise: the longest step the guest saw
@@ -89,15 +69,35 @@ clock_ok() { # JSON SRC-CONSOLE DEST-CONSOLE
 }
 
 # 1. Boot to heartbeats, PVH with 1 vCPU, bzImage with 2; the guest ends by
-# itself.
+# itself: through the exit port, and the second with a reboot (migvm ends
+# with status 0 and says why).
+# The first reads a line typed on its console through the control channel
+# (serial input, its receive interrupt).
 for n in 1 2; do
-	c=$WORK/boot$n.con k=$LK how=PVH
-	[ "$n" = 2 ] && k=$LZ how=bzImage
-	timeout -s TERM 600 "$MIGVM" --mem 384 --cpus "$n" --kernel "$k" --initrd "$LI" \
-		--cmdline "$KARGS -- touch=16M wss=2M rate=500 hb=300 duration=3" \
-		--console "$c" >"$WORK/boot$n.out" 2>"$WORK/boot$n.err"
-	RC=$?
+	c=$WORK/boot$n.con k=$LK how=PVH end=linuxguest.read=1
+	ctl_args=(--control "$WORK/boot$n.sock")
+	[ "$n" = 2 ] && k=$LZ how=bzImage end=linuxguest.end=reboot ctl_args=()
+	start_vm "boot$n" --mem 384 --cpus "$n" --kernel "$k" --initrd "$LI" \
+		--cmdline "$KARGS $end -- touch=16M wss=2M rate=500 hb=300 duration=3" \
+		--console "$c" "${ctl_args[@]}"
+	if [ "$n" = 1 ]; then
+		poll_until 300 grep -q "^linux-guest: reading a line" "$c" ||
+			fail "Linux, $n vCPU(s): does not wait for console input: $(tail -n3 "$c")"
+		ctl "$WORK/boot$n.sock" input 'hello from the host\x21\n' >/dev/null ||
+			fail "Linux, $n vCPU(s): console input refused"
+	fi
+	wait_exit "$VM_PID" 300
 	[ "$RC" = 0 ] || fail "Linux, $n vCPU(s): migvm exited $RC: $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n5 "$c")"
+	if [ "$n" = 1 ]; then
+		grep -q "^linux-guest: read: hello from the host!$" "$c" ||
+			fail "Linux, $n vCPU(s): the console input did not reach the guest: $(tail -n3 "$c")"
+		how+=", read a line typed on its console"
+	fi
+	if [ "$n" = 2 ]; then
+		grep -q "^linux-guest: rebooting" "$c" && grep -q "^migvm: vCPU [0-9]*: the guest reset the machine (i8042 reset line): VM ended, not restarted$" "$WORK/boot$n.err" ||
+			fail "Linux, $n vCPU(s): the reboot did not end migvm as one: $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n3 "$c")"
+		how+=", ended by a reboot"
+	fi
 	grep -q "^linux-guest: kernel .*, $n cpus, clocksource kvm-clock$" "$c" ||
 		fail "Linux, $n vCPU(s): not $n CPUs with kvm-clock: $(grep -m1 '^linux-guest' "$c")"
 	grep -q "^ready .* cpus=$n$" "$c" || fail "Linux, $n vCPU(s): the workload did not start"

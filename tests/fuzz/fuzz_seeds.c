@@ -4,6 +4,7 @@
  * reach a valid zstd stream on their own).
  *
  *   fuzz_seeds DIR  ->  DIR/fuzz_frame/seed-*  DIR/fuzz_codec/seed-*
+ *                       DIR/fuzz_vmm/seed-*
  *
  * Deterministic: the same seeds on every run.
  */
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "control.pb-c.h"
 #include "fuzz_common.h"
 
 #define PG MIG_PAGE_SIZE
@@ -199,6 +201,58 @@ static void codec_seeds(void)
 	}
 }
 
+static void le(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* fuzz_vmm: a bzImage header as Linux 6.1 writes it (protocol 2.15) for a
+ * VM of 513 MiB, and a UART state with a partial line and input pending. */
+static void vmm_seeds(void)
+{
+	static uint8_t b[4 + 0x3000];
+	uint8_t *img = b + 4;
+	Mig__Ctl__SerialState m = MIG__CTL__SERIAL_STATE__INIT;
+	static uint8_t st[1 + 256];
+	size_t n;
+
+	b[0] = 0;                 /* op: bzImage */
+	b[1] = 0x00;
+	b[2] = 0x02;              /* RAM: 513 MiB */
+	b[3] = 0x10;              /* command line: 256 bytes */
+	img[0x1f1] = 7;           /* setup_sects */
+	le(img + 0x1f4, 0x2000 / 16, 4);
+	le(img + 0x1fe, 0xaa55, 2);
+	img[0x200] = 0xeb;
+	img[0x201] = 0x66;        /* the header ends at 0x268 */
+	memcpy(img + 0x202, "HdrS", 4);
+	le(img + 0x206, 0x020f, 2);
+	img[0x211] = 0x01;        /* LOADED_HIGH */
+	le(img + 0x22c, 0x7fffffff, 4);
+	le(img + 0x230, 0x200000, 4);
+	img[0x234] = 1;           /* relocatable */
+	le(img + 0x236, 0x7f, 2); /* xloadflags */
+	le(img + 0x238, 2047, 4);
+	le(img + 0x258, 0x1000000, 8);
+	le(img + 0x260, 0x2000000, 4);
+	put("fuzz_vmm", "bzimage", b, sizeof(b));
+
+	m.ier = 3;
+	m.lcr = 3;
+	m.fcr = 1;
+	m.thri_pending = 1;
+	m.partial_line.data = (uint8_t *)"half a li";
+	m.partial_line.len = 9;
+	m.rx_pending.data = (uint8_t *)"ls -l\n";
+	m.rx_pending.len = 6;
+	n = mig__ctl__serial_state__get_packed_size(&m);
+	FUZZ_CHECK(n < sizeof(st));
+	st[0] = 1;                /* op: serial state */
+	mig__ctl__serial_state__pack(&m, st + 1);
+	put("fuzz_vmm", "serial", st, 1 + n);
+}
+
 int main(int argc, char **argv)
 {
 	char path[4096];
@@ -213,7 +267,10 @@ int main(int argc, char **argv)
 	mkdir(path, 0777);
 	snprintf(path, sizeof(path), "%s/fuzz_codec", outdir);
 	mkdir(path, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_vmm", outdir);
+	mkdir(path, 0777);
 	frame_seeds();
 	codec_seeds();
+	vmm_seeds();
 	return 0;
 }

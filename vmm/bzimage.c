@@ -29,6 +29,9 @@
 #define BZ_RELOCATABLE 0x234
 #define BZ_XLOADFLAGS 0x236
 #define BZ_CMDLINE_SIZE 0x238
+#define BZ_HARDWARE_SUBARCH 0x23c      /* u32, 0: a PC */
+#define BZ_HARDWARE_SUBARCH_DATA 0x240 /* u64 */
+#define BZ_SETUP_DATA 0x250            /* u64, the loader's list */
 #define BZ_PREF_ADDRESS 0x258 /* u64 */
 #define BZ_INIT_SIZE 0x260    /* u32 */
 #define BZ_HEADER_MIN_END 0x264 /* through init_size: protocol 2.12 */
@@ -179,6 +182,11 @@ int bz_zero_page(uint8_t zp[4096], const uint8_t *d, const struct bz_info *bi,
 	memcpy(zp + BZ_SETUP_SECTS, d + BZ_SETUP_SECTS,
 	       bi->hdr_end - BZ_SETUP_SECTS);
 	zp[BZ_TYPE_OF_LOADER] = 0xff; /* undefined loader */
+	/* The loader's to fill, whatever the file holds: a PC, no
+	 * setup_data list (a pointer from the file would lead the kernel
+	 * into whatever guest memory holds there). */
+	memset(zp + BZ_HARDWARE_SUBARCH, 0, 4 + 8);
+	memset(zp + BZ_SETUP_DATA, 0, 8);
 	put32(zp, BZ_CMD_LINE_PTR, cmdline_gpa);
 	put32(zp, BZ_RAMDISK_IMAGE, initrd_size ? (uint32_t)initrd_gpa : 0);
 	put32(zp, BZ_RAMDISK_SIZE, (uint32_t)initrd_size);

@@ -200,6 +200,16 @@ static void test_zero_page(void **st)
 	memcpy(&v, zp + 0x2d0 + 1 * 20 + 16, 4);
 	assert_int_equal(v, 2);
 	assert_int_equal(zp[0x268], 0); /* nothing past the header */
+	/* what the loader fills, whatever the file says */
+	p32(0x23c, 3);          /* hardware_subarch */
+	p64(0x240, 0x1234);     /* hardware_subarch_data */
+	p64(0x250, 0x7fff000);  /* setup_data */
+	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, map, 3, &err), 0);
+	for (int i = 0x23c; i < 0x248; i++)
+		assert_int_equal(zp[i], 0);
+	for (int i = 0x250; i < 0x258; i++)
+		assert_int_equal(zp[i], 0);
+	assert_int_equal(zp[0x258 + 3], 0x01); /* pref_address kept */
 	assert_int_equal(zp[0x1000 - 1], 0);
 	/* no initrd: no ramdisk fields */
 	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, map, 3, &err), 0);

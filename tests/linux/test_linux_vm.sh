@@ -81,7 +81,7 @@ for n in 1 2; do
 		--cmdline "$KARGS $end -- touch=16M wss=2M rate=500 hb=300 duration=3" \
 		--console "$c" "${ctl_args[@]}"
 	if [ "$n" = 1 ]; then
-		poll_until 300 grep -q "^linux-guest: reading a line" "$c" ||
+		poll_until 300 grep -qs "^linux-guest: reading a line" "$c" ||
 			fail "Linux, $n vCPU(s): does not wait for console input: $(tail -n3 "$c")"
 		ctl "$WORK/boot$n.sock" input 'hello from the host\x21\n' >/dev/null ||
 			fail "Linux, $n vCPU(s): console input refused"

@@ -136,8 +136,10 @@ done
 # The most vCPUs migvm takes (64): all of them start and run the workload
 # (the MP table that lists them for guests without ACPI must fit too).
 start_vm big --cpus 64 --mem 256 --cmdline "cpus=64 touch=4M wss=2M hb=300 duration=2"
-poll_until 230 pid_gone "$VM_PID" ||
+if ! poll_until 230 pid_gone "$VM_PID"; then
+	where_stuck "$VM_PID" >&2
 	fail "64 vCPUs: migvm still runs after 230 s; its console: $(tail -n 4 "$WORK/big.out"); $(grep -c '^cpu ' "$WORK/big.out") CPUs reported"
+fi
 wait_exit "$VM_PID" 10
 [ "$RC" = 0 ] || fail "64 vCPUs: migvm exited $RC: $(tail -n 3 "$WORK/big.err" 2>/dev/null)"
 grep -q "^ready .*" "$WORK/big.out" && grep -q "^done .*mismatches=0 status=0" "$WORK/big.out" ||

@@ -85,6 +85,23 @@ descendants() {
 		}'
 }
 
+# Where PID and the processes below it are stuck, for a failure message:
+# each thread's state, kernel wait channel and (as root) kernel stack, then
+# the kernel log's tail. What cannot be read is left out.
+where_stuck() { # PID
+	local p t
+	for p in "$1" $(descendants "$1"); do
+		[ -d "/proc/$p" ] || continue
+		echo "--- process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120)"
+		for t in /proc/"$p"/task/*; do
+			echo "thread ${t##*/} $(cat "$t/comm" 2>/dev/null) state=$(awk '{print $3}' "$t/stat" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+			sed 's/^/    /' "$t/stack" 2>/dev/null | head -n 12
+		done
+	done
+	echo "--- kernel log"
+	dmesg 2>/dev/null | tail -n 30
+}
+
 cleanup() {
 	local p left
 	[ -n "$WATCHDOG" ] && kill -TERM "$WATCHDOG" 2>/dev/null

@@ -36,6 +36,7 @@
 #define BZ_INIT_SIZE 0x260    /* u32 */
 #define BZ_HEADER_MIN_END 0x264 /* through init_size: protocol 2.12 */
 #define BZ_HEADER_MAX_END 0x290 /* struct setup_header ends here */
+#define BZ_ACPI_RSDP_ADDR 0x070 /* u64, read from protocol 2.14 */
 #define BZ_E820_ENTRIES 0x1e8 /* u8 */
 #define BZ_E820_TABLE 0x2d0   /* 128 entries of 20 bytes */
 #define BZ_E820_MAX 128
@@ -170,7 +171,8 @@ int bz_place_initrd(const char *path, const struct bz_info *bi,
 
 int bz_zero_page(uint8_t zp[4096], const uint8_t *d, const struct bz_info *bi,
 		 uint32_t cmdline_gpa, uint64_t initrd_gpa, size_t initrd_size,
-		 const struct boot_e820 *map, uint32_t nmap, mig_error *err)
+		 uint64_t rsdp_gpa, const struct boot_e820 *map, uint32_t nmap,
+		 mig_error *err)
 {
 	if (nmap > BZ_E820_MAX)
 		return vmm_err(err, -E2BIG, "%u memory map entries, at most %d",
@@ -190,6 +192,7 @@ int bz_zero_page(uint8_t zp[4096], const uint8_t *d, const struct bz_info *bi,
 	put32(zp, BZ_CMD_LINE_PTR, cmdline_gpa);
 	put32(zp, BZ_RAMDISK_IMAGE, initrd_size ? (uint32_t)initrd_gpa : 0);
 	put32(zp, BZ_RAMDISK_SIZE, (uint32_t)initrd_size);
+	memcpy(zp + BZ_ACPI_RSDP_ADDR, &rsdp_gpa, 8);
 	zp[BZ_E820_ENTRIES] = (uint8_t)nmap;
 	for (uint32_t i = 0; i < nmap; i++) {
 		uint8_t *e = zp + BZ_E820_TABLE + i * 20;

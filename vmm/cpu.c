@@ -302,6 +302,29 @@ static void handle_io(struct vcpu *v)
 			vm_request_exit(v->vm, data[0], "the guest wrote "
 					"status %u to the exit port", data[0]);
 			return;
+		} else if (port >= ACPI_PM1_EVT_PORT &&
+			   port < ACPI_PM1_EVT_PORT + ACPI_PM_PORTS) {
+			/* One call for the access's width: PM1 registers
+			 * are 16 bits wide, SLP_EN in the high byte. */
+			if (acpi_pm_io(&v->vm->acpi_pm, port, write, data,
+				       run->io.size) == ACPI_EVENT_POWER_OFF) {
+				vm_guest_ended(v->vm, "vCPU %u: the guest "
+					       "powered off (ACPI S5)",
+					       v->index);
+				return;
+			}
+			continue;
+		} else if (port == ACPI_RESET_PORT) {
+			if (acpi_reset_io(write, data, run->io.size) ==
+			    ACPI_EVENT_RESET) {
+				vm_guest_ended(v->vm, "vCPU %u: the guest reset "
+					       "the machine (ACPI reset "
+					       "register 0x%x): VM ended, not "
+					       "restarted", v->index,
+					       ACPI_RESET_PORT);
+				return;
+			}
+			continue;
 		} else if (port == PORT_I8042_CMD && write &&
 			   data[0] == I8042_CMD_RESET) {
 			/* A reboot. migvm does not restart a guest: it ends,

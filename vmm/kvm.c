@@ -107,6 +107,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, int console_fd,
 	pthread_cond_init(&vm->parked, &ca);
 	pthread_condattr_destroy(&ca);
 	serial_init(&vm->serial, console_fd);
+	acpi_pm_init(&vm->acpi_pm);
 
 	vm->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vm->event_fd < 0) {
@@ -176,6 +177,7 @@ fail_kvm:
 	vm->event_fd = -1;
 fail_event:
 	serial_exit(&vm->serial);
+	acpi_pm_exit(&vm->acpi_pm);
 	free(vm->migration_result);
 	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);
@@ -199,6 +201,7 @@ void vm_destroy(struct vm *vm)
 	close(vm->event_fd);
 	vm->vm_fd = vm->kvm_fd = vm->event_fd = -1;
 	serial_exit(&vm->serial);
+	acpi_pm_exit(&vm->acpi_pm);
 	free(vm->migration_result);
 	vm->migration_result = NULL;
 	pthread_cond_destroy(&vm->cond);

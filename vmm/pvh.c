@@ -398,6 +398,7 @@ static int write_start_info(struct vm *vm, const struct pvh_image *e,
 	si.cmdline_paddr = CMDLINE_ADDR;
 	si.memmap_paddr = MEMMAP_ADDR;
 	si.memmap_entries = n;
+	si.rsdp_paddr = ACPI_TABLES_ADDR;
 	if (e->initrd_size) {
 		struct hvm_modlist_entry mod = {
 			.paddr = e->initrd_gpa, .size = e->initrd_size };
@@ -528,6 +529,23 @@ static int setup_bsp64(struct vm *vm, uint64_t entry, mig_error *err)
 	return 0;
 }
 
+/* What firmware would leave for the guest to find its CPUs, IOAPIC and
+ * power control: the MP table (acpi=off) and the ACPI tables. */
+static int firmware_tables(struct vm *vm, mig_error *err)
+{
+	uint8_t *acpi = mem_gpa_to_hva(vm, ACPI_TABLES_ADDR, ACPI_TABLES_MAX);
+	size_t used;
+	int r = mptable_write(vm, vm->cfg.cpus, err);
+
+	if (r < 0)
+		return r;
+	if (!acpi)
+		return vmm_err(err, -EINVAL, "ACPI tables: no RAM at 0x%llx",
+			       (unsigned long long)ACPI_TABLES_ADDR);
+	return acpi_build(acpi, ACPI_TABLES_MAX, ACPI_TABLES_ADDR,
+			  vm->cfg.cpus, &used, err);
+}
+
 static int bz_load(struct vm *vm, struct pvh_image *e, const char *cmdline,
 		   mig_error *err)
 {
@@ -544,8 +562,8 @@ static int bz_load(struct vm *vm, struct pvh_image *e, const char *cmdline,
 	memcpy(mem_gpa_to_hva(vm, CMDLINE_ADDR, clen + 1), cmdline, clen + 1);
 	r = bz_zero_page(mem_gpa_to_hva(vm, ZERO_PAGE_ADDR, 4096), e->data,
 			 &e->bi, CMDLINE_ADDR, e->initrd_gpa, e->initrd_size,
-			 map, n, err);
-	if (r < 0 || (r = mptable_write(vm, vm->cfg.cpus, err)) < 0)
+			 ACPI_TABLES_ADDR, map, n, err);
+	if (r < 0 || (r = firmware_tables(vm, err)) < 0)
 		return r;
 	return setup_bsp64(vm, e->bi.load_addr + 0x200, err);
 }
@@ -615,7 +633,7 @@ int pvh_load(struct vm *vm, struct pvh_image *img, const char *cmdline,
 		return bz_load(vm, img, cmdline, err);
 	load_segments(vm, img);
 	r = write_start_info(vm, img, cmdline, err);
-	if (r < 0 || (r = mptable_write(vm, vm->cfg.cpus, err)) < 0)
+	if (r < 0 || (r = firmware_tables(vm, err)) < 0)
 		return r;
 	return setup_bsp(vm, img->entry, err);
 }

@@ -1,8 +1,10 @@
 /*
  * Everything but guest memory, as named blobs: the VM's configuration
  * ("vmm.config", a MachineConfig), the in-kernel devices ("x86.vm"), each
- * vCPU ("x86.vcpu.<index>", both from libmigrate's mig_x86_* helpers) and
- * the serial port ("serial"). The same functions serve the state file
+ * vCPU ("x86.vcpu.<index>", both from libmigrate's mig_x86_* helpers), the
+ * serial port ("serial") and ACPI's PM1 registers ("acpi.pm", absent in
+ * state from before them: power-on values). The same functions serve the
+ * state file
  * (snapfile.c) and libmigrate's mig_vm_ops (through a mig_state).
  */
 #include <errno.h>
@@ -16,6 +18,7 @@
 #define ITEM_CONFIG "vmm.config"
 #define ITEM_VM "x86.vm"
 #define ITEM_SERIAL "serial"
+#define ITEM_ACPI_PM "acpi.pm"
 
 static void vcpu_item(char *buf, size_t len, uint32_t i)
 {
@@ -141,6 +144,9 @@ int vm_save_state(struct vm *vm, const struct state_sink *sink,
 	if ((r = serial_save(&vm->serial, &blob, &len, err)) < 0 ||
 	    (r = add_item(sink, ITEM_SERIAL, blob, len, err)) < 0)
 		return r;
+	if ((r = acpi_pm_save(&vm->acpi_pm, &blob, &len, err)) < 0 ||
+	    (r = add_item(sink, ITEM_ACPI_PM, blob, len, err)) < 0)
+		return r;
 	return 0;
 }
 
@@ -248,6 +254,10 @@ int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 			return r;
 		serial_sync_irq(vm);
 		vm->loaded.serial = true;
+	} else if (!strcmp(name, ITEM_ACPI_PM)) {
+		if ((r = acpi_pm_load(&vm->acpi_pm, data, len, err)) < 0)
+			return r;
+		vm->loaded.acpi_pm = true;
 	}
 	return 0;
 }
@@ -287,6 +297,18 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 		    (r = serial_load(&vm->serial, data, len, err)) < 0)
 			return r;
 		serial_sync_irq(vm);
+	}
+	if (!vm->loaded.acpi_pm) {
+		/* Optional: state from a migvm without ACPI has none, and
+		 * its guest never touched these registers. */
+		r = src->get(src->opaque, ITEM_ACPI_PM, &data, &len);
+		if (r == -ENOENT)
+			acpi_pm_reset(&vm->acpi_pm);
+		else if (r < 0)
+			return vmm_err(err, r, "state item \"%s\": %s",
+				       ITEM_ACPI_PM, mig_strerror(r));
+		else if ((r = acpi_pm_load(&vm->acpi_pm, data, len, err)) < 0)
+			return r;
 	}
 	return 0;
 }

@@ -122,6 +122,46 @@ int serial_save(struct serial *s, void **blob, size_t *len, mig_error *err);
 int serial_load(struct serial *s, const void *blob, size_t len,
 		mig_error *err);
 
+/* ---- acpi.c ------------------------------------------------------- */
+
+/* The tables: RSDP at ACPI_TABLES_ADDR, the rest after it, all within
+ * ACPI_TABLES_MAX bytes of the memory map's reserved [0x9fc00, 1 MiB). */
+#define ACPI_TABLES_ADDR 0xe0000ull
+#define ACPI_TABLES_MAX 0x1000u
+#define ACPI_PM1_EVT_PORT 0x600 /* PM1a status (2 bytes), enable (2) */
+#define ACPI_PM1_CNT_PORT 0x604 /* PM1a control (2) */
+#define ACPI_PM_PORTS 6         /* [0x600, 0x606) */
+#define ACPI_RESET_PORT 0xcf9   /* the FADT's reset register */
+#define ACPI_RESET_VALUE 0x06
+#define ACPI_SLP_TYP_S5 5       /* \_S5_ in the DSDT */
+
+struct acpi_pm {
+	pthread_mutex_t lock;
+	uint16_t en, cnt;       /* PM1 enable, control (SLP_TYP, BM_RLD) */
+};
+enum acpi_event { ACPI_EVENT_NONE, ACPI_EVENT_POWER_OFF, ACPI_EVENT_RESET };
+
+uint8_t acpi_checksum(const void *p, size_t n);
+/* The tables for `ncpus` vCPUs into buf, which the guest sees at `base`;
+ * *used gets their size. -E2BIG when they do not fit. Pure code. */
+int acpi_build(uint8_t *buf, size_t size, uint64_t base, uint32_t ncpus,
+	       size_t *used, mig_error *err);
+void acpi_pm_init(struct acpi_pm *pm);
+void acpi_pm_exit(struct acpi_pm *pm);
+/* Power-on values (a load without the "acpi.pm" item). */
+void acpi_pm_reset(struct acpi_pm *pm);
+/* Port I/O in [ACPI_PM1_EVT_PORT, +ACPI_PM_PORTS) from a vCPU thread, any
+ * width; ACPI_EVENT_POWER_OFF when the guest entered S5. */
+enum acpi_event acpi_pm_io(struct acpi_pm *pm, uint16_t port, bool write,
+			   uint8_t *data, uint32_t size);
+/* The reset register: ACPI_EVENT_RESET on a write with bit 2 (RST_CPU). */
+enum acpi_event acpi_reset_io(bool write, uint8_t *data, uint32_t size);
+/* PM1 enable and control as an AcpiPmState message (malloc'd). */
+int acpi_pm_save(struct acpi_pm *pm, void **blob, size_t *len,
+		 mig_error *err);
+int acpi_pm_load(struct acpi_pm *pm, const void *blob, size_t len,
+		 mig_error *err);
+
 /* ---- cpu.c -------------------------------------------------------- */
 
 struct vcpu {
@@ -183,12 +223,13 @@ struct vm {
 	int event_fd;             /* eventfd: vCPU threads -> main loop */
 
 	struct serial serial;
+	struct acpi_pm acpi_pm;
 
 	/* state.c: items vm_load_state_item() has loaded (an incoming
 	 * migration loads them as they arrive); vm_load_state() loads the
 	 * rest and clears this. */
 	struct {
-		bool config, vm, serial;
+		bool config, vm, serial, acpi_pm;
 		bool vcpu[VM_MAX_VCPUS];
 	} loaded;
 	bool tsc_warned;          /* state.c: the TSC rate warning was given */
@@ -289,7 +330,8 @@ int bz_place_initrd(const char *path, const struct bz_info *bi,
 		    mig_error *err);
 int bz_zero_page(uint8_t zp[4096], const uint8_t *d, const struct bz_info *bi,
 		 uint32_t cmdline_gpa, uint64_t initrd_gpa, size_t initrd_size,
-		 const struct boot_e820 *map, uint32_t nmap, mig_error *err);
+		 uint64_t rsdp_gpa, const struct boot_e820 *map, uint32_t nmap,
+		 mig_error *err);
 
 /* mptable.c: the MP table (CPUs, IOAPIC, ISA IRQs) at 0x9fc00, in the
  * reserved EBDA of the PVH memory map, for guests without ACPI. */
@@ -308,7 +350,7 @@ struct state_source {
 	void *opaque;
 };
 /* The VM must be paused. Items: "vmm.config", "x86.vm", "x86.vcpu.N"
- * (N = 0, 1, ...), "serial". */
+ * (N = 0, 1, ...), "serial", "acpi.pm" (optional when loading). */
 int vm_save_state(struct vm *vm, const struct state_sink *sink,
 		  mig_error *err);
 /* The VM must be created from a matching config and not yet running. */

@@ -167,12 +167,12 @@ def linux_vm(a):
         if not os.path.isfile(path):
             sys.exit("compare: no Linux %s at %s: scripts/setup.sh, then build the target "
                      "linuxguest" % (what, path))
-    # migvm has no ACPI and no PCI: the MP table describes it. QEMU's
-    # emulated SVM (a nested host) lets XSETBV through: no XSAVE there.
+    # The same arguments on both: each gives ACPI tables, neither has PCI.
+    # QEMU's emulated SVM (a nested host) lets XSETBV through: no XSAVE there.
     args = "console=ttyS0 quiet pci=off"
     if os.environ.get("MIG_IN_NESTED"):
         args += " clearcpuid=xsave"
-    a.kernel_args = {"migvm": args + " acpi=off", "qemu": args}
+    a.kernel_args = {"migvm": args, "qemu": args}
 
 
 def main(argv=None):

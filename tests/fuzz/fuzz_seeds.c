@@ -251,6 +251,13 @@ static void vmm_seeds(void)
 	st[0] = 1;                /* op: serial state */
 	mig__ctl__serial_state__pack(&m, st + 1);
 	put("fuzz_vmm", "serial", st, 1 + n);
+
+	Mig__Ctl__AcpiPmState pm = MIG__CTL__ACPI_PM_STATE__INIT;
+	pm.pm1_enable = 0x0100;
+	pm.pm1_control = 5 << 10;
+	st[0] = 2;                /* op: ACPI PM state */
+	n = mig__ctl__acpi_pm_state__pack(&pm, st + 1);
+	put("fuzz_vmm", "acpi_pm", st, 1 + n);
 }
 
 int main(int argc, char **argv)

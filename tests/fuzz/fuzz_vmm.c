@@ -1,19 +1,23 @@
 /*
  * libFuzzer target: migvm's decoders of hostile files and streams.
  *
- * Input: one op byte, then
- *   op even: a bzImage header check. Two bytes give the VM's RAM below
+ * Input: one op byte, then (op % 3)
+ *   0: a bzImage header check. Two bytes give the VM's RAM below
  *     4 GiB (1..4096 MiB, capped at 3 GiB as migvm does), one the command
  *     line's length (x16), the rest is the kernel file: bz_parse() either
  *     refuses it with its documented errno and a message, or what it
  *     accepts fits the VM (loaded above 1 MiB, what it needs to boot within
  *     RAM, the setup header inside the setup sectors), and the zero page
  *     and initrd placement made from it stay within their bounds;
- *   op odd: a serial state (SerialState, from a snapshot or a migration)
+ *   1: a serial state (SerialState, from a snapshot or a migration)
  *     for serial_load(): refused with -EBADMSG / -EINVAL, or loaded, and
  *     then the UART takes guest output, console input and reads of all
  *     it holds without leaving its buffers (ASan), and saves and loads
- *     back the same.
+ *     back the same;
+ *   2: ACPI's PM1 state (AcpiPmState) for acpi_pm_load(): refused with
+ *     -EBADMSG / -EINVAL leaving the registers as they were, or loaded,
+ *     and what it loaded saves and loads back the same and never holds a
+ *     started sleep (SLP_EN).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,7 +77,7 @@ static void fuzz_bzimage(const uint8_t *d, size_t n)
 		gpa = 0;
 		isize = 0;
 	}
-	r = bz_zero_page(zp, img, &bi, 0x7000, gpa, isize, map, 2, &err);
+	r = bz_zero_page(zp, img, &bi, 0x7000, gpa, isize, 0xe0000, map, 2, &err);
 	FUZZ_CHECK(r == 0);
 	free(img);
 }
@@ -137,15 +141,55 @@ out:
 	serial_exit(&vm.serial);
 }
 
+static void fuzz_acpi_pm(const uint8_t *d, size_t n)
+{
+	struct acpi_pm pm;
+	mig_error err = { 0 };
+	uint8_t *blob, v[2];
+	void *saved = NULL;
+	size_t len;
+	uint16_t en, cnt;
+	int r;
+
+	acpi_pm_init(&pm);
+	pm.en = 0x1234;
+	blob = malloc(n ? n : 1);
+	FUZZ_CHECK(blob);
+	memcpy(blob, d, n);
+	r = acpi_pm_load(&pm, blob, n, &err);
+	free(blob);
+	if (r < 0) {
+		FUZZ_CHECK(r == -EBADMSG || r == -EINVAL);
+		FUZZ_CHECK(err.code == r && err.msg[0]);
+		FUZZ_CHECK(pm.en == 0x1234 && pm.cnt == 0);
+		goto out;
+	}
+	FUZZ_CHECK(!(pm.cnt & 0x2000));
+	en = pm.en;
+	cnt = pm.cnt;
+	FUZZ_CHECK(acpi_pm_save(&pm, &saved, &len, &err) == 0);
+	acpi_pm_reset(&pm);
+	FUZZ_CHECK(acpi_pm_load(&pm, saved, len, &err) == 0);
+	FUZZ_CHECK(pm.en == en && pm.cnt == cnt);
+	free(saved);
+	/* What the guest reads back: SCI_EN and what was loaded. */
+	FUZZ_CHECK(acpi_pm_io(&pm, ACPI_PM1_CNT_PORT, false, v, 2) ==
+		   ACPI_EVENT_NONE);
+	FUZZ_CHECK((v[0] | v[1] << 8) == (cnt | 1));
+out:
+	acpi_pm_exit(&pm);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 {
 	if (n < 1)
 		return 0;
-	if (d[0] & 1)
-		fuzz_serial(d + 1, n - 1);
-	else
-		fuzz_bzimage(d + 1, n - 1);
+	switch (d[0] % 3) {
+	case 0: fuzz_bzimage(d + 1, n - 1); break;
+	case 1: fuzz_serial(d + 1, n - 1); break;
+	default: fuzz_acpi_pm(d + 1, n - 1); break;
+	}
 	return 0;
 }

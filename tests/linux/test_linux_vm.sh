@@ -2,12 +2,13 @@
 # A Linux VM in migvm: Debian's kernel, booted PVH with an initramfs of
 # busybox and our workload (vmm/linuxguest: the test guest's stamp, rewrite
 # and verify, in a Linux process, a thread per vCPU, with a clock check).
-#   1. It boots to its heartbeats and ends by itself (exit port) with
-#      status 0: the ELF vmlinux through PVH with 1 vCPU, Debian's bzImage
-#      (/boot/vmlinuz) through the 64-bit boot protocol with 2 (the MP
-#      table lists them), which ends with a reboot (i8042 reset: migvm
-#      ends, status 0). The first reads a line typed through the control
-#      channel (`migvm ctl SOCK input`: the UART's receive side).
+#   1. It boots to its heartbeats and ends by itself, migvm with status 0:
+#      the ELF vmlinux through PVH with 1 vCPU, powered off through ACPI
+#      (S5), after reading a line typed through the control channel
+#      (`migvm ctl SOCK input`: the UART's receive side); Debian's bzImage
+#      (/boot/vmlinuz) through the 64-bit boot protocol with 2, rebooted
+#      through ACPI's reset register, and again with acpi=off (the MP
+#      table lists the CPUs), rebooted through the i8042.
 #   2. A running 2-vCPU Linux VM moves live, one hop per dirty-log backend
 #      (MIG_LINUX_HOPS, default "clear bitmap ring"), each with --verify (the
 #      memory hashes at the pause must agree): on each destination its
@@ -22,7 +23,7 @@
 #      migd A, migctl migrate to migd B (loopback); it runs on there, no
 #      mismatch, no complaint.
 #   5. The same VM (bzImage, initramfs, parameters) boots under QEMU
-#      (microvm, -accel kvm, its ACPI rather than our MP table) to its
+#      (microvm, -accel kvm, its own ACPI tables) to its
 #      heartbeats and status 0: the guest for comparing the two
 #      (experiments/compare.sh --linux).
 # Run by tests/nested/test_linux.sh (a nested host of its own, one vCPU).
@@ -68,43 +69,49 @@ clock_ok() { # JSON SRC-CONSOLE DEST-CONSOLE
 	CLOCK="clock steps $gap ms across it (downtime $down ms, noise before $noise ms), never back"
 }
 
-# 1. Boot to heartbeats, PVH with 1 vCPU, bzImage with 2; the guest ends by
-# itself: through the exit port, and the second with a reboot (migvm ends
-# with status 0 and says why).
-# The first reads a line typed on its console through the control channel
-# (serial input, its receive interrupt).
-for n in 1 2; do
-	c=$WORK/boot$n.con k=$LK how=PVH end=linuxguest.read=1
-	ctl_args=(--control "$WORK/boot$n.sock")
-	[ "$n" = 2 ] && k=$LZ how=bzImage end=linuxguest.end=reboot ctl_args=()
-	start_vm "boot$n" --mem 384 --cpus "$n" --kernel "$k" --initrd "$LI" \
-		--cmdline "$KARGS $end -- touch=16M wss=2M rate=500 hb=300 duration=3" \
+# 1. Boot to heartbeats; the guest ends by itself, migvm with status 0
+# saying why: (1) PVH with 1 vCPU and ACPI, powered off (ACPI S5), after
+# reading a line typed on its console through the control channel (serial
+# input, its receive interrupt); (2) the bzImage with 2 vCPUs and ACPI,
+# rebooted (ACPI's reset register); (3) the same with acpi=off, the MP table
+# listing its CPUs, rebooted through the i8042.
+for n in 1 2 3; do
+	c=$WORK/boot$n.con
+	case $n in
+	1) k=$LK cpus=1 how="PVH, ACPI" args="$KARGS linuxguest.read=1 linuxguest.end=poweroff"
+	   ctl_args=(--control "$WORK/boot$n.sock")
+	   want="the guest powered off (ACPI S5)" ;;
+	2) k=$LZ cpus=2 how="bzImage, ACPI" args="$KARGS linuxguest.end=reboot" ctl_args=()
+	   want="the guest reset the machine (ACPI reset register 0xcf9): VM ended, not restarted" ;;
+	3) k=$LZ cpus=2 how="bzImage, acpi=off, MP table" args="$KARGS acpi=off linuxguest.end=reboot"
+	   want="the guest reset the machine (i8042 reset line): VM ended, not restarted" ;;
+	esac
+	start_vm "boot$n" --mem 384 --cpus "$cpus" --kernel "$k" --initrd "$LI" \
+		--cmdline "$args -- touch=16M wss=2M rate=500 hb=300 duration=3" \
 		--console "$c" "${ctl_args[@]}"
 	if [ "$n" = 1 ]; then
 		poll_until 300 grep -qs "^linux-guest: reading a line" "$c" ||
-			fail "Linux, $n vCPU(s): does not wait for console input: $(tail -n3 "$c")"
+			fail "Linux ($how): does not wait for console input: $(tail -n3 "$c")"
 		ctl "$WORK/boot$n.sock" input 'hello from the host\x21\n' >/dev/null ||
-			fail "Linux, $n vCPU(s): console input refused"
+			fail "Linux ($how): console input refused"
 	fi
 	wait_exit "$VM_PID" 300
-	[ "$RC" = 0 ] || fail "Linux, $n vCPU(s): migvm exited $RC: $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n5 "$c")"
+	[ "$RC" = 0 ] || fail "Linux ($how): migvm exited $RC: $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n5 "$c")"
 	if [ "$n" = 1 ]; then
 		grep -q "^linux-guest: read: hello from the host!$" "$c" ||
-			fail "Linux, $n vCPU(s): the console input did not reach the guest: $(tail -n3 "$c")"
+			fail "Linux ($how): the console input did not reach the guest: $(tail -n3 "$c")"
 		how+=", read a line typed on its console"
 	fi
-	if [ "$n" = 2 ]; then
-		grep -q "^linux-guest: rebooting" "$c" && grep -q "^migvm: vCPU [0-9]*: the guest reset the machine (i8042 reset line): VM ended, not restarted$" "$WORK/boot$n.err" ||
-			fail "Linux, $n vCPU(s): the reboot did not end migvm as one: $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n3 "$c")"
-		how+=", ended by a reboot"
-	fi
-	grep -q "^linux-guest: kernel .*, $n cpus, clocksource kvm-clock$" "$c" ||
-		fail "Linux, $n vCPU(s): not $n CPUs with kvm-clock: $(grep -m1 '^linux-guest' "$c")"
-	grep -q "^ready .* cpus=$n$" "$c" || fail "Linux, $n vCPU(s): the workload did not start"
-	console_hbs_at_least "$c" 2 || fail "Linux, $n vCPU(s): fewer than 2 heartbeats"
-	grep -q "^done .* mismatches=0 status=0$" "$c" || fail "Linux, $n vCPU(s): $(grep '^done' "$c")"
+	grep -q "^linux-guest: \(rebooting\|powering off\)" "$c" && grep -qx "migvm: vCPU [0-9]*: $want" "$WORK/boot$n.err" ||
+		fail "Linux ($how): not ended as \"$want\": $(tail -n3 "$WORK/boot$n.err"); console: $(tail -n3 "$c")"
+	how+=", ${want%%:*}"
+	grep -q "^linux-guest: kernel .*, $cpus cpus, clocksource kvm-clock$" "$c" ||
+		fail "Linux ($how): not $cpus CPUs with kvm-clock: $(grep -m1 '^linux-guest' "$c")"
+	grep -q "^ready .* cpus=$cpus$" "$c" || fail "Linux ($how): the workload did not start"
+	console_hbs_at_least "$c" 2 || fail "Linux ($how): fewer than 2 heartbeats"
+	grep -q "^done .* mismatches=0 status=0$" "$c" || fail "Linux ($how): $(grep '^done' "$c")"
 	linux_ok "$c"
-	ok "Linux ($how) boots with $n vCPU(s) to ${#HBS[@]} heartbeats and ends with status 0 ($(grep -m1 '^linux-guest' "$c"))"
+	ok "Linux ($how) boots with $cpus vCPU(s) to ${#HBS[@]} heartbeats and ends with status 0 ($(grep -m1 '^linux-guest' "$c"))"
 done
 
 # 2. A running Linux VM moves on and on, one dirty-log backend per hop.
@@ -194,7 +201,7 @@ qemu=$(command -v qemu-system-x86_64) || fail "no qemu-system-x86_64 (scripts/se
 timeout -s KILL 600 "$qemu" -M microvm -accel kvm -cpu host,-arch-capabilities,-vmx,-svm \
 	-m 384M -smp 2 -nodefaults -no-user-config -nographic -serial "file:$WORK/qemu.con" \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$LZ" -initrd "$LI" \
-	-append "${KARGS/ acpi=off/} -- touch=16M wss=2M rate=500 hb=300 duration=3" \
+	-append "$KARGS -- touch=16M wss=2M rate=500 hb=300 duration=3" \
 	>"$WORK/qemu.out" 2>"$WORK/qemu.err" </dev/null
 rc=$?
 [ "$rc" = 1 ] || fail "QEMU exited $rc, expected 1 (guest status 0): $(tail -n3 "$WORK/qemu.err"); console: $(tail -n5 "$WORK/qemu.con")"

@@ -184,7 +184,7 @@ static void test_zero_page(void **st)
 	assert_int_equal(parse(sizeof(img), RAM_TOP, 0, &bi, &err), 0);
 	memset(zp, 0xcc, sizeof(zp));
 	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0x1f000000, 12345,
-				      map, 3, &err), 0);
+				      0xe0000, map, 3, &err), 0);
 	assert_memory_equal(zp + 0x202, "HdrS", 4);
 	assert_int_equal(zp[0x1f1], 7);
 	assert_int_equal(zp[0x210], 0xff);
@@ -195,6 +195,8 @@ static void test_zero_page(void **st)
 	memcpy(&v, zp + 0x21c, 4);
 	assert_int_equal(v, 12345);
 	assert_int_equal(zp[0x1e8], 3);
+	memcpy(&q, zp + 0x070, 8); /* acpi_rsdp_addr */
+	assert_int_equal(q, 0xe0000);
 	memcpy(&q, zp + 0x2d0 + 2 * 20 + 8, 8);
 	assert_int_equal(q, RAM_TOP - 0x100000);
 	memcpy(&v, zp + 0x2d0 + 1 * 20 + 16, 4);
@@ -204,7 +206,8 @@ static void test_zero_page(void **st)
 	p32(0x23c, 3);          /* hardware_subarch */
 	p64(0x240, 0x1234);     /* hardware_subarch_data */
 	p64(0x250, 0x7fff000);  /* setup_data */
-	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, map, 3, &err), 0);
+	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, 0xe0000, map,
+				      3, &err), 0);
 	for (int i = 0x23c; i < 0x248; i++)
 		assert_int_equal(zp[i], 0);
 	for (int i = 0x250; i < 0x258; i++)
@@ -212,11 +215,12 @@ static void test_zero_page(void **st)
 	assert_int_equal(zp[0x258 + 3], 0x01); /* pref_address kept */
 	assert_int_equal(zp[0x1000 - 1], 0);
 	/* no initrd: no ramdisk fields */
-	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, map, 3, &err), 0);
+	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, 0xe0000, map,
+				      3, &err), 0);
 	memcpy(&v, zp + 0x218, 4);
 	assert_int_equal(v, 0);
-	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, map, 129, &err),
-			 -E2BIG);
+	assert_int_equal(bz_zero_page(zp, img, &bi, 0x7000, 0, 0, 0xe0000, map,
+				      129, &err), -E2BIG);
 }
 
 /* Random damage to the header: refused, or placed inside guest RAM. */

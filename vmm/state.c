@@ -20,6 +20,16 @@
 #define ITEM_SERIAL "serial"
 #define ITEM_ACPI_PM "acpi.pm"
 
+/*
+ * KVM gives the vCPUs one TSC offset (a synchronized TSC, and kvmclock's
+ * master clock with PVCLOCK_TSC_STABLE_BIT) only when their host-side TSC
+ * writes land within about a second of each other (kvm_synchronize_tsc).
+ * vCPUs loaded further apart, as items that arrive early over a slow
+ * stop-and-copy can be, are loaded again back to back at the end, as QEMU
+ * writes every vCPU's TSC in one go (half the window, for margin).
+ */
+#define TSC_SYNC_WINDOW_NS 500000000ull
+
 static void vcpu_item(char *buf, size_t len, uint32_t i)
 {
 	snprintf(buf, len, "x86.vcpu.%u", i);
@@ -199,6 +209,7 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 	mig_x86_tsc_policy policy = vm->cfg.strict_tsc ? MIG_X86_TSC_STRICT
 						       : MIG_X86_TSC_HOST;
 	mig_x86_tsc_info tsc;
+	uint64_t now;
 	int r;
 
 	r = mig_x86_vcpu_load_tsc(vm->kvm_fd, vm->vcpus[i].fd, data, len,
@@ -211,6 +222,10 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 			vmm_err_prefix(err, "vCPU %u: ", i);
 		return r;
 	}
+	now = now_ns();
+	if (!vm->loaded.vcpu_first_ns)
+		vm->loaded.vcpu_first_ns = now;
+	vm->loaded.vcpu_last_ns = now;
 	if (tsc.saved_khz && tsc.khz && tsc.saved_khz != tsc.khz &&
 	    !vm->tsc_warned) {
 		double ppm = ((double)tsc.khz - tsc.saved_khz) * 1e6 /
@@ -291,6 +306,23 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 			return r;
 		if ((r = load_vcpu(vm, i, data, len, err)) < 0)
 			return r;
+	}
+	if (vm->loaded.vcpu_last_ns - vm->loaded.vcpu_first_ns >
+	    TSC_SYNC_WINDOW_NS) {
+		/* Loading a vCPU again applies the same state: idempotent
+		 * while it has not run. */
+		fprintf(stderr, "migvm: the vCPUs' state was loaded over %llu "
+			"ms; loading it again back to back, so that KVM keeps "
+			"their TSCs in step\n", (unsigned long long)
+			((vm->loaded.vcpu_last_ns - vm->loaded.vcpu_first_ns) /
+			 1000000));
+		vm->loaded.vcpu_first_ns = 0;
+		for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+			vcpu_item(name, sizeof(name), i);
+			if ((r = get_item(src, name, &data, &len, err)) < 0 ||
+			    (r = load_vcpu(vm, i, data, len, err)) < 0)
+				return r;
+		}
 	}
 	if (!vm->loaded.serial) {
 		if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||

@@ -231,6 +231,8 @@ struct vm {
 	struct {
 		bool config, vm, serial, acpi_pm;
 		bool vcpu[VM_MAX_VCPUS];
+		/* when the first and the last vCPU were loaded (now_ns) */
+		uint64_t vcpu_first_ns, vcpu_last_ns;
 	} loaded;
 	bool tsc_warned;          /* state.c: the TSC rate warning was given */
 

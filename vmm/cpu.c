@@ -34,6 +34,10 @@
 #define PORT_I8042_CMD 0x64
 #define I8042_CMD_RESET 0xfe
 #define PAUSE_TIMEOUT_NS (5ull * 1000000000ull)
+/* vm_pause() and vm_stop() kick again this often until the vCPUs obey. */
+#define KICK_AGAIN_NS 50000000ull
+/* vm_stop() says so when vCPU threads run on this long after a stop. */
+#define STOP_SLOW_NS (10ull * 1000000000ull)
 
 /* ---- CPUID ------------------------------------------------------------ */
 
@@ -689,7 +693,7 @@ int vm_pause(struct vm *vm, mig_error *err)
 		 * and the pauser again, all of it downtime. */
 		if (t >= next_kick) {
 			kick_all(vm);
-			next_kick = t + 50000000ull;
+			next_kick = t + KICK_AGAIN_NS;
 		}
 		ts.tv_sec = (time_t)(next_kick / 1000000000ull);
 		ts.tv_nsec = (long)(next_kick % 1000000000ull);
@@ -781,12 +785,45 @@ void vm_guest_ended(struct vm *vm, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* With vm->stopping set and vm->lock held: wait until every started vCPU
+ * thread has ended (or is parked, and then ends once woken), kicking them
+ * every KICK_AGAIN_NS. */
+static void stop_and_wait(struct vm *vm)
+{
+	uint64_t t0 = now_ns(), next_kick = 0;
+	bool told = false;
+
+	while (vm->nr_parked < vm->nr_threads) {
+		struct timespec ts;
+		uint64_t t = now_ns();
+
+		/* Again and again, as vm_pause() does: one kick can miss a
+		 * thread (a signal that lands before it blocks in a call
+		 * that restarts), and the VM must end all the same. */
+		if (t >= next_kick) {
+			kick_all(vm);
+			next_kick = t + KICK_AGAIN_NS;
+		}
+		if (!told && t - t0 >= STOP_SLOW_NS) {
+			fprintf(stderr, "migvm: %u of %u vCPU threads still run "
+				"%llu s after the VM stopped; kicking them every "
+				"%llu ms\n", vm->nr_threads - vm->nr_parked,
+				vm->nr_threads, STOP_SLOW_NS / 1000000000ull,
+				KICK_AGAIN_NS / 1000000ull);
+			told = true;
+		}
+		ts.tv_sec = (time_t)(next_kick / 1000000000ull);
+		ts.tv_nsec = (long)(next_kick % 1000000000ull);
+		pthread_cond_timedwait(&vm->parked, &vm->lock, &ts);
+	}
+}
+
 void vm_stop(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
 	vm->stopping = true;
 	pthread_cond_broadcast(&vm->cond);
-	kick_all(vm);
+	stop_and_wait(vm);
 	pthread_mutex_unlock(&vm->lock);
 	if (vm->throttle_joinable) {
 		pthread_join(vm->throttle_tid, NULL);

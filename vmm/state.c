@@ -210,13 +210,14 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 						       : MIG_X86_TSC_HOST;
 	mig_x86_tsc_info tsc;
 	uint64_t now;
+	bool differs;
 	int r;
 
 	r = mig_x86_vcpu_load_tsc(vm->kvm_fd, vm->vcpus[i].fd, data, len,
 				  policy, &tsc, err);
+	differs = tsc.saved_khz && tsc.khz && tsc.saved_khz != tsc.khz;
 	if (r < 0) {
-		if (vm->cfg.strict_tsc && tsc.saved_khz && tsc.khz &&
-		    tsc.saved_khz != tsc.khz)
+		if (vm->cfg.strict_tsc && differs)
 			vmm_err_prefix(err, "vCPU %u (--strict-tsc): ", i);
 		else
 			vmm_err_prefix(err, "vCPU %u: ", i);
@@ -226,8 +227,7 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 	if (!vm->loaded.vcpu_first_ns)
 		vm->loaded.vcpu_first_ns = now;
 	vm->loaded.vcpu_last_ns = now;
-	if (tsc.saved_khz && tsc.khz && tsc.saved_khz != tsc.khz &&
-	    !vm->tsc_warned) {
+	if (differs && !vm->tsc_warned) {
 		double ppm = ((double)tsc.khz - tsc.saved_khz) * 1e6 /
 			     tsc.saved_khz;
 		fprintf(stderr, "migvm: warning: the saved TSC ran at %u kHz; "
@@ -238,6 +238,17 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 		vm->tsc_warned = true;
 	}
 	return 0;
+}
+
+/* The UART's state, then IRQ 4 as that state says. */
+static int load_serial(struct vm *vm, const void *data, size_t len,
+		       mig_error *err)
+{
+	int r = serial_load(&vm->serial, data, len, err);
+
+	if (r == 0)
+		serial_sync_irq(vm);
+	return r;
 }
 
 int vm_load_state_item(struct vm *vm, const char *name, const void *data,
@@ -265,9 +276,8 @@ int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 			return r;
 		vm->loaded.vcpu[i] = true;
 	} else if (!strcmp(name, ITEM_SERIAL)) {
-		if ((r = serial_load(&vm->serial, data, len, err)) < 0)
+		if ((r = load_serial(vm, data, len, err)) < 0)
 			return r;
-		serial_sync_irq(vm);
 		vm->loaded.serial = true;
 	} else if (!strcmp(name, ITEM_ACPI_PM)) {
 		if ((r = acpi_pm_load(&vm->acpi_pm, data, len, err)) < 0)
@@ -326,9 +336,8 @@ static int load_missing(struct vm *vm, const struct state_source *src,
 	}
 	if (!vm->loaded.serial) {
 		if ((r = get_item(src, ITEM_SERIAL, &data, &len, err)) < 0 ||
-		    (r = serial_load(&vm->serial, data, len, err)) < 0)
+		    (r = load_serial(vm, data, len, err)) < 0)
 			return r;
-		serial_sync_irq(vm);
 	}
 	if (!vm->loaded.acpi_pm) {
 		/* Optional: state from a migvm without ACPI has none, and

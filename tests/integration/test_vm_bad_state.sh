@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bad state files for --restore: missing, not a state file, empty,
 # truncated, corrupted header / snapshot / memory (CRC32C), trailing
-# garbage, a --corrupt-gpa outside RAM. Each: exit 1, a message naming the
+# garbage, an unknown state item, a --corrupt-gpa outside RAM. Each: exit 1, a message naming the
 # file and the cause, no crash, no VM left running.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -61,6 +61,38 @@ expect_err bad-trailer "trailer is corrupted" --restore "$f"
 f=$(variant garbage)
 printf 'garbage' >>"$f"
 expect_err trailing-garbage "trailing garbage" --restore "$f"
+# A state item this migvm does not know (a newer migvm's device; a vCPU
+# the VM does not have) is refused, not dropped: the item renamed in the
+# snapshot, its checksums made right again.
+rename_item() { # FILE OLD NEW (same length)
+	python3 - "$@" <<'PY'
+import struct, sys
+path, old, new = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+assert len(old) == len(new)
+def crc32c(b):
+    c = 0xffffffff
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82f63b78 & -(c & 1))
+    return c ^ 0xffffffff
+d = bytearray(open(path, "rb").read())
+hsize, = struct.unpack_from("<I", d, 12)
+slen, = struct.unpack_from("<Q", d, 24)
+snap = bytes(d[hsize:hsize + slen])
+assert snap.count(old) == 1, "item %s not found once" % old
+d[hsize:hsize + slen] = snap.replace(old, new)
+struct.pack_into("<I", d, 48, crc32c(bytes(d[hsize:hsize + slen])))
+struct.pack_into("<I", d, 60, crc32c(bytes(d[:60])))
+open(path, "wb").write(d)
+PY
+}
+f=$(variant unknown-item)
+rename_item "$f" acpi.pm acpi.zz || fail "cannot rename a state item"
+expect_err unknown-item 'state item "acpi.zz" is not one this migvm knows' --restore "$f"
+f=$(variant extra-vcpu)
+rename_item "$f" x86.vcpu.0 x86.vcpu.7 || fail "cannot rename a state item"
+expect_err extra-vcpu 'state item "x86.vcpu.7" is not one this migvm knows' --restore "$f"
 expect_err corrupt-outside "--corrupt-gpa 0x40000000: not guest RAM" \
 	--restore "$state" --corrupt-gpa 0x40000000
 

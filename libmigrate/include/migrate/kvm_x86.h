@@ -78,10 +78,11 @@ MIG_API int mig_x86_vcpu_save(int kvm_fd, int vcpu_fd, void **blob,
  * TSC-deadline mode and the TSC set), vCPU events (with them an INIT the
  * source held latched), MP state (KVM checks it against the events), debug
  * registers.
- * Load all the vCPUs of a VM within about a second of each other: KVM gives
- * them one TSC offset (a synchronized TSC, kvmclock's master clock) only
- * when their TSC writes land that close (kvm_synchronize_tsc); migvm loads
- * them all again, back to back, when they came in further apart.
+ * Load the vCPUs of a VM close together: KVM gives them one TSC offset (a
+ * synchronized TSC, kvmclock's master clock) only when each vCPU's TSC
+ * write lands within about a second of the one before it
+ * (kvm_synchronize_tsc); migvm loads them all again, back to back, when
+ * its early loads spanned more than half a second.
  * Returns 0, -EBADMSG / -EINVAL for a bad blob (nothing applied), -ENOTSUP
  * for state this kernel cannot take (an MSR it does not list, XSAVE larger
  * than it supports), or the errno of the failing ioctl; err names the item.

@@ -712,17 +712,11 @@ int snapfile_restore(struct snapfile *sf, struct vm *vm, mig_error *err)
 		return bad(err, sf, -EBADMSG, "trailer is corrupted");
 	/* Every item must be one this migvm loads: what it would skip is
 	 * state lost (a newer migvm's device, say). */
-	for (size_t i = 0; i < sf->snap->n_items; i++) {
-		char shown[VM_ITEM_NAME_SHOWN];
-
-		if (vm_state_item_known(vm, sf->snap->items[i]->name))
-			continue;
-		vm_state_item_name(shown, sf->snap->items[i]->name);
-		return vmm_err(err, -EINVAL, "state file %s: state item \"%s\" "
-			       "is not one this migvm knows (written by a newer "
-			       "migvm?)", sf->path, shown);
-	}
-	r = vm_load_state(vm, &src, err);
+	r = 0;
+	for (size_t i = 0; i < sf->snap->n_items && r == 0; i++)
+		r = vm_state_item_check(vm, sf->snap->items[i]->name, err);
+	if (r == 0)
+		r = vm_load_state(vm, &src, err);
 	if (r < 0)
 		vmm_err_prefix(err, "state file %s: ", sf->path);
 	return r;

@@ -241,20 +241,21 @@ static int load_vcpu(struct vm *vm, uint32_t i, const void *data, size_t len,
 	return 0;
 }
 
-void vm_state_item_name(char out[VM_ITEM_NAME_SHOWN], const char *name)
+int vm_state_item_check(struct vm *vm, const char *name, mig_error *err)
 {
+	char shown[65];
 	size_t n = 0;
 
-	for (; *name && n + 1 < VM_ITEM_NAME_SHOWN; name++)
-		out[n++] = *name >= 0x20 && *name < 0x7f ? *name : '?';
-	out[n] = '\0';
-}
-
-bool vm_state_item_known(struct vm *vm, const char *name)
-{
-	return !strcmp(name, ITEM_CONFIG) || !strcmp(name, ITEM_VM) ||
-	       !strcmp(name, ITEM_SERIAL) || !strcmp(name, ITEM_ACPI_PM) ||
-	       vcpu_index(vm, name) >= 0;
+	if (!strcmp(name, ITEM_CONFIG) || !strcmp(name, ITEM_VM) ||
+	    !strcmp(name, ITEM_SERIAL) || !strcmp(name, ITEM_ACPI_PM) ||
+	    vcpu_index(vm, name) >= 0)
+		return 0;
+	/* A hostile name as it may be shown: printable ASCII only. */
+	for (; *name && n + 1 < sizeof(shown); name++)
+		shown[n++] = *name >= 0x20 && *name < 0x7f ? *name : '?';
+	shown[n] = '\0';
+	return vmm_err(err, -EINVAL, "state item \"%s\" is not one this migvm "
+		       "knows (from a newer migvm, or for more vCPUs?)", shown);
 }
 
 /* The UART's state, then IRQ 4 as that state says. */
@@ -278,13 +279,8 @@ int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 		return vmm_err(err, -EBUSY, "load state: the VM is running");
 	/* State this migvm would drop is refused, not ignored: a newer
 	 * source's device would be lost here without a word. */
-	if (!vm_state_item_known(vm, name)) {
-		char shown[VM_ITEM_NAME_SHOWN];
-		vm_state_item_name(shown, name);
-		return vmm_err(err, -EINVAL, "state item \"%s\" is not one "
-			       "this migvm knows (from a newer migvm, or for "
-			       "more vCPUs?)", shown);
-	}
+	if ((r = vm_state_item_check(vm, name, err)) < 0)
+		return r;
 	if (!strcmp(name, ITEM_CONFIG)) {
 		if ((r = vm_check_config(vm, data, len, err)) < 0)
 			return r;

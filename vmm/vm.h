@@ -363,12 +363,9 @@ int vm_load_state(struct vm *vm, const struct state_source *src,
  * conditions as vm_load_state(). */
 int vm_load_state_item(struct vm *vm, const char *name, const void *data,
 		       size_t len, mig_error *err);
-/* Is `name` an item this migvm loads for this VM (its vCPU count)? */
-bool vm_state_item_known(struct vm *vm, const char *name);
-/* A hostile item name as it may be shown: printable ASCII, '?' for the
- * rest, at most VM_ITEM_NAME_SHOWN - 1 characters. */
-#define VM_ITEM_NAME_SHOWN 65
-void vm_state_item_name(char out[VM_ITEM_NAME_SHOWN], const char *name);
+/* 0 if `name` is an item this migvm loads for this VM (its vCPU count),
+ * else -EINVAL naming it. */
+int vm_state_item_check(struct vm *vm, const char *name, mig_error *err);
 /* Forget the items vm_load_state_item() loaded: an incoming migration
  * starts afresh or failed before vm_load_state(). */
 void vm_forget_loaded_items(struct vm *vm);

@@ -1,0 +1,245 @@
+/*
+ * The source side of a migration (private): Clark et al.'s stages in one
+ * engine thread, and one libuv thread per TCP connection that encodes and
+ * writes the pages queued to it, with back-pressure and an optional
+ * bandwidth cap. Split by concern, each file calling only those listed
+ * before it:
+ *
+ *   source_pages.c   the send bitmaps: dirty-log syncs, the VMM's marks,
+ *                    chunks of marked pages, encoding a chunk
+ *   source_conn.c    a connection: its thread, queue, writes and reads,
+ *                    the mailbox of messages read, the answer to Commit
+ *   source_wait.c    waiting for a message or a drained queue, and which
+ *                    error a failure reports (grace for the peer's reason)
+ *   source_round.c   pre-copy: rounds, their stats, the policy's decision
+ *   source_commit.c  stop-and-copy and the commitment
+ *   source.c         set-up, failure clean-up, the engine thread, the API
+ *
+ * Locking: s->lock protects every field marked "locked" below, the
+ * connections' queues and counters, and the mailbox. The engine thread owns
+ * the bitmaps between rounds; during a round each connection thread owns
+ * the chunks queued to it (chunks never overlap).
+ */
+#ifndef MIG_SOURCE_H
+#define MIG_SOURCE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "codec.h"
+#include "dirty.h"
+#include "frame.h"
+#include "net.h"
+#include "session.h"
+
+/* An item of a connection's queue: a chunk of pages to encode, or frames. */
+struct item {
+	struct item *next;
+	int is_chunk;
+	int resident_only;
+	int final;          /* stop-and-copy: the log is closed, no rearm */
+	/* Complete, packed by the connection thread when it gets there, so
+	 * that it counts every page encoded before it on this connection. */
+	int is_complete;
+	/* The rest of a frame whose start another thread wrote
+	 * (mig__src_queue_rest()): never dropped, or the stream would lose
+	 * its framing. */
+	int remainder;
+	int has_hash;
+	uint8_t hash[16];
+	uint32_t region;
+	uint64_t first;
+	uint32_t count;
+	mig_buf frame;
+};
+
+struct msg {
+	struct msg *next;
+	uint32_t conn;
+	Mig__Wire__Envelope *env;
+};
+
+struct src_conn;
+
+/* One TCP connection to the destination (source_conn.c). */
+struct src_conn {
+	mig_source *s;
+	uint32_t index;
+	pthread_t thread;
+	int thread_ok;
+	uv_loop_t loop;
+	uv_tcp_t tcp;
+	uv_connect_t creq;
+	uv_async_t async;
+	uv_timer_t timer;
+	mig_enc *enc;
+	mig_reader rd;
+	struct sockaddr_storage addr;
+	int loop_ok;
+	/* locked */
+	struct item *head, *tail;
+	unsigned writes;        /* uv_write requests outstanding */
+	int connected;
+	uint64_t connected_us;  /* when the hello went out */
+	int closing;
+	int error;
+	char errmsg[160];
+	uint64_t error_us;   /* when `error` was set */
+	uint64_t bytes, pages, zero_pages, raw_bytes;
+	/* The socket (valid while connected and not closing: only this
+	 * connection's thread closes it, once `closing` is set) and its
+	 * TCP_INFO bytes_acked when progress was last seen. */
+	int fd;
+	uint64_t acked;
+	/* connection thread only */
+	size_t inflight;
+	/* Link rate for MIG_COMPRESS_AUTO: bytes the kernel took over the
+	 * time a write was pending. A fast link drains at once and looks
+	 * fast; a slow one keeps writes pending and shows its real rate. */
+	uint64_t busy_since_us, busy_us, busy_bytes;
+	uint64_t bw_t0_us, bw_bytes;
+	int timer_armed;
+};
+
+struct mig_source {
+	mig_vm_copy vm;
+	mig_params params;
+	mig_callbacks cb;
+	char uri[300];
+	char host[256];
+	int port;
+	uint8_t *token;
+	size_t token_len;
+	uint8_t session_id[16];
+
+	pthread_t thread;
+	int started;
+	int joined;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	/* locked */
+	int cancel;
+	int aborting;              /* sending the Abort: pump() reads it
+				    * without the lock, so set atomically */
+	int finished;
+	uint64_t last_progress_us;  /* a write completed or a message came */
+	/* Commitment, decided on connection 0's thread: while armed, the
+	 * Commit it reads is answered with Activate at once (no hand-off to
+	 * the engine thread and back inside the downtime). The engine disarms
+	 * before it gives up, so exactly one of the two happens. */
+	int commit_armed;
+	int activate_sent;
+	uint64_t activate_sent_us;
+	mig_stats *stats;
+	struct msg *mbox_head, *mbox_tail;
+
+	/* engine thread */
+	struct src_conn *conns;
+	uint32_t nconns;
+	mig_dirty *dirty;
+	uint64_t **send_bm;
+	uint64_t **resident_bm;     /* round 1 only */
+	/* mig_mark_dirty(): pages the VMM wrote, merged into send_bm at each
+	 * sync; set (and `marks_closed` at the final sync) under the lock. */
+	uint64_t **marked_bm;
+	int marks_closed;
+	int marks_new;       /* a bit was set in marked_bm since the merge */
+	bool *absent_is_zero;       /* per region: mig__mem_absent_is_zero() */
+	uint32_t round;
+	int paused;
+	int committed;
+	unsigned throttle_pct;
+	uint64_t rtt_us;
+	uint64_t features;          /* what the destination accepted */
+	mig_error result;
+	uint64_t t_start_us;
+};
+
+/* Where a round started: its time and the connections' counters. */
+struct round_mark {
+	uint64_t t0, bytes, pages, zero, raw;
+};
+
+/* ---- source_pages.c ---- */
+
+/* Encode the pages of chunk `it` still marked in the send bitmap onto
+ * `out` with c's encoder (clearing their bits), counted in c's counters. */
+int mig__src_encode_chunk(struct src_conn *c, const struct item *it, mig_buf *out);
+/* The connection that carries the chunk at page `first` of region `r`. */
+uint32_t mig__src_chunk_conn(const mig_source *s, uint32_t r, uint64_t first);
+/* Call fn(s, it, opaque) with an item for every chunk of the send bitmaps
+ * that has pages marked, on connection `conn` only (or all, if -1); fn
+ * takes the item. Stops at fn's first error (*err). Returns pages marked. */
+uint64_t mig__src_for_marked(mig_source *s, long conn,
+			     int (*fn)(mig_source *, struct item *, void *),
+			     void *opaque, int *err);
+long mig__src_merge_marked(mig_source *s, int last);
+long mig__src_sync_dirty(mig_source *s);
+uint64_t mig__src_count_marked_upto(mig_source *s, uint64_t limit);
+uint64_t mig__src_count_marked(mig_source *s);
+uint64_t **mig__src_alloc_bitmaps(mig_source *s);
+void mig__src_free_bitmaps(mig_source *s, uint64_t **bms);
+
+/* ---- source_conn.c ---- */
+
+/* Set up connection i to `ss` and start its thread, which connects and
+ * writes `first` (the hello; its memory is taken) before anything else. */
+int mig__src_conn_start(mig_source *s, uint32_t i,
+			const struct sockaddr_storage *ss, mig_buf *first);
+/* Append `it` to connection conn's queue (takes it) and wake its thread. */
+int mig__src_queue(mig_source *s, uint32_t conn, struct item *it);
+int mig__src_send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env);
+/* Queue the frames in `b` on connection `conn` as one item (one write);
+ * takes b's memory. With `now`, first try to write them from this
+ * thread when the connection is idle (see source_conn.c). */
+int mig__src_send_frames(mig_source *s, uint32_t conn, mig_buf *b, int now);
+int mig__src_send_simple(mig_source *s, uint32_t conn,
+			 Mig__Wire__Envelope__MsgCase kind, void *msg, int now);
+/* Queue what was not written of `b` (from byte `done` on); takes b. */
+int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done);
+/* Append one message of kind `kind` to `b`. */
+int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg);
+/* Append Complete for a connection that carried `pages` pages to `out`. */
+int mig__src_pack_complete(uint64_t pages, const uint8_t *hash, int has_hash,
+			   mig_buf *out);
+/* Lock held: whether c is up (its socket in *fd); up with nothing queued
+ * or in flight; write `b` on it without blocking (bytes written). */
+int mig__src_open_locked(struct src_conn *c, uv_os_fd_t *fd);
+int mig__src_idle_locked(struct src_conn *c, uv_os_fd_t *fd);
+size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
+			     const mig_buf *b);
+/* Lock held: whether any connection's peer acknowledged bytes since the
+ * last look. */
+int mig__src_link_moved_locked(mig_source *s);
+void mig__src_counters(mig_source *s, uint64_t *bytes, uint64_t *pages,
+		       uint64_t *zero, uint64_t *raw);
+void mig__src_drop_queued(mig_source *s, struct src_conn *c, int all);
+void mig__src_close_conns(mig_source *s);
+
+/* ---- source_wait.c ---- */
+
+int mig__src_wait_drained(mig_source *s);
+int mig__src_wait_msg(mig_source *s, uint32_t conn,
+		      Mig__Wire__Envelope__MsgCase want, uint64_t timeout_ms,
+		      Mig__Wire__Envelope **out);
+
+/* ---- source_round.c ---- */
+
+void mig__src_set_phase(mig_source *s, mig_phase ph);
+int mig__src_set_throttle(mig_source *s, unsigned pct);
+uint64_t mig__src_queue_round(mig_source *s, long conn, int *err);
+int mig__src_round_begin(mig_source *s, struct round_mark *m, mig_buf *b);
+void mig__src_round_record(mig_source *s, const struct round_mark *m, uint64_t d);
+/* Iterative pre-copy until the policy switches over. */
+int mig__src_precopy(mig_source *s);
+
+/* ---- source_commit.c ---- */
+
+/* Disarm the commit answer; whether Activate already went out. */
+int mig__src_activation_went_out(mig_source *s);
+/* Stop-and-copy and commitment. */
+int mig__src_stop_and_copy(mig_source *s);
+
+#endif

@@ -1,0 +1,726 @@
+/*
+ * A connection of the source: one libuv thread per TCP connection that
+ * writes its queue (encoding chunks as it gets to them) with back-pressure
+ * and an optional bandwidth cap, and reads the destination's messages into
+ * the engine's mailbox. Connection 0 also answers Commit when the engine
+ * has armed it (source_commit.c).
+ *
+ * The engine may write on an idle connection itself, under s->lock
+ * (mig__src_write_locked()): in the stop-and-copy, waking a connection's
+ * thread can cost more than the write.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include "source.h"
+
+#define SRC_HWM (8u << 20)          /* bytes in flight per connection */
+#define SRC_COALESCE (64u << 10)    /* small frames joined up to this */
+
+struct wreq {
+	uv_write_t req;
+	struct src_conn *c;
+	mig_buf buf;
+};
+
+static void conn_fail(struct src_conn *c, int code, const char *what)
+{
+	mig_source *s = c->s;
+	pthread_mutex_lock(&s->lock);
+	if (!c->error) {
+		c->error = code;
+		c->error_us = mig__now_us();
+		snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", what,
+			 mig_strerror(code));
+	}
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void pump(struct src_conn *c);
+
+/*
+ * The kernel's struct tcp_info goes on past glibc's (which ends with
+ * tcpi_total_retrans) and only ever grows: the fields after it, as in
+ * <linux/tcp.h>, which cannot be included beside libuv's <netinet/tcp.h>.
+ */
+struct tcp_info_acked {
+	struct tcp_info base;
+	uint64_t pacing_rate, max_pacing_rate;
+	uint64_t bytes_acked;
+};
+
+_Static_assert(offsetof(struct tcp_info_acked, pacing_rate) ==
+		       offsetof(struct tcp_info, tcpi_total_retrans) + 4,
+	       "tcp_info_acked must follow the kernel's layout");
+
+/* Bytes the peer has acknowledged on a TCP socket so far, 0 if unknown
+ * (a kernel before 4.1 returns a shorter struct). */
+static uint64_t tcp_acked(int fd)
+{
+	struct tcp_info_acked ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info_acked, bytes_acked) +
+			  sizeof(ti.bytes_acked))
+		return 0;
+	return ti.bytes_acked;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct src_conn *c = w->c;
+	mig_source *s = c->s;
+
+	/* Writes were pending since busy_since_us: that time counts, whether
+	 * or not the queue drains now (under a slow peer it never does). */
+	uint64_t now = mig__now_us();
+	c->busy_us += now - c->busy_since_us;
+	c->busy_since_us = now;
+	c->inflight -= w->buf.len;
+	c->busy_bytes += w->buf.len;
+	if (c->busy_us > 1000)
+		mig__enc_set_link_rate(c->enc, (double)c->busy_bytes * 1e6 /
+						       (double)c->busy_us);
+	pthread_mutex_lock(&s->lock);
+	c->writes--;
+	if (status == 0) {
+		c->bytes += w->buf.len;
+		s->last_progress_us = mig__now_us();
+		c->acked = tcp_acked(c->fd);
+	}
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	mig__buf_free(&w->buf);
+	free(w);
+	if (status < 0)
+		conn_fail(c, status, "write");
+	else
+		pump(c);
+}
+
+/* Hand `b` to libuv; takes ownership of its memory. */
+static int conn_write(struct src_conn *c, mig_buf *b)
+{
+	struct wreq *w = calloc(1, sizeof(*w));
+	uv_buf_t ub;
+	int r;
+
+	if (!w) {
+		mig__buf_free(b);
+		return -ENOMEM;
+	}
+	w->c = c;
+	w->buf = *b;
+	memset(b, 0, sizeof(*b));
+	ub = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
+	pthread_mutex_lock(&c->s->lock);
+	c->writes++;
+	pthread_mutex_unlock(&c->s->lock);
+	if (!c->inflight)
+		c->busy_since_us = mig__now_us();
+	c->inflight += w->buf.len;
+	r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+	if (r < 0) {
+		c->inflight -= w->buf.len;
+		pthread_mutex_lock(&c->s->lock);
+		c->writes--;
+		pthread_mutex_unlock(&c->s->lock);
+		mig__buf_free(&w->buf);
+		free(w);
+	}
+	return r;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	struct src_conn *c = t->data;
+	c->timer_armed = 0;
+	pump(c);
+}
+
+/* Bandwidth cap: microseconds to wait before `bytes` more may go out. */
+static uint64_t bw_delay_us(struct src_conn *c)
+{
+	uint64_t cap = c->s->params.max_bandwidth / c->s->nconns;
+	uint64_t now = mig__now_us(), allowed;
+
+	if (!cap)
+		return 0;
+	if (now - c->bw_t0_us > 1000000u) {
+		/* A fresh window each second keeps idle time from banking. */
+		c->bw_t0_us = now;
+		c->bw_bytes = 0;
+	}
+	allowed = (now - c->bw_t0_us) * cap / 1000000u + cap / 20;
+	if (c->bw_bytes <= allowed)
+		return 0;
+	return (c->bw_bytes - allowed) * 1000000u / cap + 1;
+}
+
+/* Complete for a connection that carried `pages` pages, appended to `out`. */
+int mig__src_pack_complete(uint64_t pages, const uint8_t *hash, int has_hash,
+			     mig_buf *out)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	Mig__Wire__Complete comp = MIG__WIRE__COMPLETE__INIT;
+
+	comp.pages_total = pages;
+	if (has_hash) {
+		comp.memory_hash.data = (uint8_t *)hash;
+		comp.memory_hash.len = 16;
+	}
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_COMPLETE;
+	env.complete = &comp;
+	return mig__msg_pack(&env, out);
+}
+
+static int pack_complete(struct src_conn *c, const struct item *it, mig_buf *out)
+{
+	uint64_t pages;
+
+	pthread_mutex_lock(&c->s->lock);
+	pages = c->pages;
+	pthread_mutex_unlock(&c->s->lock);
+	return mig__src_pack_complete(pages, it->hash, it->has_hash, out);
+}
+
+/* Take the next item of c's queue, counted as a write until it is encoded
+ * (so a drain waiter never sees an empty queue with work still in hand). */
+static struct item *next_item(struct src_conn *c)
+{
+	mig_source *s = c->s;
+	struct item *it;
+
+	pthread_mutex_lock(&s->lock);
+	it = c->head;
+	if (it && !c->error && !c->closing && c->connected) {
+		c->head = it->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->writes++;
+	} else {
+		it = NULL;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return it;
+}
+
+/* Append item `it` to `out`, encoding pages or packing Complete; frees it. */
+static int item_out(struct src_conn *c, struct item *it, mig_buf *out)
+{
+	int r;
+
+	if (it->is_chunk) {
+		r = mig__src_encode_chunk(c, it, out);
+	} else if (it->is_complete) {
+		r = pack_complete(c, it, out);
+	} else if (!out->len) {
+		mig__buf_free(out);
+		*out = it->frame;
+		memset(&it->frame, 0, sizeof(it->frame));
+		r = 0;
+	} else {
+		r = mig__buf_append(out, it->frame.data, it->frame.len);
+	}
+	mig__buf_free(&it->frame);
+	free(it);
+	return r;
+}
+
+static void pump(struct src_conn *c)
+{
+	mig_source *s = c->s;
+
+	while (c->inflight < SRC_HWM) {
+		struct item *it;
+		mig_buf out = { 0 };
+		unsigned taken = 0;
+		uint64_t wait;
+		int r = 0;
+
+		/* Aborting: the reason goes out at once, past any cap. */
+		wait = __atomic_load_n(&s->aborting, __ATOMIC_RELAXED) ? 0 : bw_delay_us(c);
+		if (wait) {
+			if (!c->timer_armed) {
+				c->timer_armed = 1;
+				uv_timer_start(&c->timer, on_timer,
+					       (wait + 999) / 1000, 0);
+			}
+			return;
+		}
+		/* Small frames queued together go out in one write: in the
+		 * stop-and-copy (switchover, state, round end, complete) every
+		 * system call is downtime. */
+		while (r == 0 && out.len < SRC_COALESCE && (it = next_item(c))) {
+			taken++;
+			r = item_out(c, it, &out);
+		}
+		if (!taken)
+			return;
+		if (r == 0 && out.len) {
+			c->bw_bytes += out.len;
+			r = conn_write(c, &out);
+		}
+		pthread_mutex_lock(&s->lock);
+		c->writes -= taken;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		mig__buf_free(&out);
+		if (r < 0) {
+			conn_fail(c, r, "encode/write");
+			return;
+		}
+	}
+}
+
+/* Connection 0's thread: the destination committed; activate it now if
+ * the engine is waiting for exactly that. */
+static void answer_commit(struct src_conn *c)
+{
+	mig_source *s = c->s;
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+	mig_buf out = { 0 };
+	int armed, r;
+
+	/* Once Activate may be on the wire the flag stays set: a second
+	 * Commit (a confused or hostile peer) must not clear it. */
+	pthread_mutex_lock(&s->lock);
+	armed = s->commit_armed;
+	s->commit_armed = 0;
+	if (armed) {
+		s->activate_sent = 1;
+		s->activate_sent_us = mig__now_us();
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!armed)
+		return;
+	env.msg_case = MIG__WIRE__ENVELOPE__MSG_ACTIVATE;
+	env.activate = &act;
+	r = mig__msg_pack(&env, &out);
+	if (r == 0)
+		r = conn_write(c, &out);
+	mig__buf_free(&out);
+	if (r < 0) {
+		/* Refused before any byte left (uv_write reports later
+		 * errors through its callback): the destination cannot
+		 * activate, so the engine may resume this copy. */
+		pthread_mutex_lock(&s->lock);
+		s->activate_sent = 0;
+		pthread_mutex_unlock(&s->lock);
+		conn_fail(c, r, "sending activate");
+	}
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct src_conn *c = st->data;
+	mig_source *s = c->s;
+	mig_frame f;
+	long n;
+	int r;
+
+	if (nread < 0) {
+		free(buf->base);
+		conn_fail(c, nread == UV_EOF ? -ECONNRESET : (int)nread,
+			  nread == UV_EOF ? "connection closed by peer" : "read");
+		return;
+	}
+	r = nread ? mig__reader_append(&c->rd, buf->base, (size_t)nread) : 0;
+	free(buf->base);
+	if (r < 0) {
+		conn_fail(c, r, "read buffer");
+		return;
+	}
+	while ((n = mig__reader_next(&c->rd, &f)) > 0) {
+		Mig__Wire__Envelope *env;
+		struct msg *m;
+		int e;
+
+		if (f.type != MIG_FRAME_MSG) {
+			conn_fail(c, MIG_E_PROTOCOL, "destination sent pages");
+			return;
+		}
+		env = mig__msg_unpack(f.body, f.len, &e);
+		if (!env) {
+			conn_fail(c, MIG_E_PROTOCOL, "undecodable message");
+			return;
+		}
+		m = calloc(1, sizeof(*m));
+		if (!m) {
+			mig__msg_free(env);
+			conn_fail(c, -ENOMEM, "read");
+			return;
+		}
+		if (c->index == 0 &&
+		    env->msg_case == MIG__WIRE__ENVELOPE__MSG_COMMIT)
+			answer_commit(c);
+		m->conn = c->index;
+		m->env = env;
+		pthread_mutex_lock(&s->lock);
+		s->last_progress_us = mig__now_us();
+		if (s->mbox_tail)
+			s->mbox_tail->next = m;
+		else
+			s->mbox_head = m;
+		s->mbox_tail = m;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (n < 0)
+		conn_fail(c, MIG_E_PROTOCOL, "bad frame from destination");
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+	struct src_conn *c = req->data;
+	mig_source *s = c->s;
+	uv_os_fd_t fd;
+
+	if (status < 0) {
+		conn_fail(c, status, "connect");
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_read_start((uv_stream_t *)&c->tcp, mig__uv_alloc, on_read);
+	pthread_mutex_lock(&s->lock);
+	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0)
+		fd = -1;
+	c->fd = fd;
+	c->connected = 1;
+	c->connected_us = mig__now_us();
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	pump(c);
+}
+
+static void on_async(uv_async_t *a)
+{
+	struct src_conn *c = a->data;
+	int closing;
+
+	pthread_mutex_lock(&c->s->lock);
+	closing = c->closing;
+	pthread_mutex_unlock(&c->s->lock);
+	if (closing) {
+		uv_close((uv_handle_t *)&c->tcp, NULL);
+		uv_close((uv_handle_t *)&c->async, NULL);
+		uv_close((uv_handle_t *)&c->timer, NULL);
+		return;
+	}
+	pump(c);
+}
+
+static void *conn_main(void *arg)
+{
+	struct src_conn *c = arg;
+	char name[16];
+	int r;
+
+	snprintf(name, sizeof(name), "mig-conn%u", c->index);
+	mig__thread_name(name);
+	c->creq.data = c;
+	r = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&c->addr,
+			   on_connect);
+	if (r < 0)
+		conn_fail(c, r, "connect");
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	return NULL;
+}
+
+int mig__src_conn_start(mig_source *s, uint32_t i,
+			const struct sockaddr_storage *ss, mig_buf *first)
+{
+	struct src_conn *c = &s->conns[i];
+	struct item *it = calloc(1, sizeof(*it));
+	int r;
+
+	if (!it) {
+		mig__buf_free(first);
+		return mig__err(&s->result, -ENOMEM, "out of memory");
+	}
+	it->frame = *first;
+	memset(first, 0, sizeof(*first));
+	c->s = s;
+	c->index = i;
+	c->fd = -1;
+	c->addr = *ss;
+	c->rd.limit = MIG_PREAUTH_FRAME_MAX;
+	c->head = c->tail = it; /* freed by mig__src_close_conns() */
+	r = mig__enc_create(&c->enc, s->params.compress,
+			    s->params.compress_level);
+	if (r < 0)
+		return mig__err(&s->result, r, "zstd encoder: %s",
+				mig_strerror(r));
+	if ((r = uv_loop_init(&c->loop)) < 0)
+		return mig__err(&s->result, r, "event loop: %s",
+				mig_strerror(r));
+	uv_tcp_init(&c->loop, &c->tcp);
+	uv_async_init(&c->loop, &c->async, on_async);
+	uv_timer_init(&c->loop, &c->timer);
+	c->loop_ok = 1;
+	c->tcp.data = c;
+	c->async.data = c;
+	c->timer.data = c;
+	if (mig__thread_start(&c->thread, conn_main, c) != 0)
+		return mig__err(&s->result, -EAGAIN,
+				"cannot start connection thread");
+	c->thread_ok = 1;
+	return 0;
+}
+
+static void conn_kick(struct src_conn *c)
+{
+	uv_async_send(&c->async);
+}
+
+int mig__src_queue(mig_source *s, uint32_t conn, struct item *it)
+{
+	struct src_conn *c = &s->conns[conn];
+	pthread_mutex_lock(&s->lock);
+	if (c->tail)
+		c->tail->next = it;
+	else
+		c->head = it;
+	c->tail = it;
+	pthread_mutex_unlock(&s->lock);
+	conn_kick(c);
+	return 0;
+}
+
+int mig__src_send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env)
+{
+	struct item *it = calloc(1, sizeof(*it));
+	int r;
+
+	if (!it)
+		return -ENOMEM;
+	r = mig__msg_pack(env, &it->frame);
+	if (r < 0) {
+		mig__buf_free(&it->frame);
+		free(it);
+		return r;
+	}
+	return mig__src_queue(s, conn, it);
+}
+
+/* A connection error or cancel, as an error code with s->result filled.
+ * Called with s->lock held. */
+/*
+ * A write completes once the kernel has taken all of it, so a link slower
+ * than one write (up to a batch of 1024 pages) per stall_timeout_ms shows no
+ * completed write for that long while it still carries bytes. Whether the
+ * peer acknowledged anything since progress was last seen tells a slow link
+ * from a dead one (or a peer that stopped reading: its zero window acks no
+ * bytes). Lock held; reads the sockets' TCP_INFO, never writes them.
+ */
+int mig__src_link_moved_locked(mig_source *s)
+{
+	int moved = 0;
+
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		uint64_t a;
+
+		if (!c->connected || c->closing || c->error || c->fd < 0)
+			continue;
+		a = tcp_acked(c->fd);
+		if (a && a != c->acked) {
+			c->acked = a;
+			moved = 1;
+		}
+	}
+	return moved;
+}
+
+void mig__src_counters(mig_source *s, uint64_t *bytes, uint64_t *pages,
+			  uint64_t *zero, uint64_t *raw)
+{
+	*bytes = *pages = *zero = *raw = 0;
+	pthread_mutex_lock(&s->lock);
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		*bytes += s->conns[i].bytes;
+		*pages += s->conns[i].pages;
+		*zero += s->conns[i].zero_pages;
+		*raw += s->conns[i].raw_bytes;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Whether connection c is up, with its socket in *fd. Called with s->lock
+ * held. */
+int mig__src_open_locked(struct src_conn *c, uv_os_fd_t *fd)
+{
+	return c->connected && !c->error && !c->closing &&
+	       uv_fileno((uv_handle_t *)&c->tcp, fd) == 0;
+}
+
+/* Whether connection c is up with nothing queued or in flight, so that
+ * another thread may write on it. Called with s->lock held. */
+int mig__src_idle_locked(struct src_conn *c, uv_os_fd_t *fd)
+{
+	return !c->head && !c->writes && mig__src_open_locked(c, fd);
+}
+
+/* Write `b` on idle connection c's socket without blocking; returns the
+ * bytes written. Called with s->lock held, which keeps c's thread from
+ * starting a write meanwhile, so the stream stays in order. */
+size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
+			   const mig_buf *b)
+{
+	size_t done = 0;
+
+	while (done < b->len) {
+		ssize_t n = send(fd, b->data + done, b->len - done,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		done += (size_t)n;
+	}
+	c->bytes += done;
+	if (done)
+		s->last_progress_us = mig__now_us();
+	return done;
+}
+
+/*
+ * Stop-and-copy: when connection `conn` has nothing queued or in flight,
+ * write `b` from this thread at once instead of waking the connection's
+ * thread (on an idle CPU that wake-up alone can take 100 us, all of it
+ * downtime). Returns the bytes written; the caller queues the rest (a full
+ * socket buffer, an error that the connection's thread will then see).
+ */
+static size_t write_now(mig_source *s, uint32_t conn, const mig_buf *b)
+{
+	struct src_conn *c = &s->conns[conn];
+	uv_os_fd_t fd;
+	size_t done = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (mig__src_idle_locked(c, &fd))
+		done = mig__src_write_locked(s, c, fd, b);
+	pthread_mutex_unlock(&s->lock);
+	return done;
+}
+
+/* Queue what write_now() left of `b` (from byte `done` on) on connection
+ * `conn`, as one item. Takes b's memory. */
+int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done)
+{
+	if (done == b->len) {
+		mig__buf_free(b);
+		return 0;
+	}
+	if (done) {
+		memmove(b->data, b->data + done, b->len - done);
+		b->len -= done;
+	}
+	struct item *it = calloc(1, sizeof(*it));
+
+	if (!it) {
+		mig__buf_free(b);
+		return -ENOMEM;
+	}
+	it->frame = *b;
+	it->remainder = done != 0;
+	memset(b, 0, sizeof(*b));
+	return mig__src_queue(s, conn, it);
+}
+
+/* Queue the frames in `b` (one or more messages) on connection `conn`,
+ * as one item: they go out in one write. Takes b's memory. With `now`,
+ * first try to write them from this thread (write_now()). */
+int mig__src_send_frames(mig_source *s, uint32_t conn, mig_buf *b, int now)
+{
+	return mig__src_queue_rest(s, conn, b, now ? write_now(s, conn, b) : 0);
+}
+
+int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	env.msg_case = kind;
+	env.hello = msg; /* every member of the oneof sits at the same place */
+	return mig__msg_pack(&env, b);
+}
+
+/* One message on connection `conn`, as mig__src_send_frames() (with `now`). */
+int mig__src_send_simple(mig_source *s, uint32_t conn,
+		       Mig__Wire__Envelope__MsgCase kind, void *msg, int now)
+{
+	mig_buf b = { 0 };
+	int r = mig__src_pack_simple(&b, kind, msg);
+
+	if (r < 0) {
+		mig__buf_free(&b);
+		return r;
+	}
+	return mig__src_send_frames(s, conn, &b, now);
+}
+
+/* Free the items of connection c's queue that its thread has not taken,
+ * but the rest of a frame already begun (with `all`, that too: the
+ * connection is closed). */
+void mig__src_drop_queued(mig_source *s, struct src_conn *c, int all)
+{
+	struct item *it, *next;
+
+	pthread_mutex_lock(&s->lock);
+	it = c->head;
+	if (it && it->remainder && !all) {
+		c->tail = it;
+		it = it->next;
+		c->tail->next = NULL;
+	} else {
+		c->head = c->tail = NULL;
+	}
+	pthread_mutex_unlock(&s->lock);
+	for (; it; it = next) {
+		next = it->next;
+		mig__buf_free(&it->frame);
+		free(it);
+	}
+}
+
+void mig__src_close_conns(mig_source *s)
+{
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		if (!c->thread_ok)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		c->closing = 1;
+		pthread_mutex_unlock(&s->lock);
+		uv_async_send(&c->async);
+		pthread_join(c->thread, NULL);
+		c->thread_ok = 0;
+	}
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+		if (c->loop_ok) {
+			/* A loop whose thread never ran still has its handles. */
+			if (!uv_is_closing((uv_handle_t *)&c->async)) {
+				uv_close((uv_handle_t *)&c->tcp, NULL);
+				uv_close((uv_handle_t *)&c->async, NULL);
+				uv_close((uv_handle_t *)&c->timer, NULL);
+			}
+			uv_run(&c->loop, UV_RUN_DEFAULT);
+			uv_loop_close(&c->loop);
+			c->loop_ok = 0;
+		}
+		mig__src_drop_queued(s, c, 1);
+		mig__enc_destroy(c->enc);
+		c->enc = NULL;
+		mig__reader_free(&c->rd);
+	}
+}

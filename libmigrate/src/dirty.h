@@ -186,6 +186,9 @@ struct mig_dirty {
 struct mig__dirty_ops {
 	const char *name;
 	mig_dirty_log mode;
+	/* Tracks writes without KVM_MEM_LOG_DIRTY_PAGES (the tests' backend):
+	 * start and stop leave the slots alone. */
+	bool no_slots;
 	/*
 	 * Can this backend work on vm_fd? 0, or -ENOTSUP with err saying why.
 	 * `explicit` is false when probing for AUTO (keep it cheap, no side
@@ -213,6 +216,14 @@ struct mig__dirty_ops {
 extern const struct mig__dirty_ops mig__dirty_bitmap_ops;
 extern const struct mig__dirty_ops mig__dirty_clear_ops;
 extern const struct mig__dirty_ops mig__dirty_ring_ops;
+
+/*
+ * Tests only: every tracker created from now on uses `ops`, whatever the
+ * mode and VM fd (NULL: KVM's backends again), so that the engine runs
+ * against a scripted peer where there is no KVM. Not exported from the
+ * shared library; the unit tests link the static one.
+ */
+void mig__dirty_set_test_backend(const struct mig__dirty_ops *ops);
 
 /* Shared helpers for the backends (dirty.c). */
 

@@ -78,14 +78,12 @@ static int await_hello(mig_source *s, uint32_t i)
 		mig__msg_free(env);
 		return r;
 	}
-	if (env->hello_ack->version_major != MIG_PROTOCOL_VERSION) {
-		mig__msg_free(env);
+	uint32_t major = env->hello_ack->version_major;
+	mig__msg_free(env);
+	if (major != MIG_PROTOCOL_VERSION)
 		return mig__err(&s->result, MIG_E_VERSION,
 				"destination speaks protocol %u, we speak %u",
-				env->hello_ack->version_major,
-				MIG_PROTOCOL_VERSION);
-	}
-	mig__msg_free(env);
+				major, MIG_PROTOCOL_VERSION);
 	/* Authenticated: full-size frames from now on. */
 	pthread_mutex_lock(&s->lock);
 	s->conns[i].rd.limit = MIG_FRAME_MAX;

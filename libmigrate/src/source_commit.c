@@ -183,6 +183,29 @@ int mig__src_activation_went_out(mig_source *s)
 }
 
 /*
+ * A Commit came and no Activate went out for it: connection 0's thread read
+ * it before the commit was armed, that is before this side's Complete was
+ * on its way, so the destination committed an image it cannot have (a
+ * broken or hostile peer); or Activate could not be written. Either way
+ * the destination must not run the VM and this copy still is the VM: an
+ * error, and the failure path resumes it.
+ */
+static int commit_unanswered(mig_source *s)
+{
+	char why[200] = "";
+
+	pthread_mutex_lock(&s->lock);
+	if (s->conns[0].error)
+		snprintf(why, sizeof(why), "%s", s->conns[0].errmsg);
+	pthread_mutex_unlock(&s->lock);
+	if (*why)
+		return mig__err(&s->result, s->conns[0].error,
+				"destination committed; activating it failed: %s", why);
+	return mig__err(&s->result, MIG_E_PROTOCOL,
+			"destination committed before the source had sent everything");
+}
+
+/*
  * Clark's stop-and-copy: pause, the VM state, the last pages, Complete.
  * Nothing waits for anything else until the commit: each connection keeps
  * its order. With FEATURE_EARLY_STATE the state goes first, written from
@@ -304,8 +327,11 @@ int mig__src_stop_and_copy(mig_source *s)
 	pthread_mutex_lock(&s->lock);
 	t_sent = s->activate_sent_us;
 	pthread_mutex_unlock(&s->lock);
-	if (r == 0)
+	if (r == 0) {
 		mig__msg_free(env);
+		if (!activated)
+			return commit_unanswered(s);
+	}
 	if (r < 0 && !activated)
 		return r;
 	if (r < 0) {
@@ -319,18 +345,10 @@ int mig__src_stop_and_copy(mig_source *s)
 	s->committed = 1;
 	mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "committed");
 
-	if (!activated) {
-		/* Commit came before the arming (cannot happen: the
-		 * destination commits only after Complete). */
-		Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
-		r = mig__src_send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, &act, 0);
-		t_sent = mig__now_us();
-	}
 	uint64_t t_act = mig__now_us();
 	uint64_t resume_us = 0;
-	if (r == 0)
-		r = mig__src_wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATED,
-			     ACTIVATED_TIMEOUT_MS, &env);
+	r = mig__src_wait_msg(s, 0, MIG__WIRE__ENVELOPE__MSG_ACTIVATED,
+			      ACTIVATED_TIMEOUT_MS, &env);
 	if (r < 0) {
 		/* Committed: the image is the destination's now. Say that the
 		 * activation was not confirmed, but never resume here. */

@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "frame.h"
 #include "net.h"
+#include "protocol.h"
 #include "session.h"
 #include "state.h"
 
@@ -103,16 +104,14 @@ struct mig_dest {
 	uint8_t session_id[16];
 	uint32_t expected;
 	struct dst_conn **by_index;
-	int config_ok;
+	mig_pstate ps;              /* the session's state (protocol.h) */
 	uint32_t ncomplete;
 	mig_state state;
 	uint8_t src_hash[16];
 	int have_hash;
-	int committed;
 	int load_early;             /* config: load_state_early */
 	int early_state;            /* negotiated: state streamed, then StateEnd */
 	uint32_t state_items;       /* StateBlobs since the switchover */
-	int state_ended;            /* StateEnd seen */
 	int state_loaded;           /* load_state done */
 	int finished;
 	uint64_t last_activity_us;
@@ -175,6 +174,7 @@ static void MIG_PRINTF(3, 4) dest_fail(mig_dest *d, int code, const char *fmt, .
 
 	if (d->finished)
 		return;
+	d->ps = MIG_PS_FAILED;
 	d->result.code = code;
 	va_start(ap, fmt);
 	vsnprintf(d->result.msg, sizeof(d->result.msg), fmt, ap);
@@ -189,6 +189,33 @@ static void MIG_PRINTF(3, 4) dest_fail(mig_dest *d, int code, const char *fmt, .
 	snprintf(d->result.msg + n, sizeof(d->result.msg) - n,
 		 "; VM not resumed");
 	finish(d);
+}
+
+/* The session's state moves for message `msg` on connection `conn`, read
+ * (MIG_PDIR_TO_DEST) or sent (MIG_PDIR_TO_SOURCE) (protocol.h); refused:
+ * the migration fails. */
+static int step(mig_dest *d, int msg, unsigned dir, uint32_t conn)
+{
+	mig_error e = { 0 };
+	mig_pstate to;
+
+	if (mig__proto_step(d->ps, msg, dir, conn, d->early_state, &to, &e) < 0) {
+		dest_fail(d, e.code, "%s", e.msg);
+		return e.code;
+	}
+	if (to != d->ps)
+		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "protocol: %s -> %s",
+			 mig__proto_state_name(d->ps), mig__proto_state_name(to));
+	d->ps = to;
+	return 0;
+}
+
+/* A message of the session to the source, on the control connection. */
+static int session_send(mig_dest *d, Mig__Wire__Envelope__MsgCase kind, void *msg)
+{
+	int r = step(d, kind, MIG_PDIR_TO_SOURCE, 0);
+
+	return r < 0 ? r : send_env(d->by_index[0], kind, msg);
 }
 
 static void on_conn_closed(uv_handle_t *h)
@@ -399,8 +426,9 @@ static void on_config(mig_dest *d, const Mig__Wire__VmConfig *cfg)
 	ack.ok = !why[0];
 	ack.error = why[0] ? MIG_E_INCOMPAT : 0;
 	ack.message = why;
-	send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK, &ack);
 	if (why[0]) {
+		send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK, &ack);
+		d->ps = MIG_PS_FAILED;
 		/* The source learns why from the ack; no Abort on top. */
 		d->result.code = MIG_E_INCOMPAT;
 		snprintf(d->result.msg, sizeof(d->result.msg),
@@ -408,7 +436,8 @@ static void on_config(mig_dest *d, const Mig__Wire__VmConfig *cfg)
 		finish(d);
 		return;
 	}
-	d->config_ok = 1;
+	if (session_send(d, MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK, &ack) < 0)
+		return;
 	pthread_mutex_lock(&d->lock);
 	d->stats->setup_time_us = mig__now_us() - d->t_start_us;
 	d->stats->phase = MIG_PHASE_PRECOPY;
@@ -565,24 +594,12 @@ static int load_state(mig_dest *d)
 	return 0;
 }
 
-/* State is loaded once: after StateEnd, the control connection's
- * Complete, the load or the commit, more of it is a protocol error, never
- * a reload. */
-static int state_closed(const mig_dest *d, const struct dst_conn *c)
-{
-	return d->state_ended || c->complete || d->state_loaded || d->committed;
-}
-
 /* Every connection has said Complete: check, load, commit. */
 static void image_complete(mig_dest *d)
 {
 	mig_error e = { 0 };
 	int r;
 
-	if (!d->t_switch_us) {
-		dest_fail(d, MIG_E_PROTOCOL, "stream completed without a switchover");
-		return;
-	}
 	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "image complete");
 	if (d->have_hash) {
 		uint8_t h[16];
@@ -604,11 +621,10 @@ static void image_complete(mig_dest *d)
 		commit.memory_hash.data = d->src_hash;
 		commit.memory_hash.len = sizeof(d->src_hash);
 	}
-	if ((r = send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_COMMIT, &commit)) < 0) {
+	if ((r = session_send(d, MIG__WIRE__ENVELOPE__MSG_COMMIT, &commit)) < 0) {
 		dest_fail(d, r, "sending commit: %s", mig_strerror(r));
 		return;
 	}
-	d->committed = 1;
 	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "commit sent");
 	pthread_mutex_lock(&d->lock);
 	d->stats->phase = MIG_PHASE_COMMIT;
@@ -621,10 +637,6 @@ static void on_activate(mig_dest *d)
 	uint64_t t0 = mig__now_us();
 	int r;
 
-	if (!d->committed) {
-		dest_fail(d, MIG_E_PROTOCOL, "activate before commit");
-		return;
-	}
 	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "activating: resuming the VM");
 	r = d->vm.vm.ops->resume(d->vm.vm.opaque, &e);
 	if (r < 0) {
@@ -638,7 +650,7 @@ static void on_activate(mig_dest *d)
 	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "activated: VM resumed");
 	Mig__Wire__Activated a = MIG__WIRE__ACTIVATED__INIT;
 	a.resume_us = t1 - t0;
-	send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_ACTIVATED, &a);
+	session_send(d, MIG__WIRE__ENVELOPE__MSG_ACTIVATED, &a);
 	pthread_mutex_lock(&d->lock);
 	d->stats->downtime_us = t1 - d->t_switch_us;
 	pthread_mutex_unlock(&d->lock);
@@ -668,13 +680,48 @@ static void on_round_end(struct dst_conn *c, const Mig__Wire__RoundEnd *re)
 	ack.pages = d->stats->pages_sent;
 	ack.bytes = d->bytes;
 	pthread_mutex_unlock(&d->lock);
-	send_env(d->by_index[0], MIG__WIRE__ENVELOPE__MSG_STATS, &ack);
+	session_send(d, MIG__WIRE__ENVELOPE__MSG_STATS, &ack);
 }
 
+/* A VM state item. Each once: a second copy would replace the first, or
+ * be loaded over it. (The table ends the state at StateEnd or at the
+ * control connection's Complete: it is loaded once.) */
+static void on_state(mig_dest *d, const Mig__Wire__StateBlob *sb)
+{
+	const void *seen;
+	size_t seen_len;
+	int r;
+
+	if (mig_state_get(&d->state, sb->name, &seen, &seen_len) == 0) {
+		dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' sent twice", sb->name);
+		return;
+	}
+	d->state_items++;
+	r = mig_state_add(&d->state, sb->name, sb->data.data, sb->data.len);
+	if (r < 0) {
+		dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' refused: %s",
+			  sb->name, mig_strerror(r));
+		return;
+	}
+	if (d->early_state && d->vm.vm.ops->load_state_item) {
+		mig_error e = { 0 };
+		r = d->vm.vm.ops->load_state_item(d->vm.vm.opaque, sb->name,
+						  sb->data.data, sb->data.len, &e);
+		if (r < 0)
+			dest_fail(d, r, "loading VM state item '%.64s': %s",
+				  sb->name, e.msg[0] ? e.msg : mig_strerror(r));
+	}
+}
+
+/*
+ * A message from the source on an authenticated connection. The protocol
+ * table (step()) decides whether it may come now; what is left here is
+ * what it carries, and the rules the table cannot see: per connection
+ * (Complete once), per item (each state item once) and counts.
+ */
 static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 {
 	mig_dest *d = c->d;
-	int r;
 
 	if (!c->authed) {
 		if (env->msg_case != MIG__WIRE__ENVELOPE__MSG_HELLO)
@@ -683,29 +730,18 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			on_hello(c, env->hello);
 		return;
 	}
-	if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT) {
-		dest_fail(d, MIG_E_PEER, "source aborted: %s", env->abort->reason);
+	if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_COMPLETE && c->complete) {
+		dest_fail(d, MIG_E_PROTOCOL, "connection %u completed twice", c->index);
 		return;
 	}
-	/* Beyond the hello, data connections carry pages, round ends and
-	 * Complete only. */
-	if (c->index != 0 && env->msg_case != MIG__WIRE__ENVELOPE__MSG_COMPLETE &&
-	    env->msg_case != MIG__WIRE__ENVELOPE__MSG_ROUND_END) {
-		dest_fail(d, MIG_E_PROTOCOL, "message %d on data connection %u",
-			  (int)env->msg_case, c->index);
+	if (step(d, env->msg_case, MIG_PDIR_TO_DEST, c->index) < 0)
 		return;
-	}
-	if (!d->config_ok && env->msg_case != MIG__WIRE__ENVELOPE__MSG_VM_CONFIG) {
-		dest_fail(d, MIG_E_PROTOCOL, "message %d before the VM config",
-			  (int)env->msg_case);
-		return;
-	}
 	switch (env->msg_case) {
+	case MIG__WIRE__ENVELOPE__MSG_ABORT:
+		dest_fail(d, MIG_E_PEER, "source aborted: %s", env->abort->reason);
+		break;
 	case MIG__WIRE__ENVELOPE__MSG_VM_CONFIG:
-		if (d->config_ok)
-			dest_fail(d, MIG_E_PROTOCOL, "second VM config");
-		else
-			on_config(d, env->vm_config);
+		on_config(d, env->vm_config);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_ROUND_START:
 		pthread_mutex_lock(&d->lock);
@@ -716,16 +752,9 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		on_round_end(c, env->round_end);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_HINT:
-		if (d->t_switch_us)
-			dest_fail(d, MIG_E_PROTOCOL, "memory hint after the switchover");
-		else
-			on_hint(d, env->hint);
+		on_hint(d, env->hint);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_SWITCHOVER:
-		if (d->t_switch_us) {
-			dest_fail(d, MIG_E_PROTOCOL, "second switchover");
-			break;
-		}
 		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_DEBUG, "switchover");
 		/* The source sends this just before it pauses the VM, so the
 		 * downtime measured here (to the resume) includes the pause. */
@@ -742,63 +771,17 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		pthread_mutex_unlock(&d->lock);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_STATE:
-		if (!d->t_switch_us) {
-			dest_fail(d, MIG_E_PROTOCOL, "VM state before the switchover");
-			break;
-		}
-		if (state_closed(d, c)) {
-			dest_fail(d, MIG_E_PROTOCOL, "VM state after its end");
-			break;
-		}
-		/* ... and each item once: a second copy would replace the
-		 * first, or be loaded over it. */
-		const void *seen;
-		size_t seen_len;
-		if (mig_state_get(&d->state, env->state->name, &seen, &seen_len) == 0) {
-			dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' sent twice",
-				  env->state->name);
-			break;
-		}
-		d->state_items++;
-		r = mig_state_add(&d->state, env->state->name, env->state->data.data,
-				  env->state->data.len);
-		if (r < 0) {
-			dest_fail(d, MIG_E_PROTOCOL, "state item '%.64s' refused: %s",
-				  env->state->name, mig_strerror(r));
-			break;
-		}
-		if (d->early_state && d->vm.vm.ops->load_state_item) {
-			mig_error e = { 0 };
-			r = d->vm.vm.ops->load_state_item(d->vm.vm.opaque, env->state->name,
-							  env->state->data.data,
-							  env->state->data.len, &e);
-			if (r < 0)
-				dest_fail(d, r, "loading VM state item '%.64s': %s",
-					  env->state->name, e.msg[0] ? e.msg : mig_strerror(r));
-		}
+		on_state(d, env->state);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_STATE_END:
-		if (!d->early_state || !d->t_switch_us || state_closed(d, c)) {
-			dest_fail(d, MIG_E_PROTOCOL, "unexpected end of VM state");
-			break;
-		}
 		if (env->state_end->items != d->state_items) {
 			dest_fail(d, MIG_E_PROTOCOL, "source sent %u state items, %u arrived",
 				  env->state_end->items, d->state_items);
 			break;
 		}
-		d->state_ended = 1;
 		(void)load_state(d);
 		break;
 	case MIG__WIRE__ENVELOPE__MSG_COMPLETE:
-		if (c->complete) {
-			dest_fail(d, MIG_E_PROTOCOL, "connection %u completed twice", c->index);
-			break;
-		}
-		if (c->index == 0 && d->early_state && !d->state_ended) {
-			dest_fail(d, MIG_E_PROTOCOL, "stream completed before the end of VM state");
-			break;
-		}
 		if (env->complete->pages_total != c->pages) {
 			dest_fail(d, MIG_E_PROTOCOL,
 				  "connection %u: source sent %" PRIu64 " pages, %" PRIu64 " arrived",
@@ -822,6 +805,7 @@ static void on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 		on_activate(d);
 		break;
 	default:
+		/* the table lets no other message through */
 		dest_fail(d, MIG_E_PROTOCOL, "unexpected message %d from the source",
 			  (int)env->msg_case);
 		break;
@@ -838,11 +822,13 @@ static void on_pages(struct dst_conn *c, const mig_frame *f)
 		reject(c, "pages before hello");
 		return;
 	}
-	if (!d->config_ok || c->complete || d->committed) {
-		dest_fail(d, MIG_E_PROTOCOL, "pages out of order on connection %u",
+	if (c->complete) {
+		dest_fail(d, MIG_E_PROTOCOL, "pages after connection %u completed",
 			  c->index);
 		return;
 	}
+	if (step(d, MIG_PMSG_PAGES, MIG_PDIR_TO_DEST, c->index) < 0)
+		return;
 	n = mig__dec_batch(c->dec, f->body, f->len, page_sink, d, &e);
 	if (n < 0) {
 		dest_fail(d, (int)n == -ERANGE || (int)n == -EBADMSG ? MIG_E_PROTOCOL : (int)n,
@@ -1007,7 +993,7 @@ static void on_dtimer(uv_timer_t *t)
 		return;
 	if (mig__now_us() - d->last_activity_us > (uint64_t)d->timeout_ms * 1000)
 		dest_fail(d, -ETIMEDOUT, "no data from the source for %u ms%s",
-			  d->timeout_ms, d->committed ? " (waiting for activation)" : "");
+			  d->timeout_ms, d->ps == MIG_PS_COMMITTED ? " (waiting for activation)" : "");
 }
 
 static void *dest_main(void *arg)

@@ -143,6 +143,12 @@ static int send_config(mig_source *s)
 	cfg.vmm = "libmigrate";
 	env.msg_case = MIG__WIRE__ENVELOPE__MSG_VM_CONFIG;
 	env.vm_config = &cfg;
+	r = mig__src_sent(s, MIG__WIRE__ENVELOPE__MSG_VM_CONFIG);
+	if (r < 0) {
+		free(regs);
+		free(rp);
+		return r;
+	}
 	r = mig__src_send_msg(s, 0, &env);
 	free(regs);
 	free(rp);
@@ -167,6 +173,10 @@ static void fail_cleanup(mig_source *s)
 {
 	mig_error e = { 0 };
 	int was_paused = s->paused;
+
+	pthread_mutex_lock(&s->lock);
+	s->ps = MIG_PS_FAILED;
+	pthread_mutex_unlock(&s->lock);
 
 	/* Tell the destination why, if the control connection still works:
 	 * at once, not after the pages still queued, which are moot now, nor

@@ -31,6 +31,7 @@
 #include "dirty.h"
 #include "frame.h"
 #include "net.h"
+#include "protocol.h"
 #include "session.h"
 
 /* An item of a connection's queue: a chunk of pages to encode, or frames. */
@@ -75,6 +76,7 @@ struct src_conn {
 	uv_timer_t timer;
 	mig_enc *enc;
 	mig_reader rd;
+	int hello_acked;        /* connection thread: its HelloAck read */
 	struct sockaddr_storage addr;
 	int loop_ok;
 	/* locked */
@@ -130,6 +132,11 @@ struct mig_source {
 	 * the engine thread and back inside the downtime). The engine disarms
 	 * before it gives up, so exactly one of the two happens. */
 	int commit_armed;
+	mig_pstate ps;             /* the session's state (protocol.h) */
+	/* The first message a connection thread refused (the protocol
+	 * table): the migration fails with it, the connection still up to
+	 * carry the Abort. */
+	mig_error proto_err;
 	int activate_sent;
 	uint64_t activate_sent_us;
 	mig_stats *stats;
@@ -210,6 +217,31 @@ int mig__src_open_locked(struct src_conn *c, uv_os_fd_t *fd);
 int mig__src_idle_locked(struct src_conn *c, uv_os_fd_t *fd);
 size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
 			     const mig_buf *b);
+/* A move of the session's state, to log once the lock is dropped. */
+struct src_move {
+	mig_pstate from, to;
+};
+
+/*
+ * Lock held: move the session's state for message `msg` on connection
+ * `conn`, read from the destination or (with `sent`) sent to it
+ * (mig__proto_step()); *mv says from where to where. Refused:
+ * MIG_E_PROTOCOL with err saying why, and the state is failed. Once it is
+ * failed, what this side still sends moves nothing and is no error
+ * (whoever failed it reports why), but Activate and what it reads are
+ * refused.
+ */
+int mig__src_step_locked(mig_source *s, int msg, uint32_t conn, int sent,
+			 struct src_move *mv, mig_error *err);
+/* Lock not held: log a move at debug level (the embedder's callback may
+ * take the lock). */
+void mig__src_log_move(mig_source *s, const struct src_move *mv);
+/* Lock held: keep the first refusal of a connection thread for the engine
+ * to report (s->proto_err). */
+void mig__src_proto_err_locked(mig_source *s, const mig_error *e);
+/* The engine sends `msg` on the control connection: the state moves (an
+ * error in s->result if the table refuses: a bug on this side). */
+int mig__src_sent(mig_source *s, int msg);
 /* Lock held: whether any connection's peer acknowledged bytes since the
  * last look. */
 int mig__src_link_moved_locked(mig_source *s);

@@ -59,6 +59,8 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 	struct src_conn *c = &s->conns[conn];
 	Mig__Wire__RoundEnd re = MIG__WIRE__ROUND_END__INIT;
 	struct chunk_out co = { c, NULL };
+	struct src_move mv = { MIG_PS_CONFIG, MIG_PS_CONFIG };
+	mig_error step_err = { 0 };
 	mig_buf b = { 0 };
 	size_t done = 0;
 	uv_os_fd_t fd;
@@ -84,15 +86,21 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 	if (idle) {
 		pthread_mutex_lock(&s->lock);
 		if (r == 0)
+			r = conn ? 0 : mig__src_step_locked(s, MIG__WIRE__ENVELOPE__MSG_COMPLETE,
+							 0, 1, &mv, &step_err);
+		if (r == 0)
 			r = mig__src_pack_complete(c->pages, hash, has_hash, &b);
 		if (r == 0 && mig__src_open_locked(c, &fd))
 			done = mig__src_write_locked(s, c, fd, &b);
 		c->writes--;
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
+		mig__src_log_move(s, &mv);
 	}
 	if (r < 0) {
 		mig__buf_free(&b);
+		if (step_err.code)
+			return mig__err(&s->result, r, "%s", step_err.msg);
 		return mig__err(&s->result, r, "connection %u: last pages, round end "
 				"and completion: %s", conn, mig_strerror(r));
 	}
@@ -162,6 +170,9 @@ static int put_state(mig_source *s, mig_buf *b)
 	if (early) {
 		Mig__Wire__StateEnd se = MIG__WIRE__STATE_END__INIT;
 		se.items = o.n;
+		r = mig__src_sent(s, MIG__WIRE__ENVELOPE__MSG_STATE_END);
+		if (r < 0)
+			return r;
 		r = mig__src_pack_simple(b, MIG__WIRE__ENVELOPE__MSG_STATE_END, &se);
 	}
 	if (r < 0)
@@ -183,26 +194,32 @@ int mig__src_activation_went_out(mig_source *s)
 }
 
 /*
- * A Commit came and no Activate went out for it: connection 0's thread read
- * it before the commit was armed, that is before this side's Complete was
- * on its way, so the destination committed an image it cannot have (a
- * broken or hostile peer); or Activate could not be written. Either way
- * the destination must not run the VM and this copy still is the VM: an
- * error, and the failure path resumes it.
+ * A Commit came and no Activate went out for it. The protocol table lets
+ * a Commit through only after this side's own Complete, which is armed
+ * to answer it, so Activate could not be written, or the session failed
+ * just before (the answer was refused), or, a bug here, the answer was
+ * not armed. Either way the destination must not run the VM and this
+ * copy still is the VM: an error, and the failure path resumes it.
  */
 static int commit_unanswered(mig_source *s)
 {
-	char why[200] = "";
+	char why[sizeof(s->proto_err.msg)] = "";
+	int code = 0;
 
 	pthread_mutex_lock(&s->lock);
-	if (s->conns[0].error)
+	if (s->proto_err.code) {
+		code = s->proto_err.code;
+		snprintf(why, sizeof(why), "%s", s->proto_err.msg);
+	} else if (s->conns[0].error) {
+		code = s->conns[0].error;
 		snprintf(why, sizeof(why), "%s", s->conns[0].errmsg);
+	}
 	pthread_mutex_unlock(&s->lock);
-	if (*why)
-		return mig__err(&s->result, s->conns[0].error,
+	if (code)
+		return mig__err(&s->result, code,
 				"destination committed; activating it failed: %s", why);
 	return mig__err(&s->result, MIG_E_PROTOCOL,
-			"destination committed before the source had sent everything");
+			"destination committed, and Activate was not armed");
 }
 
 /*
@@ -231,6 +248,8 @@ int mig__src_stop_and_copy(mig_source *s)
 	 * the pause fail, the failure path aborts the destination as usual. */
 	sw.round = s->round + 1;
 	sw.paused_at_ns = mig__now_us() * 1000;
+	if ((r = mig__src_sent(s, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER)) < 0)
+		return r;
 	r = mig__src_send_simple(s, 0, MIG__WIRE__ENVELOPE__MSG_SWITCHOVER, &sw, 1);
 	if (r < 0)
 		return mig__err(&s->result, r, "queueing switchover");

@@ -27,6 +27,50 @@ struct wreq {
 	mig_buf buf;
 };
 
+int mig__src_step_locked(mig_source *s, int msg, uint32_t conn, int sent,
+			 struct src_move *mv, mig_error *err)
+{
+	int early = (s->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE) != 0;
+	int r;
+
+	mv->from = mv->to = s->ps;
+	if (sent && s->ps == MIG_PS_FAILED && msg != MIG__WIRE__ENVELOPE__MSG_ACTIVATE)
+		return 0;
+	r = mig__proto_step(s->ps, msg, sent ? MIG_PDIR_TO_DEST : MIG_PDIR_TO_SOURCE,
+			    conn, early, &mv->to, err);
+	s->ps = mv->to;
+	return r;
+}
+
+void mig__src_log_move(mig_source *s, const struct src_move *mv)
+{
+	if (mv->from != mv->to)
+		mig__log(&s->cb, s->vm.vm.opaque, MIG_LOG_DEBUG, "protocol: %s -> %s",
+			 mig__proto_state_name(mv->from), mig__proto_state_name(mv->to));
+}
+
+void mig__src_proto_err_locked(mig_source *s, const mig_error *e)
+{
+	if (!s->proto_err.code)
+		s->proto_err = *e;
+	pthread_cond_broadcast(&s->cond);
+}
+
+int mig__src_sent(mig_source *s, int msg)
+{
+	struct src_move mv;
+	mig_error e = { 0 };
+	int r;
+
+	pthread_mutex_lock(&s->lock);
+	r = mig__src_step_locked(s, msg, 0, 1, &mv, &e);
+	pthread_mutex_unlock(&s->lock);
+	mig__src_log_move(s, &mv);
+	if (r < 0)
+		return mig__err(&s->result, r, "%s", e.msg);
+	return 0;
+}
+
 static void conn_fail(struct src_conn *c, int code, const char *what)
 {
 	mig_source *s = c->s;
@@ -185,11 +229,23 @@ int mig__src_pack_complete(uint64_t pages, const uint8_t *hash, int has_hash,
 
 static int pack_complete(struct src_conn *c, const struct item *it, mig_buf *out)
 {
+	struct src_move mv = { MIG_PS_CONFIG, MIG_PS_CONFIG };
 	uint64_t pages;
+	mig_error err = { 0 };
+	int r = 0;
 
 	pthread_mutex_lock(&c->s->lock);
 	pages = c->pages;
+	/* the control connection's Complete moves the session */
+	if (c->index == 0)
+		r = mig__src_step_locked(c->s, MIG__WIRE__ENVELOPE__MSG_COMPLETE, 0, 1,
+					 &mv, &err);
+	if (r < 0)
+		mig__src_proto_err_locked(c->s, &err);
 	pthread_mutex_unlock(&c->s->lock);
+	mig__src_log_move(c->s, &mv);
+	if (r < 0)
+		return r;
 	return mig__src_pack_complete(pages, it->hash, it->has_hash, out);
 }
 
@@ -289,7 +345,9 @@ static void answer_commit(struct src_conn *c)
 	mig_source *s = c->s;
 	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
 	Mig__Wire__Activate act = MIG__WIRE__ACTIVATE__INIT;
+	struct src_move mv = { MIG_PS_CONFIG, MIG_PS_CONFIG };
 	mig_buf out = { 0 };
+	mig_error e = { 0 };
 	int armed, r;
 
 	/* Once Activate may be on the wire the flag stays set: a second
@@ -297,6 +355,13 @@ static void answer_commit(struct src_conn *c)
 	pthread_mutex_lock(&s->lock);
 	armed = s->commit_armed;
 	s->commit_armed = 0;
+	if (armed && mig__src_step_locked(s, MIG__WIRE__ENVELOPE__MSG_ACTIVATE, 0,
+					  1, &mv, &e) < 0) {
+		/* the session failed meanwhile: no Activate */
+		mig__src_proto_err_locked(s, &e);
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
 	if (armed) {
 		s->activate_sent = 1;
 		s->activate_sent_us = mig__now_us();
@@ -310,6 +375,7 @@ static void answer_commit(struct src_conn *c)
 	if (r == 0)
 		r = conn_write(c, &out);
 	mig__buf_free(&out);
+	mig__src_log_move(s, &mv);
 	if (r < 0) {
 		/* Refused before any byte left (uv_write reports later
 		 * errors through its callback): the destination cannot
@@ -319,6 +385,32 @@ static void answer_commit(struct src_conn *c)
 		pthread_mutex_unlock(&s->lock);
 		conn_fail(c, r, "sending activate");
 	}
+}
+
+/*
+ * Whether the protocol table refuses message `msg` read on c now (then
+ * the migration fails with s->proto_err). A connection's first HelloAck
+ * comes before the table (the engine checks it); every other message the
+ * destination sends moves the session's state.
+ */
+static int refused(struct src_conn *c, int msg)
+{
+	mig_source *s = c->s;
+	struct src_move mv;
+	mig_error e = { 0 };
+	int r;
+
+	if (!c->hello_acked && msg == MIG__WIRE__ENVELOPE__MSG_HELLO_ACK) {
+		c->hello_acked = 1;
+		return 0;
+	}
+	pthread_mutex_lock(&s->lock);
+	r = mig__src_step_locked(s, msg, c->index, 0, &mv, &e);
+	if (r < 0)
+		mig__src_proto_err_locked(s, &e);
+	pthread_mutex_unlock(&s->lock);
+	mig__src_log_move(s, &mv);
+	return r < 0;
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -353,6 +445,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		env = mig__msg_unpack(f.body, f.len, &e);
 		if (!env) {
 			conn_fail(c, MIG_E_PROTOCOL, "undecodable message");
+			return;
+		}
+		if (refused(c, env->msg_case)) {
+			mig__msg_free(env);
+			uv_read_stop(st);
 			return;
 		}
 		m = calloc(1, sizeof(*m));

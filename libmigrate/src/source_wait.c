@@ -38,6 +38,8 @@ static int check_failed_locked(mig_source *s)
 {
 	if (s->cancel)
 		return mig__err(&s->result, MIG_E_CANCELED, "canceled");
+	if (s->proto_err.code)
+		return mig__err(&s->result, s->proto_err.code, "%s", s->proto_err.msg);
 	for (struct msg *m = s->mbox_head; m; m = m->next)
 		if (m->env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT)
 			return peer_aborted(s, m->env);

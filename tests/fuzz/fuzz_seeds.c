@@ -260,6 +260,25 @@ static void vmm_seeds(void)
 	put("fuzz_vmm", "acpi_pm", st, 1 + n);
 }
 
+/* fuzz_protocol: the two well-behaved runs of tests/unit/test_protocol.c,
+ * as [early] then [message index, connection + 3 if the destination sent
+ * it] (the indexes of `known` in fuzz_protocol.c). */
+static void protocol_seeds(void)
+{
+	static const uint8_t early[] = {
+		1, 2, 0, 3, 3, 4, 0, 5, 0, 6, 0, 6, 1, 7, 1, 7, 0, 8, 3, 9, 0,
+		10, 0, 11, 0, 5, 0, 6, 0, 7, 0, 12, 0, 6, 1, 7, 1, 12, 1, 13, 3,
+		14, 0, 15, 3,
+	};
+	static const uint8_t late[] = {
+		0, 2, 0, 3, 3, 5, 0, 6, 1, 7, 0, 7, 1, 12, 1, 8, 3, 9, 0, 5, 0,
+		6, 0, 10, 0, 7, 0, 12, 0, 13, 3, 14, 0, 15, 3,
+	};
+
+	put("fuzz_protocol", "early", early, sizeof(early));
+	put("fuzz_protocol", "late", late, sizeof(late));
+}
+
 int main(int argc, char **argv)
 {
 	char path[4096];
@@ -276,8 +295,11 @@ int main(int argc, char **argv)
 	mkdir(path, 0777);
 	snprintf(path, sizeof(path), "%s/fuzz_vmm", outdir);
 	mkdir(path, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_protocol", outdir);
+	mkdir(path, 0777);
 	frame_seeds();
 	codec_seeds();
 	vmm_seeds();
+	protocol_seeds();
 	return 0;
 }

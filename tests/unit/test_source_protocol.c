@@ -456,6 +456,17 @@ static uint32_t to_complete(struct rig *g)
 	return rounds;
 }
 
+/* Let save_state (held with vm.hold) go on, once what the script sent
+ * meanwhile has long been read by the source's connection thread. */
+static void release_save(struct rig *g)
+{
+	usleep(300 * 1000);
+	pthread_mutex_lock(&g->vm.lock);
+	g->vm.release = 1;
+	pthread_cond_broadcast(&g->vm.cond);
+	pthread_mutex_unlock(&g->vm.lock);
+}
+
 /* Read until the source hangs up; returns the Activates seen, and checks
  * whether an Abort with `abort_code` came (0: none may come). */
 static int drain(struct rig *g, int abort_code)
@@ -614,8 +625,48 @@ static void test_commit_in_precopy(void **state)
 	round1(&g);
 	send_simple(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
 	assert_int_equal(drain(&g, MIG_E_PROTOCOL), 0);
-	expect_failed(&g, MIG_E_PROTOCOL, "unexpected message", "kept running");
+	expect_failed(&g, MIG_E_PROTOCOL, "unexpected Commit during pre-copy",
+		      "kept running");
 	assert_int_equal(g.vm.pause, 0);
+	rig_down(&g);
+}
+
+/* A second HelloAck where the round's acknowledgement is due: the hellos
+ * are over once answered. */
+static void test_hello_ack_again(void **state)
+{
+	struct rig g;
+	Mig__Wire__HelloAck a = MIG__WIRE__HELLO_ACK__INIT;
+
+	(void)state;
+	rig_up(&g);
+	round1(&g);
+	a.ok = 1;
+	a.version_major = MIG_PROTOCOL_VERSION;
+	reply(&g, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK, &a);
+	drain(&g, MIG_E_PROTOCOL);
+	expect_failed(&g, MIG_E_PROTOCOL, "unexpected HelloAck during pre-copy",
+		      "kept running");
+	rig_down(&g);
+}
+
+/* A message only the source sends, from the destination: refused, even
+ * the Complete that would let a Commit through before the source's own. */
+static void test_complete_from_destination(void **state)
+{
+	struct rig g;
+	Mig__Wire__Complete c = MIG__WIRE__COMPLETE__INIT;
+
+	(void)state;
+	rig_up(&g);
+	g.vm.hold = 1;
+	to_switchover(&g);
+	reply(&g, MIG__WIRE__ENVELOPE__MSG_COMPLETE, &c);
+	send_simple(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
+	release_save(&g);
+	assert_int_equal(drain(&g, MIG_E_PROTOCOL), 0);
+	expect_failed(&g, MIG_E_PROTOCOL, "unexpected Complete from the destination",
+		      "source VM resumed");
 	rig_down(&g);
 }
 
@@ -696,15 +747,10 @@ static void test_commit_before_complete(void **state)
 	g.vm.hold = 1;
 	to_switchover(&g);
 	send_simple(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
-	/* The Commit is read by the source's connection thread long before
-	 * its engine thread gets out of save_state. */
-	usleep(300 * 1000);
-	pthread_mutex_lock(&g.vm.lock);
-	g.vm.release = 1;
-	pthread_cond_broadcast(&g.vm.cond);
-	pthread_mutex_unlock(&g.vm.lock);
+	release_save(&g);
 	assert_int_equal(drain(&g, MIG_E_PROTOCOL), 0);
-	expect_failed(&g, MIG_E_PROTOCOL, "committed before", "source VM resumed");
+	expect_failed(&g, MIG_E_PROTOCOL, "unexpected Commit during stop-and-copy",
+		      "source VM resumed");
 	assert_int_equal(g.vm.pause, 1);
 	rig_down(&g);
 }
@@ -756,6 +802,8 @@ int main(void)
 		cmocka_unit_test(test_abort_in_round),
 		cmocka_unit_test(test_wrong_round_ack),
 		cmocka_unit_test(test_commit_in_precopy),
+		cmocka_unit_test(test_hello_ack_again),
+		cmocka_unit_test(test_complete_from_destination),
 		cmocka_unit_test(test_pages_from_destination),
 		cmocka_unit_test(test_bad_frame),
 		cmocka_unit_test(test_hangup_before_commit),

@@ -271,6 +271,16 @@ static void put_activate(mig_buf *b)
 	put(b, &e);
 }
 
+/* A message only the destination sends. */
+static void put_commit(mig_buf *b)
+{
+	Mig__Wire__Commit c = MIG__WIRE__COMMIT__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	e.msg_case = MIG__WIRE__ENVELOPE__MSG_COMMIT;
+	e.commit = &c;
+	put(b, &e);
+}
+
 static void send_buf(struct rig *g, mig_buf *b)
 {
 	assert_int_equal(write(g->sock, b->data, b->len), (ssize_t)b->len);
@@ -369,7 +379,7 @@ static void test_late_source_not_timed_out(void **state)
  * `error`, never resuming: after the handshake (and, with `to_commit`, a
  * well-behaved stop-and-copy up to its Commit), `steps` sends W =
  * Switchover, s = state item "dev", E = StateEnd(1), C = Complete,
- * A = Activate. Then the ops' counters must read `load_item` and
+ * A = Activate, K = Commit. Then the ops' counters must read `load_item` and
  * `load_state` (-1: not checked).
  */
 static void refused(int load_early, uint64_t features, int to_commit,
@@ -391,6 +401,7 @@ static void refused(int load_early, uint64_t features, int to_commit,
 		case 'E': put_state_end(&b, 1); break;
 		case 'C': put_complete(&b); break;
 		case 'A': put_activate(&b); break;
+		case 'K': put_commit(&b); break;
 		default: fail_msg("bad step '%c'", *p);
 		}
 	}
@@ -515,6 +526,14 @@ static void test_activate_before_commit(void **state)
 	refused(0, 0, 0, "WA", "activate before commit", -1, -1);
 }
 
+/* What only the destination sends is refused from the source, named as
+ * such. */
+static void test_commit_from_source(void **state)
+{
+	(void)state;
+	refused(1, EARLY, 1, "K", "unexpected Commit from the source", -1, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -528,6 +547,7 @@ int main(void)
 		cmocka_unit_test(test_not_negotiated_state_after_commit),
 		cmocka_unit_test(test_not_negotiated_state_end),
 		cmocka_unit_test(test_activate_before_commit),
+		cmocka_unit_test(test_commit_from_source),
 		cmocka_unit_test(test_early_not_configured),
 		cmocka_unit_test(test_hello_grants_only_asked),
 		cmocka_unit_test(test_duplicate_item),

@@ -17,7 +17,6 @@
 #   pick_port                 a TCP port nothing uses, out of the ephemeral
 #                             range, in PORT (a migd that finds it taken
 #                             after all fails to start: try again)
-#   proc_ended PID            PID is gone, or a zombie
 #   start_migd NAME PSK [ARGS...]  start migd NAME on loopback with its state
 #                             dir, socket and logs in $WORK; PORT_NAME and
 #                             PID_NAME
@@ -106,7 +105,7 @@ vm_state_in() { # HOST NAME STATE...: like vm_state_is, keeping $S
 
 migd_ready() { # HOST PID
 	local log
-	kill -0 "$2" 2>/dev/null || return 2
+	! pid_gone "$2" || return 2
 	[ -S "$WORK/$1.sock" ] || return 1
 	mapfile -t log <"$WORK/migd-$1.err" 2>/dev/null
 	[[ "${log[*]}" == *"ready:"* ]]
@@ -138,14 +137,6 @@ pick_port() { # sets PORT
 	fail "no free port found"
 }
 
-proc_ended() { # PID
-	local st
-	[[ $1 =~ ^[0-9]+$ ]] || return 0
-	{ read -r st <"/proc/$1/stat"; } 2>/dev/null || return 0
-	st=${st##*) }
-	[[ $st == [ZX]* ]]
-}
-
 D_PIDS=()
 end_daemons() {
 	local p f pids=()
@@ -155,7 +146,7 @@ end_daemons() {
 	done
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
 	for p in "${pids[@]}"; do
-		poll_until 10 proc_ended "$p"
+		poll_until 10 pid_gone "$p"
 		kill -KILL "$p" 2>/dev/null
 	done
 }

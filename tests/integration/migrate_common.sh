@@ -74,7 +74,7 @@ dest_listens() { # NAME: sets DEST_PORT once the port is announced
 			return 0 ;;
 		esac
 	done <"$WORK/$1.err"
-	kill -0 "$DEST_PID" 2>/dev/null || fail "destination $1 exited: $(cat "$WORK/$1.err")"
+	! pid_gone "$DEST_PID" || fail "destination $1 exited: $(cat "$WORK/$1.err")"
 	return 1
 }
 
@@ -99,7 +99,7 @@ start_source() {
 
 # Its JSON result is out (migvm prints nothing else on stdout), or it ended.
 result_out() { # NAME
-	[ -s "$WORK/$1.out" ] || ! kill -0 "$SRC_PID" 2>/dev/null
+	[ -s "$WORK/$1.out" ] || pid_gone "$SRC_PID"
 }
 
 migrate_source() {
@@ -132,7 +132,7 @@ migrate_source() {
 
 # The destination's console shows N heartbeats (printed there), or it ended.
 dest_beats() { # NAME N
-	[ "$(grep -c '^hb ' "$WORK/$1.con")" -ge "$2" ] || ! kill -0 "$DEST_PID" 2>/dev/null
+	[ "$(grep -c '^hb ' "$WORK/$1.con")" -ge "$2" ] || pid_gone "$DEST_PID"
 }
 
 dest_runs() {

@@ -147,7 +147,7 @@ kill -KILL "$PID_a"
 wait "$PID_a" 2>/dev/null
 rm -f "$WORK/a.sock"
 start_migd a "$WORK/psk"
-kill -0 "$vpid" 2>/dev/null && ! proc_ended "$vpid" || fail "vm1's migvm died with its daemon"
+! pid_gone "$vpid" || fail "vm1's migvm died with its daemon"
 s=$(mc a --json status vm1) || fail "restarted A does not know vm1: $s"
 [ "$(jfield "$s" state)" = running ] && [ "$(jfield "$s" pid)" = "$vpid" ] ||
 	fail "restarted A: $s"
@@ -172,7 +172,7 @@ vpid=$(cat "$WORK/b/vm1.pid")
 kill -KILL "$PID_b"
 kill -KILL "$vpid"
 wait "$PID_b" 2>/dev/null
-poll_until 60 proc_ended "$vpid" || fail "migvm $vpid survived SIGKILL"
+poll_until 60 pid_gone "$vpid" || fail "migvm $vpid survived SIGKILL"
 rm -f "$WORK/b.sock"
 start_migd b "$WORK/psk"
 s=$(mc b --json status vm1) || fail "restarted B does not know vm1: $s"

@@ -42,7 +42,7 @@ poll_until 120 status_has "$S" '*"migration":"{*'
 grep -q '"migration":"{.*\\"status\\":\\"' <<<"$STATUS" ||
 	fail "no migration result after cancel: $STATUS"
 grep -q '\\"status\\":\\"ok\\"' <<<"$STATUS" && fail "a cancelled migration says ok"
-kill -0 "$SRC_PID" || fail "the source died after cancel"
+! pid_gone "$SRC_PID" || fail "the source died after cancel"
 hb=$(field hb_lines)
 wait_hb "$S" $((hb + 2))
 ok "cancel: result in status, VM keeps running"
@@ -66,7 +66,7 @@ for i in 1 2 3; do
 	echo "cancel $i: $(grep -m1 -o "failed[^;]*" <<<"$STATUS")"
 	grep -q "127.0.0.1:$DEST_PORT failed in round" <<<"$STATUS" ||
 		fail "cancel $i: no result naming the round: $STATUS"
-	kill -0 "$SRC_PID" || fail "the source died on a cancel in pre-copy"
+	! pid_gone "$SRC_PID" || fail "the source died on a cancel in pre-copy"
 	hb=$(field hb_lines)
 	wait_hb "$S" $((hb + 2))
 	[ "$(field mismatches)" = 0 ] || fail "mismatch after cancel $i: $STATUS"

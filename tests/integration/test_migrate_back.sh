@@ -27,7 +27,7 @@ pass_of() { sed -n 's/.* pass=\([0-9]*\).*/\1/p' | tail -n1; }
 first_pass() { P0=$(grep '^hb ' "$WORK/a2.con" | head -n1 | pass_of); [ -n "$P0" ]; }
 passes_after() { # N: the guest at A' finished N verify passes since P0
 	P=$(grep '^hb ' "$WORK/a2.con" | pass_of)
-	[ "${P:-0}" -ge $((P0 + $1)) ] || ! kill -0 "$A2_PID" 2>/dev/null
+	[ "${P:-0}" -ge $((P0 + $1)) ] || pid_gone "$A2_PID"
 }
 
 # B: the first destination, with a control channel to send the VM on.
@@ -59,7 +59,7 @@ ok "B -> A': migrated"
 poll_until 60 first_pass ||
 	fail "A': no heartbeat after the move: $(tail -n3 "$WORK/a2.con")"
 poll_until 120 passes_after 2
-kill -0 "$A2_PID" 2>/dev/null || {
+! pid_gone "$A2_PID" || {
 	wait_exit "$A2_PID" 1
 	fail "A' ended by itself with $RC: $(tail -n3 "$WORK/a2.err")"
 }

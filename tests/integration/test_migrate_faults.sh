@@ -108,7 +108,7 @@ src_start src1 --migrate-to "tcp:127.0.0.1:$DEST_PORT" --token wrong-token \
 src_failed src1 "token"
 src_alive src1
 grep -q "wrong token" "$WORK/dst1.err" || fail "destination did not log the refused token"
-kill -0 "$DEST_PID" || fail "destination died on a wrong token"
+! pid_gone "$DEST_PID" || fail "destination died on a wrong token"
 ok "wrong token refused; destination still waiting"
 
 # 2. Garbage to the destination's port, then the real source on the same
@@ -126,7 +126,7 @@ for payload in (os.urandom(5000), b"\xff\xff\xff\x7f" + b"A" * 64, b"GET / HTTP/
         pass
     s.close()
 PY
-kill -0 "$DEST_PID" || fail "destination died on garbage"
+! pid_gone "$DEST_PID" || fail "destination died on garbage"
 SRC_PID=$SRC2_PID
 migrate_source src2
 [ "$RC" = 0 ] || fail "migration after garbage failed: $(cat "$WORK/src2.out")"
@@ -145,7 +145,7 @@ src_go src3 "$DEST_PORT"
 precopy_runs() { # NAME ($STATUS set)
 	status "$WORK/$1.sock"
 	case $STATUS in *'"phase":"precopy"'*) return 0 ;; esac
-	kill -0 "$SRC_PID" 2>/dev/null || fail "$1 ended: $(cat "$WORK/$1.err")"
+	! pid_gone "$SRC_PID" || fail "$1 ended: $(cat "$WORK/$1.err")"
 	return 1
 }
 poll_until 300 precopy_runs src3

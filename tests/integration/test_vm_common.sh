@@ -17,6 +17,7 @@
 #   poll_until SECS CMD...      run CMD until it succeeds; false after SECS s
 #                               (and at most 10 tries a second)
 #   nap SECS                    sleep without starting a process
+#   pid_gone PID                PID has ended (gone, or a zombie not yet reaped)
 #   wait_sock SOCK [SECS]       wait (120 s) until the control socket answers
 #   status SOCK; field KEY      `migvm ctl SOCK status` into $STATUS; a field
 #   console_hbs FILE            the complete heartbeat lines of a console
@@ -285,8 +286,18 @@ field() { # KEY: its value in $STATUS (a flat JSON object), not empty
 	echo "${BASH_REMATCH[1]}"
 }
 
+# PID has ended: no such process, or a zombie. A zombie must count: bash
+# 5.2's `read -t` (nap) whose timer fires while bash handles a SIGCHLD leaves
+# SIGCHLD blocked for good, and bash then reaps a child only when it waits
+# for it, so a loop of builtins sees its ended child "alive" for as long as
+# it loops (test_vm_boot's 64-vCPU wait did, for all of its 230 s).
 pid_gone() { # PID
-	! kill -0 "$1" 2>/dev/null
+	local st
+	[[ $1 =~ ^[0-9]+$ ]] || return 0
+	kill -0 "$1" 2>/dev/null || return 0
+	{ read -r st <"/proc/$1/stat"; } 2>/dev/null || return 0
+	st=${st##*) }
+	[[ $st == [ZX]* ]]
 }
 
 console_hbs() { # FILE

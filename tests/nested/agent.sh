@@ -20,6 +20,19 @@ else
 	nap() { sleep "$1"; }
 fi
 
+# PID has ended: gone, or a zombie. Zombies must count: bash 5.2's `read -t`
+# (nap) whose timer fires while bash handles a SIGCHLD leaves SIGCHLD
+# blocked for good (seen here: SigBlk 0x10000 in this agent, its ended jobs
+# zombies), and bash then reaps a child only when it waits for it; with
+# `kill -0` alone an ended job ran on until its runner outside timed it out.
+gone() { # PID
+	local st
+	kill -0 "$1" 2>/dev/null || return 0
+	{ read -r st <"/proc/$1/stat"; } 2>/dev/null || return 0
+	st=${st##*) }
+	[[ $st == [ZX]* ]]
+}
+
 run_job() { # ID: run one job in its own cgroup, then report
 	local id=$1 rc
 	mkdir -p "$cg/job-$id"
@@ -27,9 +40,10 @@ run_job() { # ID: run one job in its own cgroup, then report
 		echo $BASHPID >"$cg/job-$id/cgroup.procs"
 		cd / && exec bash "$jobs/$id.run" </dev/null >>"$jobs/$id.out" 2>&1
 	) &
-	local pid=$! beat="" seen=$SECONDS n
-	while kill -0 $pid 2>/dev/null; do
-		if [ -e "$jobs/$id.kill" ]; then
+	local pid=$! beat="" seen=$SECONDS n asked=""
+	until gone $pid; do
+		if [ -z "$asked" ] && [ -e "$jobs/$id.kill" ]; then
+			asked=1
 			echo "nested: job ended on request" >>"$jobs/$id.out"
 			echo 1 >"$cg/job-$id/cgroup.kill"
 		fi
@@ -75,7 +89,7 @@ while [ ! -e "$state/halt" ]; do
 		running[$id]=$!
 	done
 	for id in "${!running[@]}"; do
-		kill -0 "${running[$id]}" 2>/dev/null && continue
+		gone "${running[$id]}" || continue
 		wait "${running[$id]}"
 		unset "running[$id]"
 	done

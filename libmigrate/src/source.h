@@ -211,12 +211,14 @@ int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *ms
 /* Append Complete for a connection that carried `pages` pages to `out`. */
 int mig__src_pack_complete(uint64_t pages, const uint8_t *hash, int has_hash,
 			   mig_buf *out);
-/* Lock held: whether c is up (its socket in *fd); up with nothing queued
- * or in flight; write `b` on it without blocking (bytes written). */
-int mig__src_open_locked(struct src_conn *c, uv_os_fd_t *fd);
-int mig__src_idle_locked(struct src_conn *c, uv_os_fd_t *fd);
-size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
-			     const mig_buf *b);
+/* The shortcut of the stop-and-copy (source_conn.c): lock held, borrow
+ * connection c when it is up with nothing queued or in flight (its thread
+ * starts no write until it is given back), write on it without blocking
+ * (bytes written; 0 once it is down), give it back. */
+int mig__src_borrow_locked(struct src_conn *c);
+size_t mig__src_borrowed_write_locked(mig_source *s, struct src_conn *c,
+				      const mig_buf *b);
+void mig__src_give_back_locked(mig_source *s, struct src_conn *c);
 /* A move of the session's state, to log once the lock is dropped. */
 struct src_move {
 	mig_pstate from, to;

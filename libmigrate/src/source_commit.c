@@ -63,13 +63,10 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 	mig_error step_err = { 0 };
 	mig_buf b = { 0 };
 	size_t done = 0;
-	uv_os_fd_t fd;
 	int idle, r = 0;
 
 	pthread_mutex_lock(&s->lock);
-	idle = mig__src_idle_locked(c, &fd);
-	if (idle)
-		c->writes++; /* this thread's, until written */
+	idle = mig__src_borrow_locked(c);
 	pthread_mutex_unlock(&s->lock);
 	if (!idle) {
 		if (pages)
@@ -90,10 +87,9 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 							 0, 1, &mv, &step_err);
 		if (r == 0)
 			r = mig__src_pack_complete(c->pages, hash, has_hash, &b);
-		if (r == 0 && mig__src_open_locked(c, &fd))
-			done = mig__src_write_locked(s, c, fd, &b);
-		c->writes--;
-		pthread_cond_broadcast(&s->cond);
+		if (r == 0)
+			done = mig__src_borrowed_write_locked(s, c, &b);
+		mig__src_give_back_locked(s, c);
 		pthread_mutex_unlock(&s->lock);
 		mig__src_log_move(s, &mv);
 	}

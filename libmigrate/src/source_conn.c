@@ -6,8 +6,9 @@
  * has armed it (source_commit.c).
  *
  * The engine may write on an idle connection itself, under s->lock
- * (mig__src_write_locked()): in the stop-and-copy, waking a connection's
- * thread can cost more than the write.
+ * (mig__src_borrow_locked()): in the stop-and-copy, waking a connection's
+ * thread can cost more than the write. Only this file touches the socket:
+ * every byte goes through the connection's own writers, here.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -655,27 +656,42 @@ void mig__src_counters(mig_source *s, uint64_t *bytes, uint64_t *pages,
 
 /* Whether connection c is up, with its socket in *fd. Called with s->lock
  * held. */
-int mig__src_open_locked(struct src_conn *c, uv_os_fd_t *fd)
+static int open_locked(struct src_conn *c, uv_os_fd_t *fd)
 {
 	return c->connected && !c->error && !c->closing &&
 	       uv_fileno((uv_handle_t *)&c->tcp, fd) == 0;
 }
 
-/* Whether connection c is up with nothing queued or in flight, so that
- * another thread may write on it. Called with s->lock held. */
-int mig__src_idle_locked(struct src_conn *c, uv_os_fd_t *fd)
+/* Borrow connection c when it is up with nothing queued or in flight: its
+ * thread starts no write until mig__src_give_back_locked(), so another
+ * thread may write on it, in order. Called with s->lock held. */
+int mig__src_borrow_locked(struct src_conn *c)
 {
-	return !c->head && !c->writes && mig__src_open_locked(c, fd);
+	uv_os_fd_t fd;
+
+	if (c->head || c->writes || !open_locked(c, &fd))
+		return 0;
+	c->writes++; /* the borrower's, until given back */
+	return 1;
 }
 
-/* Write `b` on idle connection c's socket without blocking; returns the
- * bytes written. Called with s->lock held, which keeps c's thread from
- * starting a write meanwhile, so the stream stays in order. */
-size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
-			   const mig_buf *b)
+void mig__src_give_back_locked(mig_source *s, struct src_conn *c)
+{
+	c->writes--;
+	pthread_cond_broadcast(&s->cond);
+}
+
+/* Write `b` on borrowed connection c's socket without blocking; returns
+ * the bytes written (0 once the connection is down: its thread has seen
+ * why, or will). Called with s->lock held. */
+size_t mig__src_borrowed_write_locked(mig_source *s, struct src_conn *c,
+				      const mig_buf *b)
 {
 	size_t done = 0;
+	uv_os_fd_t fd;
 
+	if (!open_locked(c, &fd))
+		return 0;
 	while (done < b->len) {
 		ssize_t n = send(fd, b->data + done, b->len - done,
 				 MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -701,12 +717,13 @@ size_t mig__src_write_locked(mig_source *s, struct src_conn *c, uv_os_fd_t fd,
 static size_t write_now(mig_source *s, uint32_t conn, const mig_buf *b)
 {
 	struct src_conn *c = &s->conns[conn];
-	uv_os_fd_t fd;
 	size_t done = 0;
 
 	pthread_mutex_lock(&s->lock);
-	if (mig__src_idle_locked(c, &fd))
-		done = mig__src_write_locked(s, c, fd, b);
+	if (mig__src_borrow_locked(c)) {
+		done = mig__src_borrowed_write_locked(s, c, b);
+		mig__src_give_back_locked(s, c);
+	}
 	pthread_mutex_unlock(&s->lock);
 	return done;
 }

@@ -7,6 +7,7 @@ set -euo pipefail
 pkgs=(
 	build-essential cmake pkg-config       # toolchain
 	libuv1-dev libzstd-dev                 # transport, page codec
+	libxxhash-dev                          # memory hash (XXH3, compiled in)
 	libprotobuf-c-dev protobuf-c-compiler  # wire protocol
 	libcmocka-dev                          # unit tests
 	iproute2                               # network namespaces, tc

@@ -95,9 +95,11 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	}
 	/* The source streams its state before the last pages only if both
 	 * sides said so in the control connection's hello. */
-	if (h->connection_index == 0)
+	if (h->connection_index == 0) {
 		d->early_state = d->load_early &&
 			(h->features & MIG__WIRE__FEATURE__FEATURE_EARLY_STATE);
+		d->xxh3 = (h->features & MIG__WIRE__FEATURE__FEATURE_XXH3) != 0;
+	}
 	/* The source's hello is its first activity: the silence before it
 	 * (a destination waiting for its source, as long as it takes) must
 	 * not count towards the idle timeout, which starts with the session.

@@ -114,6 +114,7 @@ struct mig_dest {
 	int have_hash;
 	int load_early;             /* config: load_state_early */
 	int early_state;            /* negotiated: state streamed, then StateEnd */
+	int xxh3;                   /* negotiated: memory_hash is XXH3-128 */
 	uint32_t state_items;       /* StateBlobs since the switchover */
 	int state_loaded;           /* load_state done */
 	int finished;

@@ -273,6 +273,12 @@ void mig__dst_on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 			break;
 		}
 		if (c->index == 0 && env->complete->memory_hash.len) {
+			if (!d->xxh3) {
+				mig__dst_fail(d, MIG_E_VERSION, "the source sent a memory "
+					      "hash of an older kind (no XXH3-128): cannot "
+					      "verify; migrate without verify, or upgrade it");
+				break;
+			}
 			if (env->complete->memory_hash.len != sizeof(d->src_hash)) {
 				mig__dst_fail(d, MIG_E_PROTOCOL, "bad memory hash length");
 				break;

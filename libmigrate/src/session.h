@@ -20,7 +20,8 @@ _Static_assert(MIG_CHUNK_PAGES % 64 == 0, "chunks cover whole bitmap words");
 /* Features this library implements. */
 #define MIG_FEATURES_SUPPORTED \
 	(MIG__WIRE__FEATURE__FEATURE_ZSTD | MIG__WIRE__FEATURE__FEATURE_MULTICONN | \
-	 MIG__WIRE__FEATURE__FEATURE_PREFAULT | MIG__WIRE__FEATURE__FEATURE_EARLY_STATE)
+	 MIG__WIRE__FEATURE__FEATURE_PREFAULT | MIG__WIRE__FEATURE__FEATURE_EARLY_STATE | \
+	 MIG__WIRE__FEATURE__FEATURE_XXH3)
 
 /* Bitmap bytes in one MemoryHint: 4M pages, 16 GiB of guest memory. */
 #define MIG_HINT_BITMAP_MAX (512u << 10)

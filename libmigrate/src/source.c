@@ -84,6 +84,13 @@ static int await_hello(mig_source *s, uint32_t i)
 		return mig__err(&s->result, MIG_E_VERSION,
 				"destination speaks protocol %u, we speak %u",
 				major, MIG_PROTOCOL_VERSION);
+	/* verify needs the destination to hash memory as we do; one that
+	 * predates XXH3-128 would refuse a good image (or pass a bad one). */
+	if (i == 0 && s->params.verify && !(s->features & MIG__WIRE__FEATURE__FEATURE_XXH3))
+		return mig__err(&s->result, MIG_E_VERSION,
+				"destination cannot verify memory: it has no XXH3-128 "
+				"memory hash (an older libmigrate); upgrade it, or "
+				"migrate without verify");
 	/* Authenticated: full-size frames from now on. */
 	pthread_mutex_lock(&s->lock);
 	s->conns[i].rd.limit = MIG_FRAME_MAX;

@@ -16,6 +16,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "mig_test.h"
 #include "frame.h"
 #include "session.h"
@@ -24,6 +27,7 @@
 #define MEM_SIZE (64u << 10)
 #define TOKEN "t0ken"
 #define EARLY MIG__WIRE__FEATURE__FEATURE_EARLY_STATE
+#define XXH3 MIG__WIRE__FEATURE__FEATURE_XXH3
 
 static const uint8_t cpuid[4] = { 1, 2, 3, 4 };
 
@@ -253,13 +257,23 @@ static void put_state_end(mig_buf *b, uint32_t items)
 	put(b, &e);
 }
 
-static void put_complete(mig_buf *b)
+/* Complete, with `hash` (16 bytes) as its memory hash unless NULL. */
+static void put_complete_hash(mig_buf *b, const uint8_t *hash)
 {
 	Mig__Wire__Complete c = MIG__WIRE__COMPLETE__INIT;
 	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+	if (hash) {
+		c.memory_hash.data = (uint8_t *)hash;
+		c.memory_hash.len = 16;
+	}
 	e.msg_case = MIG__WIRE__ENVELOPE__MSG_COMPLETE;
 	e.complete = &c;
 	put(b, &e);
+}
+
+static void put_complete(mig_buf *b)
+{
+	put_complete_hash(b, NULL);
 }
 
 static void put_activate(mig_buf *b)
@@ -287,9 +301,9 @@ static void send_buf(struct rig *g, mig_buf *b)
 	mig__buf_free(b);
 }
 
-/* The destination ends with a protocol error naming `what`, having told
- * the source with an Abort, and never resumes. */
-static void expect_protocol_error(struct rig *g, const char *what)
+/* The destination ends with error `code` naming `what`, having told the
+ * source with an Abort, and never resumes. */
+static void expect_error(struct rig *g, int code, const char *what)
 {
 	mig_error err = { 0 };
 	Mig__Wire__Envelope *env;
@@ -297,17 +311,22 @@ static void expect_protocol_error(struct rig *g, const char *what)
 
 	while ((env = next_msg(g))) {
 		if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_ABORT) {
-			assert_int_equal(env->abort->error, MIG_E_PROTOCOL);
+			assert_int_equal(env->abort->error, code);
 			aborted = 1;
 		}
 		mig__msg_free(env);
 	}
 	assert_true(aborted);
-	assert_int_equal(mig_dest_wait(g->dst, &err), MIG_E_PROTOCOL);
+	assert_int_equal(mig_dest_wait(g->dst, &err), code);
 	if (!strstr(err.msg, what))
 		fail_msg("error \"%s\" does not name \"%s\"", err.msg, what);
 	assert_non_null(strstr(err.msg, "VM not resumed"));
 	assert_int_equal(g->vm.resume, 0);
+}
+
+static void expect_protocol_error(struct rig *g, const char *what)
+{
+	expect_error(g, MIG_E_PROTOCOL, what);
 }
 
 static void handshake(struct rig *g)
@@ -488,6 +507,7 @@ static void test_hello_grants_only_asked(void **state)
 	hello_grants(1, zstd | EARLY, zstd | EARLY);
 	hello_grants(0, zstd | EARLY, zstd);
 	hello_grants(1, zstd | (1ull << 40), zstd); /* unknown bits dropped */
+	hello_grants(0, zstd | XXH3, zstd | XXH3);
 }
 
 /* A destination not configured for early state refuses StateEnd even
@@ -534,6 +554,64 @@ static void test_commit_from_source(void **state)
 	refused(1, EARLY, 1, "K", "unexpected Commit from the source", -1, 1);
 }
 
+/* verify, late state: the source's Complete carries the hash of its
+ * memory at the pause; the destination hashes what it holds (no pages
+ * came: all zero, as the source's) and commits with the same hash, or
+ * refuses a different one without resuming, or one of a kind it did not
+ * negotiate (an older source's). */
+static void with_hash(uint64_t features, int good, int code, const char *what)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+	uint8_t h[16];
+	Mig__Wire__Envelope *env;
+	XXH128_canonical_t c;
+
+	/* XXH3-128 of no page at all: memory that is all zero. */
+	XXH128_canonicalFromHash(&c, XXH3_128bits(NULL, 0));
+	memcpy(h, c.digest, sizeof(h));
+	if (!good)
+		h[15] ^= 1;
+	rig_up(&g, 0, features);
+	handshake(&g);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_complete_hash(&b, h);
+	send_buf(&g, &b);
+	if (code) {
+		expect_error(&g, code, what);
+		assert_int_equal(g.vm.load_state, 0);
+		rig_down(&g);
+		return;
+	}
+	env = next_msg(&g);
+	assert_non_null(env);
+	assert_int_equal(env->msg_case, MIG__WIRE__ENVELOPE__MSG_COMMIT);
+	assert_int_equal(env->commit->memory_hash.len, 16);
+	assert_memory_equal(env->commit->memory_hash.data, h, 16);
+	mig__msg_free(env);
+	assert_int_equal(g.vm.load_state, 1);
+	rig_down(&g);
+}
+
+static void test_hash_matches(void **state)
+{
+	(void)state;
+	with_hash(XXH3, 1, 0, NULL);
+}
+
+static void test_hash_differs(void **state)
+{
+	(void)state;
+	with_hash(XXH3, 0, -EIO, "hash mismatch");
+}
+
+static void test_hash_not_negotiated(void **state)
+{
+	(void)state;
+	with_hash(0, 1, MIG_E_VERSION, "older kind (no XXH3-128)");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -548,6 +626,9 @@ int main(void)
 		cmocka_unit_test(test_not_negotiated_state_end),
 		cmocka_unit_test(test_activate_before_commit),
 		cmocka_unit_test(test_commit_from_source),
+		cmocka_unit_test(test_hash_matches),
+		cmocka_unit_test(test_hash_differs),
+		cmocka_unit_test(test_hash_not_negotiated),
 		cmocka_unit_test(test_early_not_configured),
 		cmocka_unit_test(test_hello_grants_only_asked),
 		cmocka_unit_test(test_duplicate_item),

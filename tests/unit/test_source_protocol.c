@@ -21,6 +21,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "mig_test.h"
 #include "codec.h"
 #include "dirty.h"
@@ -30,9 +33,11 @@
 
 #define PAGES 256u
 #define MEM_SIZE ((size_t)PAGES * MIG_PAGE_SIZE)
+#define GPA 0x100000u /* where the guest's memory starts */
 #define TOKEN "t0ken"
 #define EARLY MIG__WIRE__FEATURE__FEATURE_EARLY_STATE
 #define ZSTD MIG__WIRE__FEATURE__FEATURE_ZSTD
+#define XXH3 MIG__WIRE__FEATURE__FEATURE_XXH3
 #define IN_MAX (4u << 20)
 
 /* ---- the dirty log: pages guest_write() wrote since the last sync ---- */
@@ -151,7 +156,8 @@ static void guest_write(struct rig *g, uint32_t p, uint8_t v)
 	pthread_mutex_unlock(&dirty_lock);
 }
 
-static void rig_up(struct rig *g)
+/* A source with `verify` (a memory hash at pause) or without. */
+static void rig_up_verify(struct rig *g, int verify)
 {
 	mig_source_config cfg = { 0 };
 	mig_region reg = { 0 };
@@ -192,6 +198,7 @@ static void rig_up(struct rig *g)
 	setsockopt(ls, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(sa.sin_port));
 
+	reg.gpa = GPA;
 	reg.size = MEM_SIZE;
 	reg.hva = g->mem;
 	cfg.vm.vm_fd = g->nullfd;
@@ -206,6 +213,7 @@ static void rig_up(struct rig *g)
 	mig_params_init(&cfg.params);
 	cfg.params.connections = 1;
 	cfg.params.stall_timeout_ms = 10000;
+	cfg.params.verify = verify;
 	cfg.uri = uri;
 	cfg.token = TOKEN;
 	mig__dirty_set_test_backend(&test_dirty);
@@ -216,6 +224,11 @@ static void rig_up(struct rig *g)
 	assert_true(g->sock >= 0);
 	close(ls);
 	setsockopt(g->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+static void rig_up(struct rig *g)
+{
+	rig_up_verify(g, 0);
 }
 
 static void rig_down(struct rig *g)
@@ -313,11 +326,13 @@ static void reply(struct rig *g, Mig__Wire__Envelope__MsgCase kind, void *msg)
 	mig__buf_free(&b);
 }
 
-static void send_hello_ack(struct rig *g, int ok, int error, uint32_t major,
-			   uint64_t features)
+/* Read the hello and answer it; returns the features it asked for. */
+static uint64_t send_hello_ack(struct rig *g, int ok, int error, uint32_t major,
+			       uint64_t features)
 {
 	Mig__Wire__HelloAck a = MIG__WIRE__HELLO_ACK__INIT;
 	Mig__Wire__Envelope *h = expect(g, MIG__WIRE__ENVELOPE__MSG_HELLO);
+	uint64_t asked = h->hello->features;
 
 	assert_int_equal(h->hello->version_major, MIG_PROTOCOL_VERSION);
 	assert_int_equal(h->hello->connection_index, 0);
@@ -332,6 +347,7 @@ static void send_hello_ack(struct rig *g, int ok, int error, uint32_t major,
 	a.version_major = major;
 	a.features = features;
 	reply(g, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK, &a);
+	return asked;
 }
 
 static void send_stats(struct rig *g, uint32_t round)
@@ -361,13 +377,14 @@ static void send_abort(struct rig *g, const char *reason)
 	reply(g, MIG__WIRE__ENVELOPE__MSG_ABORT, &ab);
 }
 
-/* Hello (features: ZSTD and EARLY_STATE accepted), then the VM config. */
-static void handshake(struct rig *g)
+/* Hello (with `features` accepted), then the VM config; returns the
+ * features the hello asked for. */
+static uint64_t handshake_with(struct rig *g, uint64_t features)
 {
 	Mig__Wire__ConfigAck ca = MIG__WIRE__CONFIG_ACK__INIT;
 	Mig__Wire__Envelope *env;
+	uint64_t asked = send_hello_ack(g, 1, 0, MIG_PROTOCOL_VERSION, features);
 
-	send_hello_ack(g, 1, 0, MIG_PROTOCOL_VERSION, ZSTD | EARLY);
 	env = expect(g, MIG__WIRE__ENVELOPE__MSG_VM_CONFIG);
 	assert_int_equal(env->vm_config->n_regions, 1);
 	assert_int_equal(env->vm_config->regions[0]->size, MEM_SIZE);
@@ -376,6 +393,13 @@ static void handshake(struct rig *g)
 	mig__msg_free(env);
 	ca.ok = 1;
 	reply(g, MIG__WIRE__ENVELOPE__MSG_CONFIG_ACK, &ca);
+	return asked;
+}
+
+/* Hello (features: ZSTD and EARLY_STATE accepted), then the VM config. */
+static void handshake(struct rig *g)
+{
+	(void)handshake_with(g, ZSTD | EARLY);
 }
 
 /* Round 1 up to its end, its pages decoded; not acknowledged. */
@@ -792,6 +816,107 @@ static void test_commit_twice(void **state)
 	rig_down(&g);
 }
 
+/* proto/migrate.proto's memory hash, computed here from its definition
+ * (with xxhash's portable code, not the library's dispatched one): the
+ * XXH3-128 of the digests of the non-zero pages, each page's XXH3-128
+ * seeded with its page number (its guest-physical address / 4096). */
+static void reference_hash(const uint8_t *mem, uint8_t out[16])
+{
+	XXH128_canonical_t *d = calloc(PAGES, sizeof(*d)), c;
+	size_t n = 0;
+
+	assert_non_null(d);
+	for (uint64_t p = 0; p < PAGES; p++) {
+		const uint8_t *page = mem + p * MIG_PAGE_SIZE;
+		size_t i = 0;
+
+		while (i < MIG_PAGE_SIZE && !page[i])
+			i++;
+		if (i < MIG_PAGE_SIZE)
+			XXH128_canonicalFromHash(&d[n++],
+				XXH3_128bits_withSeed(page, MIG_PAGE_SIZE,
+						      GPA / MIG_PAGE_SIZE + p));
+	}
+	XXH128_canonicalFromHash(&c, XXH3_128bits(d, n * sizeof(*d)));
+	memcpy(out, c.digest, 16);
+	free(d);
+}
+
+/* verify: the source asks for XXH3 and no early state, sends the state
+ * and the last pages, then Complete with the hash of its memory at the
+ * pause, which is what the destination decoded; committed with it. */
+static void test_verify_hash(void **state)
+{
+	struct rig g;
+	Mig__Wire__Activated act = MIG__WIRE__ACTIVATED__INIT;
+	Mig__Wire__Commit cm = MIG__WIRE__COMMIT__INIT;
+	Mig__Wire__Envelope *env;
+	mig_error err = { 0 };
+	uint8_t want[16];
+	uint32_t round = 1;
+	uint64_t asked;
+
+	(void)state;
+	rig_up_verify(&g, 1);
+	asked = handshake_with(&g, ZSTD | XXH3);
+	assert_true(asked & XXH3);
+	assert_false(asked & EARLY);
+	expect_free(&g, MIG__WIRE__ENVELOPE__MSG_ROUND_START);
+	expect_free(&g, MIG__WIRE__ENVELOPE__MSG_ROUND_END);
+	guest_write(&g, 3, 0x33);
+	send_stats(&g, 1);
+	for (;;) {
+		env = next_msg(&g);
+		assert_non_null(env);
+		if (env->msg_case == MIG__WIRE__ENVELOPE__MSG_SWITCHOVER)
+			break;
+		assert_int_equal(env->msg_case, MIG__WIRE__ENVELOPE__MSG_ROUND_START);
+		mig__msg_free(env);
+		expect_free(&g, MIG__WIRE__ENVELOPE__MSG_ROUND_END);
+		send_stats(&g, ++round);
+	}
+	mig__msg_free(env);
+	/* Without early state: the state, the last pages, Complete. */
+	while ((env = next_msg(&g)) &&
+	       env->msg_case != MIG__WIRE__ENVELOPE__MSG_COMPLETE) {
+		assert_true(env->msg_case == MIG__WIRE__ENVELOPE__MSG_STATE ||
+			    env->msg_case == MIG__WIRE__ENVELOPE__MSG_ROUND_START ||
+			    env->msg_case == MIG__WIRE__ENVELOPE__MSG_ROUND_END);
+		mig__msg_free(env);
+	}
+	assert_non_null(env);
+	assert_int_equal(env->complete->pages_total, g.pages_in);
+	assert_int_equal(env->complete->memory_hash.len, 16);
+	assert_memory_equal(g.mem, g.peer_mem, MEM_SIZE);
+	reference_hash(g.peer_mem, want);
+	assert_memory_equal(env->complete->memory_hash.data, want, 16);
+	mig__msg_free(env);
+	cm.memory_hash.data = want;
+	cm.memory_hash.len = sizeof(want);
+	reply(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT, &cm);
+	expect_free(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATE);
+	reply(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED, &act);
+	assert_int_equal(drain(&g, 0), 0);
+	assert_int_equal(mig_source_wait(g.src, &err), 0);
+	assert_int_equal(g.vm.resume, 0);
+	rig_down(&g);
+}
+
+/* verify against a destination without XXH3 (an older one): refused at
+ * the hello, before anything else, and said why. */
+static void test_verify_needs_xxh3(void **state)
+{
+	struct rig g;
+
+	(void)state;
+	rig_up_verify(&g, 1);
+	send_hello_ack(&g, 1, 0, MIG_PROTOCOL_VERSION, ZSTD);
+	drain(&g, MIG_E_VERSION);
+	expect_failed(&g, MIG_E_VERSION, "no XXH3-128 memory hash", "during set-up");
+	assert_int_equal(g.vm.pause, 0);
+	rig_down(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -811,6 +936,8 @@ int main(void)
 		cmocka_unit_test(test_commit_before_complete),
 		cmocka_unit_test(test_commit_then_hangup),
 		cmocka_unit_test(test_commit_twice),
+		cmocka_unit_test(test_verify_hash),
+		cmocka_unit_test(test_verify_needs_xxh3),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -225,7 +225,7 @@ extern const struct mig__dirty_ops mig__dirty_ring_ops;
  */
 void mig__dirty_set_test_backend(const struct mig__dirty_ops *ops);
 
-/* Shared helpers for the backends (dirty.c). */
+/* Shared helpers for the backends (dirty_kvm.c). */
 
 /* dst |= src over n words; returns the number of bits newly set in dst. */
 uint64_t mig__bitmap_or(uint64_t *dst, const uint64_t *src, uint64_t n);

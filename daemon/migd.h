@@ -2,7 +2,9 @@
  * migd: the per-host daemon. One libuv loop owns everything below; the
  * only other threads are the outgoing migrations' (migd_migrate.c), which
  * block on sockets and touch a VM record only under `g.lock`.
- *   migd.c          options, logging, the VM records, migvm processes
+ *   migd.c          options, the state dir's lock, signals, main()
+ *   migd_host.c     the context (g), logging, names, tokens, host memory
+ *   migd_vm.c       the VM records and the migvm processes they supervise
  *   migd_api.c      the control API for migctl (unix socket)
  *   migd_peer.c     the peer protocol: server side (reservations) and the
  *                   client handshake
@@ -77,6 +79,10 @@ struct vmrec {
 	bool activated;                  /* migvm said the VM runs here */
 	bool committed;                  /* the source daemon said commit */
 	struct peer_conn *reserver;      /* waiting for the port */
+	/* Called (by migd_vm.c, on the loop) once the incoming migvm has
+	 * printed its port (error NULL) or has ended (why): migd_peer.c's
+	 * answer to the reservation. */
+	void (*reserve_done)(struct vmrec *vm, const char *error);
 	struct peer_conn *owner;         /* the source's connection */
 	uint64_t migrations_out, migrations_in;
 };
@@ -102,29 +108,35 @@ struct migd {
 
 extern struct migd g;
 
-/* migd.c */
+/* migd_host.c */
 void mlog(enum log_level lvl, const struct vmrec *vm, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* "error", "warn", "info" or "debug" as an enum log_level; -1 otherwise. */
+int log_level_parse(const char *name);
+bool name_valid(const char *name);
+void random_hex(char *out, size_t nbytes);
+uint64_t mem_available_mib(void);
+
+/* migd_vm.c */
 struct vmrec *vm_find(const char *name);
 /* A record for `name`: NULL with -EEXIST when one is active. */
 struct vmrec *vm_claim(const char *name, int *err);
 bool vm_active(const struct vmrec *vm);
 const char *vm_state_name(enum vm_state s);
-bool name_valid(const char *name);
 /* Spawn migvm for vm; `incoming` adds --incoming with vm->token. */
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen);
 void vm_kill(struct vmrec *vm, int sig);
 /* Watch a migvm that a previous migd started (see migd_adopt.c). */
 int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen);
-/* migd_adopt.c: at start, take back the VMs of the state dir. */
-void vm_adopt_all(void);
 void vm_save_config(struct vmrec *vm);
 void vm_remove_config(struct vmrec *vm);
-uint64_t mem_available_mib(void);
+/* The memory of the VMs that run here or are reserved. */
 uint64_t mem_used_mib(void);
-void random_hex(char *out, size_t nbytes);
 void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
 		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr);
+
+/* migd_adopt.c: at start, take back the VMs of the state dir. */
+void vm_adopt_all(void);
 
 /* migd_api.c */
 int api_listen(const char *path, char *errbuf, size_t errlen);
@@ -132,8 +144,6 @@ int metrics_listen(const char *hostport, char *errbuf, size_t errlen);
 
 /* migd_peer.c */
 int peer_listen(char *errbuf, size_t errlen);
-/* Called by the loop when the incoming migvm printed its port or died. */
-void peer_reserve_done(struct vmrec *vm, const char *error);
 /* Client side, blocking: connect and authenticate (mutually). Returns
  * the fd, or -1 with why in errbuf. */
 int peer_connect(const char *host, int port, char *errbuf, size_t errlen);

@@ -125,7 +125,8 @@ static void reply(struct peer_conn *c, bool ok, const char *msg, int port,
 	send_peer(c, &m);
 }
 
-void peer_reserve_done(struct vmrec *vm, const char *error)
+/* vm->reserve_done: the incoming migvm printed its port, or ended. */
+static void reserve_done(struct vmrec *vm, const char *error)
 {
 	struct peer_conn *c = vm->reserver;
 
@@ -196,6 +197,7 @@ static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
 	snprintf(vm->peer, sizeof(vm->peer), "%s", c->addr);
 	random_hex(vm->token, 32);
 	vm->reserver = c;
+	vm->reserve_done = reserve_done;
 	vm->owner = c;
 	if (vm_spawn(vm, true, msg, sizeof(msg)) < 0) {
 		vm->state = VM_RELEASED;

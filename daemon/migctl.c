@@ -226,18 +226,6 @@ static void print_vm_text(const Mig__D__VmInfo *v)
 		printf("result:     %s\n", v->last_result);
 }
 
-static long jnum(const char *json, const char *key, double *out)
-{
-	char pat[64];
-	const char *p;
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = json ? strstr(json, pat) : NULL;
-	if (!p)
-		return -1;
-	*out = atof(p + strlen(pat));
-	return 0;
-}
-
 static int cmd_migrate(const char *name, bool wait)
 {
 	Mig__D__Request req = MIG__D__REQUEST__INIT;
@@ -264,7 +252,7 @@ static int cmd_migrate(const char *name, bool wait)
 		}
 		v = r->vms[0];
 		if (strcmp(v->state, "migrating")) {
-			double dt = 0, tt = 0, rounds = 0;
+			const Mig__D__LastMigration *lm = v->last_migration;
 			if (tty)
 				printf("\r\033[K");
 			if (!strcmp(v->state, "migrated")) {
@@ -273,12 +261,16 @@ static int cmd_migrate(const char *name, bool wait)
 					print_vm_json(v);
 					putchar('\n');
 				} else {
-					jnum(v->last_result, "downtime_ms", &dt);
-					jnum(v->last_result, "total_time_ms", &tt);
-					jnum(v->last_result, "rounds", &rounds);
-					printf("%s migrated to %s: downtime %.1f ms, "
-					       "total %.1f ms, %.0f rounds\n",
-					       name, v->peer, dt, tt, rounds);
+					if (lm && !lm->incoming)
+						printf("%s migrated to %s: downtime "
+						       "%.1f ms, total %.1f ms, %u "
+						       "rounds\n", name, v->peer,
+						       lm->downtime_us / 1e3,
+						       lm->total_time_us / 1e3,
+						       lm->rounds);
+					else
+						printf("%s migrated to %s\n", name,
+						       v->peer);
 				}
 			} else {
 				if (as_json) {

@@ -68,6 +68,8 @@ struct vmrec {
 	char last_stderr[512];
 	char last_error[1024];
 	char *last_result;               /* JSON line from migvm's stdout */
+	bool last_mig_set;               /* the same, typed (migvm's Status): */
+	Mig__D__LastMigration last_mig;  /* scalars only, no pointers */
 	char mig_id[40];
 	char peer[300];
 	struct progress progress;
@@ -133,7 +135,10 @@ void vm_remove_config(struct vmrec *vm);
 /* The memory of the VMs that run here or are reserved. */
 uint64_t mem_used_mib(void);
 void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
-		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr);
+		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr,
+		  Mig__D__LastMigration *lm);
+/* Keep migvm's typed result `r` as vm's last migration (g.lock held). */
+void vm_set_last_migration(struct vmrec *vm, const Mig__Ctl__MigrationResult *r);
 
 /* migd_adopt.c: at start, take back the VMs of the state dir. */
 void vm_adopt_all(void);

@@ -111,6 +111,7 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 	Mig__D__VmInfo infos[64], *pinfos[64];
 	Mig__D__VmConfig cfgs[64];
 	Mig__D__Progress prs[64];
+	Mig__D__LastMigration lms[64];
 	Mig__Ctl__Response *keep[64] = { 0 };
 	char msg[1024];
 	struct vmrec *vm = NULL;
@@ -304,12 +305,13 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 		mig__d__vm_info__init(&infos[n]);
 		mig__d__vm_config__init(&cfgs[n]);
 		mig__d__progress__init(&prs[n]);
+		mig__d__last_migration__init(&lms[n]);
 		if (req->req_case != MIG__D__REQUEST__REQ_START &&
 		    req->req_case != MIG__D__REQUEST__REQ_STOP &&
 		    v->state != VM_MIGRATING)
 			live_status(v, &infos[n], &keep[n]);
 		pthread_mutex_lock(&g.lock);
-		vm_fill_info(v, &infos[n], &cfgs[n], &prs[n]);
+		vm_fill_info(v, &infos[n], &cfgs[n], &prs[n], &lms[n]);
 		pthread_mutex_unlock(&g.lock);
 		pinfos[n] = &infos[n];
 		n++;
@@ -513,23 +515,17 @@ static char *metrics_text(void)
 			(unsigned long long)v->progress.bytes_on_wire, v->name,
 			v->mig_id, v->progress.expected_downtime_us / 1e6);
 	}
-	/* The last finished migration of each VM, from its JSON result. */
+	/* The last finished migration of each VM (typed, from its migvm). */
 	fprintf(f, "# HELP migd_last_migration_downtime_seconds From the "
 		"last result.\n# TYPE migd_last_migration_downtime_seconds "
 		"gauge\n# TYPE migd_last_migration_total_seconds gauge\n");
 	for (struct vmrec *v = g.vms; v; v = v->next) {
-		const char *d = v->last_result ? strstr(v->last_result,
-						"\"downtime_ms\":") : NULL;
-		const char *t = v->last_result ? strstr(v->last_result,
-						"\"total_time_ms\":") : NULL;
-		if (d)
-			fprintf(f, "migd_last_migration_downtime_seconds{vm="
-				"\"%s\"} %.6f\n", v->name,
-				atof(d + 14) / 1e3);
-		if (t)
-			fprintf(f, "migd_last_migration_total_seconds{vm="
-				"\"%s\"} %.6f\n", v->name,
-				atof(t + 16) / 1e3);
+		if (!v->last_mig_set)
+			continue;
+		fprintf(f, "migd_last_migration_downtime_seconds{vm=\"%s\"} "
+			"%.6f\n", v->name, v->last_mig.downtime_us / 1e6);
+		fprintf(f, "migd_last_migration_total_seconds{vm=\"%s\"} "
+			"%.6f\n", v->name, v->last_mig.total_time_us / 1e6);
 	}
 	pthread_mutex_unlock(&g.lock);
 	fclose(f);

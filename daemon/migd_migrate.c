@@ -86,22 +86,6 @@ static void vm_cancel(struct vmrec *vm)
 	vm_request(vm, &req, err, sizeof(err));
 }
 
-/* The "error" of a JSON result, crudely: the daemon only relays it. */
-static void json_error(const char *json, char *out, size_t len)
-{
-	const char *p = strstr(json, "\"error\":\"");
-	size_t n = 0;
-
-	if (!p) {
-		snprintf(out, len, "migration failed");
-		return;
-	}
-	p += 9;
-	while (p[n] && p[n] != '"' && n + 1 < len)
-		n++;
-	snprintf(out, len, "%.*s", (int)n, p);
-}
-
 static void *migrate_thread(void *arg)
 {
 	struct mig_args *a = arg;
@@ -113,7 +97,8 @@ static void *migrate_thread(void *arg)
 	Mig__Ctl__Request req = MIG__CTL__REQUEST__INIT;
 	Mig__Ctl__Migrate mreq = MIG__CTL__MIGRATE__INIT;
 	Mig__Ctl__Param *params = NULL, **pp = NULL;
-	char err[1024] = "", uri[300], *prev_result = NULL;
+	char err[1024] = "", uri[300];
+	uint64_t prev_seq = 0; /* migrations the migvm had ended before this */
 	bool ok = false, reserved = false, cancelled = false, committed = false;
 	bool result_ok = false, ended_unknown = false;
 	int fd = -1, exit_status = 0;
@@ -167,8 +152,8 @@ static void *migrate_thread(void *arg)
 	{
 		Mig__Ctl__Response *st;
 		if (vmctl_status(vm->ctl_path, &st) == 0) {
-			if (st->status && st->status->migration)
-				prev_result = strdup(st->status->migration);
+			if (st->status && st->status->result)
+				prev_seq = st->status->result->seq;
 			mig__ctl__response__free_unpacked(st, NULL);
 		}
 	}
@@ -235,7 +220,7 @@ static void *migrate_thread(void *arg)
 		if (vmctl_status(vm->ctl_path, &st) == 0 && st->ok &&
 		    st->status) {
 			Mig__Ctl__Status *s = st->status;
-			const char *res_json = s->migration ? s->migration : "";
+			const Mig__Ctl__MigrationResult *end = s->result;
 			pthread_mutex_lock(&g.lock);
 			if (s->progress) {
 				struct progress *p = &vm->progress;
@@ -252,14 +237,16 @@ static void *migrate_thread(void *arg)
 			}
 			vm->progress.guest_pages = s->guest_pages;
 			pthread_mutex_unlock(&g.lock);
-			if (!s->progress && res_json[0] &&
-			    (!prev_result || strcmp(prev_result, res_json))) {
+			if (!s->progress && end && end->seq > prev_seq &&
+			    !end->incoming) {
 				/* Over. ok means committed: wait for the exit. */
-				result_ok = strstr(res_json,
-						   "\"status\":\"ok\"") != NULL;
+				result_ok = end->ok;
+				pthread_mutex_lock(&g.lock);
+				vm_set_last_migration(vm, end);
+				pthread_mutex_unlock(&g.lock);
 				if (!result_ok) {
-					char why[512];
-					json_error(res_json, why, sizeof(why));
+					const char *why = end->message[0]
+						? end->message : "migration failed";
 					if (!cancelled)
 						snprintf(err, sizeof(err), "%s",
 							 why);
@@ -270,7 +257,9 @@ static void *migrate_thread(void *arg)
 							 why);
 					pthread_mutex_lock(&g.lock);
 					free(vm->last_result);
-					vm->last_result = strdup(res_json);
+					vm->last_result = s->migration &&
+						s->migration[0] == '{'
+						? strdup(s->migration) : NULL;
 					pthread_mutex_unlock(&g.lock);
 					mig__ctl__response__free_unpacked(st,
 									  NULL);
@@ -308,7 +297,7 @@ done:
 			     committed ? "commit not confirmed" : "release not "
 			     "confirmed", err2);
 		else if (!r2->ok && ended_unknown && !committed &&
-			 strstr(r2->message, "already runs on the destination")) {
+			 r2->refusal == MIG__D__REFUSAL__REFUSAL_ACTIVATED) {
 			/* An adopted migvm (exit status unknown) ended before
 			 * we saw its result: the destination, which refuses to
 			 * release a VM it activated, says it committed. */
@@ -350,7 +339,6 @@ done:
 		mig__d__reply__free_unpacked(rep, NULL);
 	free(params);
 	free(pp);
-	free(prev_result);
 	args_free(a);
 	return NULL;
 }

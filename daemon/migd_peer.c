@@ -110,19 +110,26 @@ static void send_peer(struct peer_conn *c, Mig__D__PeerMsg *m)
 	}
 }
 
-static void reply(struct peer_conn *c, bool ok, const char *msg, int port,
-		  const char *token)
+static void reply_why(struct peer_conn *c, bool ok, Mig__D__Refusal why,
+		      const char *msg, int port, const char *token)
 {
 	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
 	Mig__D__Reply r = MIG__D__REPLY__INIT;
 
 	r.ok = ok;
+	r.refusal = ok ? MIG__D__REFUSAL__REFUSAL_NONE : why;
 	r.message = (char *)(msg ? msg : "");
 	r.port = (uint32_t)(port > 0 ? port : 0);
 	r.token = (char *)(token ? token : "");
 	m.msg_case = MIG__D__PEER_MSG__MSG_REPLY;
 	m.reply = &r;
 	send_peer(c, &m);
+}
+
+static void reply(struct peer_conn *c, bool ok, const char *msg, int port,
+		  const char *token)
+{
+	reply_why(c, ok, MIG__D__REFUSAL__REFUSAL_OTHER, msg, port, token);
 }
 
 /* vm->reserve_done: the incoming migvm printed its port, or ended. */
@@ -297,8 +304,9 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 			/* Never kill a VM that runs: the source committed. */
 			mlog(LOG_ERR, vm, "release from %s refused: the VM "
 			     "already runs here", c->addr);
-			reply(c, false, "the VM already runs on the "
-			      "destination", 0, NULL);
+			reply_why(c, false, MIG__D__REFUSAL__REFUSAL_ACTIVATED,
+				  "the VM already runs on the destination", 0,
+				  NULL);
 			break;
 		}
 		snprintf(vm->last_error, sizeof(vm->last_error),

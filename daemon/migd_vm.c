@@ -175,6 +175,23 @@ static void child_closed(uv_handle_t *h)
 	}
 }
 
+/* The typed result of the incoming migration that vm's migvm just ended,
+ * from its status (briefly blocking the loop: migvm answers at once). */
+static void take_incoming_result(struct vmrec *vm)
+{
+	Mig__Ctl__Response *st = NULL;
+
+	if (vmctl_status(vm->ctl_path, &st) < 0 || !st)
+		return;
+	if (st->ok && st->status && st->status->result &&
+	    st->status->result->incoming) {
+		pthread_mutex_lock(&g.lock);
+		vm_set_last_migration(vm, st->status->result);
+		pthread_mutex_unlock(&g.lock);
+	}
+	mig__ctl__response__free_unpacked(st, NULL);
+}
+
 /* A line from migvm: stdout has its JSON results; stderr its messages. */
 static void child_line(struct child *c, bool is_err, char *line)
 {
@@ -194,8 +211,14 @@ static void child_line(struct child *c, bool is_err, char *line)
 		snprintf(vm->last_stderr, sizeof(vm->last_stderr), "%s", line);
 	}
 	pthread_mutex_unlock(&g.lock);
-	if (!is_err)
+	if (!is_err) {
+		/* A migration ended (migvm prints its JSON then): an incoming
+		 * one's typed result is in the migvm's status (an outgoing
+		 * one's, migd_migrate.c's thread reads itself). */
+		if (line[0] == '{' && !vm->thread_running)
+			take_incoming_result(vm);
 		return;
+	}
 	/* What migvm warns of (a TSC rate it cannot keep, ...) is for the
 	 * operator, not only for debugging. */
 	mlog(strncmp(line, "migvm: warning: ", 16) ? LOG_DEBUG : LOG_WARN, vm,
@@ -472,8 +495,21 @@ void vm_kill(struct vmrec *vm, int sig)
 		uv_process_kill(&vm->child->proc, sig);
 }
 
+void vm_set_last_migration(struct vmrec *vm, const Mig__Ctl__MigrationResult *r)
+{
+	mig__d__last_migration__init(&vm->last_mig);
+	vm->last_mig_set = true;
+	vm->last_mig.incoming = r->incoming;
+	vm->last_mig.ok = r->ok;
+	vm->last_mig.error = r->error;
+	vm->last_mig.rounds = r->rounds;
+	vm->last_mig.downtime_us = r->downtime_us;
+	vm->last_mig.total_time_us = r->total_time_us;
+}
+
 void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
-		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr)
+		  Mig__D__VmConfig *cfg, Mig__D__Progress *pr,
+		  Mig__D__LastMigration *lm)
 {
 	info->name = vm->name;
 	info->state = (char *)vm_state_name(vm->state);
@@ -492,6 +528,10 @@ void vm_fill_info(struct vmrec *vm, Mig__D__VmInfo *info,
 	info->peer = vm->peer;
 	info->last_result = vm->last_result ? vm->last_result : (char *)"";
 	info->exit_status = vm->exit_status;
+	if (vm->last_mig_set) {
+		*lm = vm->last_mig;
+		info->last_migration = lm;
+	}
 	if (vm->state == VM_MIGRATING && vm->progress.phase[0]) {
 		pr->phase = vm->progress.phase;
 		pr->rounds = vm->progress.rounds;

@@ -261,6 +261,7 @@ static bool handle(struct control *c, struct client *cl,
 	Mig__Ctl__Response resp = MIG__CTL__RESPONSE__INIT;
 	Mig__Ctl__Status st = MIG__CTL__STATUS__INIT;
 	Mig__Ctl__MigrationProgress pr = MIG__CTL__MIGRATION_PROGRESS__INIT;
+	Mig__Ctl__MigrationResult res = MIG__CTL__MIGRATION_RESULT__INIT;
 	mig_stats *ms = NULL;
 	Mig__Ctl__Request *req;
 	struct console_stats cs;
@@ -313,6 +314,20 @@ static bool handle(struct control *c, struct client *cl,
 		st.guest_pages = vm->mem_size / VM_PAGE_SIZE;
 		st.migration = c->vm->migration_result ? c->vm->migration_result
 						       : (char *)"";
+		if (vm->last_migration.seq) {
+			const struct migration_end *me = &vm->last_migration;
+			res.seq = me->seq;
+			res.incoming = me->incoming;
+			res.ok = me->ok;
+			res.error = me->error;
+			res.message = (char *)me->message;
+			res.rounds = me->rounds;
+			res.downtime_us = me->downtime_us;
+			res.total_time_us = me->total_time_us;
+			res.pages_sent = me->pages_sent;
+			res.bytes_on_wire = me->bytes_on_wire;
+			st.result = &res;
+		}
 		if (vm->migration && (ms = calloc(1, sizeof(*ms))) &&
 		    migrate_stats(vm, ms) == 0) {
 			fill_progress(&pr, ms);

@@ -216,6 +216,18 @@ int migrate_finish(struct vm *vm, bool *committed, mig_error *err)
 		mig_source_stats(m->src, m->stats);
 		*committed = r == 0;
 	}
+	/* Typed, for programs (migd reads it in the control's Status). */
+	struct migration_end *e = &vm->last_migration;
+	e->seq++;
+	e->incoming = m->incoming;
+	e->ok = r == 0;
+	e->error = r;
+	snprintf(e->message, sizeof(e->message), "%s", r ? err->msg : "");
+	e->rounds = m->stats->rounds;
+	e->downtime_us = m->stats->downtime_us;
+	e->total_time_us = m->stats->total_time_us;
+	e->pages_sent = m->stats->pages_sent;
+	e->bytes_on_wire = m->stats->bytes_on_wire;
 	/* One JSON object on stdout: what scripts and experiments read. */
 	n = mig_stats_json(m->stats, err, NULL, 0);
 	json = n > 0 ? malloc((size_t)n + 1) : NULL;

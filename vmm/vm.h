@@ -236,10 +236,18 @@ struct vm {
 	} loaded;
 	bool tsc_warned;          /* state.c: the TSC rate warning was given */
 
-	/* migrate.c: the migration in progress, if any, and the JSON result
-	 * of the last one that ended (main thread only) */
+	/* migrate.c: the migration in progress, if any, and the result of
+	 * the last one that ended, as JSON and typed (main thread only) */
 	struct migration *migration;
 	char *migration_result;
+	struct migration_end {
+		uint64_t seq;         /* migrations ended so far; 0: none */
+		bool incoming, ok;
+		int error;
+		char message[512];
+		uint32_t rounds;
+		uint64_t downtime_us, total_time_us, pages_sent, bytes_on_wire;
+	} last_migration;
 };
 
 /* kvm.c: the goto ladder. Creates the VM with cfg (copied), RAM and vCPUs

@@ -101,6 +101,7 @@ static void *migrate_thread(void *arg)
 	uint64_t prev_seq = 0; /* migrations the migvm had ended before this */
 	bool ok = false, reserved = false, cancelled = false, committed = false;
 	bool result_ok = false, ended_unknown = false;
+	char *prev_json = NULL; /* an older migvm's last result (see below) */
 	int fd = -1, exit_status = 0;
 
 	/* Stage 0: the destination daemon, authenticated both ways. */
@@ -144,6 +145,9 @@ static void *migrate_thread(void *arg)
 		pp[i] = &params[i];
 	}
 	mreq.uri = uri;
+	/* Once committed, migvm waits (at most this long) for our next
+	 * status poll to read the typed result before it exits. */
+	mreq.hold_result_ms = 10 * POLL_MS;
 	mreq.token = rep->token;
 	mreq.n_params = params && pp ? a->n_params : 0;
 	mreq.params = pp;
@@ -154,11 +158,14 @@ static void *migrate_thread(void *arg)
 		if (vmctl_status(vm->ctl_path, &st) == 0) {
 			if (st->status && st->status->result)
 				prev_seq = st->status->result->seq;
+			if (st->status && st->status->migration)
+				prev_json = strdup(st->status->migration);
 			mig__ctl__response__free_unpacked(st, NULL);
 		}
 	}
 	pthread_mutex_lock(&g.lock);
 	cancelled = vm->cancel_req;
+	vm->last_mig_set = false; /* this migration's, once it has one */
 	pthread_mutex_unlock(&g.lock);
 	if (cancelled) {
 		snprintf(err, sizeof(err), "cancelled before the copy began");
@@ -237,6 +244,19 @@ static void *migrate_thread(void *arg)
 			}
 			vm->progress.guest_pages = s->guest_pages;
 			pthread_mutex_unlock(&g.lock);
+			if (!s->progress && !end && s->migration &&
+			    s->migration[0] == '{' &&
+			    strcmp(s->migration, prev_json ? prev_json : "") &&
+			    !strstr(s->migration, "\"status\":\"ok\"")) {
+				/* A migvm from before typed results (taken back
+				 * across an upgrade of migd) reports only JSON,
+				 * and stays alive when its migration failed:
+				 * compatibility only, the outcome is typed now. */
+				snprintf(err, sizeof(err), "migration failed "
+					 "(an older migvm: its log says why)");
+				mig__ctl__response__free_unpacked(st, NULL);
+				break;
+			}
 			if (!s->progress && end && end->seq > prev_seq &&
 			    !end->incoming) {
 				/* Over. ok means committed: wait for the exit. */
@@ -297,7 +317,11 @@ done:
 			     committed ? "commit not confirmed" : "release not "
 			     "confirmed", err2);
 		else if (!r2->ok && ended_unknown && !committed &&
-			 r2->refusal == MIG__D__REFUSAL__REFUSAL_ACTIVATED) {
+			 (r2->refusal == MIG__D__REFUSAL__REFUSAL_ACTIVATED ||
+			  /* a destination migd from before Reply.refusal */
+			  (r2->refusal == MIG__D__REFUSAL__REFUSAL_NONE &&
+			   strstr(r2->message, "already runs on the "
+				  "destination")))) {
 			/* An adopted migvm (exit status unknown) ended before
 			 * we saw its result: the destination, which refuses to
 			 * release a VM it activated, says it committed. */
@@ -339,6 +363,7 @@ done:
 		mig__d__reply__free_unpacked(rep, NULL);
 	free(params);
 	free(pp);
+	free(prev_json);
 	args_free(a);
 	return NULL;
 }

@@ -175,8 +175,10 @@ static void child_closed(uv_handle_t *h)
 	}
 }
 
-/* The typed result of the incoming migration that vm's migvm just ended,
- * from its status (briefly blocking the loop: migvm answers at once). */
+/* The typed result of the incoming migration that vm's migvm just
+ * finished, from its status: called when it says the VM runs here, so it
+ * serves its control socket and answers at once (this blocks the loop
+ * for that exchange; vmctl_status's timeout bounds it). */
 static void take_incoming_result(struct vmrec *vm)
 {
 	Mig__Ctl__Response *st = NULL;
@@ -211,14 +213,8 @@ static void child_line(struct child *c, bool is_err, char *line)
 		snprintf(vm->last_stderr, sizeof(vm->last_stderr), "%s", line);
 	}
 	pthread_mutex_unlock(&g.lock);
-	if (!is_err) {
-		/* A migration ended (migvm prints its JSON then): an incoming
-		 * one's typed result is in the migvm's status (an outgoing
-		 * one's, migd_migrate.c's thread reads itself). */
-		if (line[0] == '{' && !vm->thread_running)
-			take_incoming_result(vm);
+	if (!is_err)
 		return;
-	}
 	/* What migvm warns of (a TSC rate it cannot keep, ...) is for the
 	 * operator, not only for debugging. */
 	mlog(strncmp(line, "migvm: warning: ", 16) ? LOG_DEBUG : LOG_WARN, vm,
@@ -230,6 +226,9 @@ static void child_line(struct child *c, bool is_err, char *line)
 		if (vm->reserve_done)
 			vm->reserve_done(vm, NULL);
 	} else if (strstr(line, "incoming migration done")) {
+		/* Its typed result is in its status now (and it answers:
+		 * it goes on running the VM). */
+		take_incoming_result(vm);
 		vm->activated = true;
 		vm->state = VM_RUNNING;
 		vm->migrations_in++;

@@ -229,7 +229,12 @@ static int start_migration(struct control *c, const Mig__Ctl__Migrate *m,
 			return r;
 		}
 	}
+	if (m->hold_result_ms > 30000)
+		return vmm_err(e, -EINVAL, "migrate: hold_result_ms %u: at "
+			       "most 30000", m->hold_result_ms);
 	r = migrate_out_start(c->vm, m->uri, m->token, &params, e);
+	if (r == 0)
+		c->vm->hold_result_ms = m->hold_result_ms;
 	if (r == 0)
 		fprintf(stderr, "migvm: migrating to %s (control channel)\n",
 			m->uri);
@@ -280,6 +285,15 @@ static bool handle(struct control *c, struct client *cl,
 		return true;
 	}
 	resp.ok = true;
+	if (vm->exit_at_ns && req->req_case != MIG__CTL__REQUEST__REQ_STATUS) {
+		/* Committed: the VM is the destination's now; it must never
+		 * run, be saved or be migrated here again. */
+		vmm_err(&e, -ESRCH, "the VM has migrated: migvm is exiting");
+		fail(&resp, &e);
+		send_response(cl, &resp);
+		mig__ctl__request__free_unpacked(req, NULL);
+		return true;
+	}
 	switch (req->req_case) {
 	case MIG__CTL__REQUEST__REQ_PAUSE:
 		if (!c->user_paused) {
@@ -327,6 +341,7 @@ static bool handle(struct control *c, struct client *cl,
 			res.pages_sent = me->pages_sent;
 			res.bytes_on_wire = me->bytes_on_wire;
 			st.result = &res;
+			vm->result_served = true;
 		}
 		if (vm->migration && (ms = calloc(1, sizeof(*ms))) &&
 		    migrate_stats(vm, ms) == 0) {

@@ -481,7 +481,11 @@ static void migration_ended(struct vm *vm, const struct options *o)
 	 * a VM that arrived with --incoming may later leave again. */
 	bool incoming = migrate_is_incoming(vm);
 	r = migrate_finish(vm, &committed, &err);
-	if (committed) {
+	if (committed && vm->hold_result_ms) {
+		/* main_loop() exits once a Status has carried the result. */
+		vm->result_served = false;
+		vm->exit_at_ns = now_ns() + vm->hold_result_ms * 1000000ull;
+	} else if (committed) {
 		vm_request_exit(vm, MIGVM_EXIT_OK, "migrated to %s",
 				o->migrate_to ? o->migrate_to : "its destination");
 	} else if (incoming && r < 0) {
@@ -538,6 +542,16 @@ static void main_loop(struct vm *vm, struct control *ctl, int sigfd,
 			uint64_t now = now_ns();
 			timeout = now >= migrate_at
 				? 0 : (int)((migrate_at - now) / 1000000 + 1);
+		}
+		if (vm->exit_at_ns) {
+			uint64_t now = now_ns();
+			if (vm->result_served || now >= vm->exit_at_ns) {
+				vm_request_exit(vm, MIGVM_EXIT_OK, "migrated to %s",
+						o->migrate_to ? o->migrate_to
+							      : "its destination");
+				return;
+			}
+			timeout = (int)((vm->exit_at_ns - now) / 1000000 + 1);
 		}
 		r = poll(fds, (nfds_t)n, timeout);
 		if (r < 0 && errno == EINTR)

@@ -248,6 +248,12 @@ struct vm {
 		uint32_t rounds;
 		uint64_t downtime_us, total_time_us, pages_sent, bytes_on_wire;
 	} last_migration;
+	/* Migrate.hold_result_ms of the migration in progress; once it has
+	 * committed, the time by which migvm exits even if no Status has
+	 * carried its result yet (0: none pending), and whether one has. */
+	uint32_t hold_result_ms;
+	uint64_t exit_at_ns;
+	bool result_served;
 };
 
 /* kvm.c: the goto ladder. Creates the VM with cfg (copied), RAM and vCPUs

@@ -42,9 +42,11 @@ run_job() { # ID: run one job in its own cgroup, then report
 	) &
 	local pid=$! beat="" seen=$SECONDS n asked=""
 	until gone $pid; do
-		if [ -z "$asked" ] && [ -e "$jobs/$id.kill" ]; then
+		if [ -e "$jobs/$id.kill" ]; then
+			# Every pass: the job may not be in its cgroup yet.
+			[ -n "$asked" ] ||
+				echo "nested: job ended on request" >>"$jobs/$id.out"
 			asked=1
-			echo "nested: job ended on request" >>"$jobs/$id.out"
 			echo 1 >"$cg/job-$id/cgroup.kill"
 		fi
 		# The runner outside rewrites ID.alive every second while it waits

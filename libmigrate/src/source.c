@@ -204,8 +204,9 @@ static void fail_cleanup(mig_source *s)
 			 * paused VM waits for this (it resumes after it), so
 			 * 200 ms at most then; a running one loses nothing by
 			 * waiting, and a slow or loaded host (a nested one
-			 * under emulation) may need seconds to get to it. */
-			mig__deadline(&ts, was_paused ? 200 : 3000);
+			 * under emulation) may need seconds to get to it (5
+			 * seen). */
+			mig__deadline(&ts, was_paused ? 200 : 10000);
 			pthread_mutex_lock(&s->lock);
 			while ((s->conns[0].head || s->conns[0].writes) &&
 			       !s->conns[0].error &&

@@ -113,6 +113,7 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 	Mig__D__Progress prs[64];
 	Mig__D__LastMigration lms[64];
 	Mig__Ctl__Response *keep[64] = { 0 };
+	struct vmrec *sel[64];
 	char msg[1024];
 	struct vmrec *vm = NULL;
 	const char *name = NULL;
@@ -296,12 +297,18 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 	pthread_mutex_unlock(&g.lock);
 	if (!resp.ok)
 		goto out;
-	/* Every answer carries the VMs it is about. */
+	/* Every answer carries the VMs it is about. What migvm says comes
+	 * first, without the lock (a call to each migvm); then the records'
+	 * own fields, filled and packed under the lock: they point at the
+	 * records' strings, which a migration thread rewrites (last_error,
+	 * progress) or frees (last_result) meanwhile. The list itself changes
+	 * only on this loop. */
 	for (struct vmrec *v = g.vms; v && n < 64; v = v->next) {
 		if (vm && v != vm)
 			continue;
 		if (req->req_case == MIG__D__REQUEST__REQ_START && v != vm)
 			continue;
+		sel[n] = v;
 		mig__d__vm_info__init(&infos[n]);
 		mig__d__vm_config__init(&cfgs[n]);
 		mig__d__progress__init(&prs[n]);
@@ -310,16 +317,20 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 		    req->req_case != MIG__D__REQUEST__REQ_STOP &&
 		    v->state != VM_MIGRATING)
 			live_status(v, &infos[n], &keep[n]);
-		pthread_mutex_lock(&g.lock);
-		vm_fill_info(v, &infos[n], &cfgs[n], &prs[n], &lms[n]);
-		pthread_mutex_unlock(&g.lock);
 		pinfos[n] = &infos[n];
 		n++;
 	}
 	resp.n_vms = (size_t)n;
 	resp.vms = pinfos;
+	pthread_mutex_lock(&g.lock);
+	for (int i = 0; i < n; i++)
+		vm_fill_info(sel[i], &infos[i], &cfgs[i], &prs[i], &lms[i]);
+	send_response(c, &resp);
+	pthread_mutex_unlock(&g.lock);
+	goto done;
 out:
 	send_response(c, &resp);
+done:
 	for (int i = 0; i < n; i++)
 		if (keep[i])
 			mig__ctl__response__free_unpacked(keep[i], NULL);

@@ -9,8 +9,10 @@
 # and the link is capped well under it (16 MB/s at most, as before), and
 # the migration's own unthrottled round 2 must show it (the dirty set did
 # not shrink). Where it did not (the guest was slower under dirty logging
-# than measured), the attempt is repeated with the cap under the rate that
-# round measured, a bounded number of times.
+# than measured), the attempt is repeated with the cap under the fastest
+# dirty rate a round measured, a bounded number of times.
+# Up to three attempts, each 120-180 s in a nested host (CI saw 552 s).
+# ctest-timeout: 450
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
@@ -64,7 +66,11 @@ r = j["per_round"][1]
 if min(r["pages"], r["dirty_pages"]) >= 2048 * 9 // 10:
     print(0)
 else:
-    print(int(r["dirty_rate"] * 4096 / 4))
+    # The fastest any round saw the guest dirty pages (round 2 may have
+    # been too short to see it: under emulation the rate swings 3-fold
+    # from round to round). A quarter of round 2's rate alone made a cap
+    # that even the throttle at its 99% could not get under.
+    print(int(max(x["dirty_rate"] for x in j["per_round"][1:]) * 4096 / 4))
 PY
 ) || fail "bad result: $(cat "$WORK/src$attempt.out")"
 	[ "$next" = 0 ] && break

@@ -19,14 +19,13 @@
 #      heartbeat, no mismatch, its clock never back, and no soft lockup
 #      (the restore tells kvmclock the guest was stopped, KVM_KVMCLOCK_CTRL,
 #      as QEMU does); then it quits with status 0.
-#   4. Through the daemons: migctl start --kernel (the bzImage) --initrd on
-#      migd A, migctl migrate to migd B (loopback); it runs on there, no
-#      mismatch, no complaint.
-#   5. The same VM (bzImage, initramfs, parameters) boots under QEMU
+#   4. The same VM (bzImage, initramfs, parameters) boots under QEMU
 #      (microvm, -accel kvm, its own ACPI tables) to its
 #      heartbeats and status 0: the guest for comparing the two
 #      (experiments/compare.sh --linux).
 # Run by tests/nested/test_linux.sh (a nested host of its own, one vCPU).
+# The daemons move the same VM between two nested hosts in
+# tests/nested/test_two_hosts_linux.sh.
 # Every console is checked for what the kernel logged at warning level or
 # worse (the workload passes it on as "kmsg:" lines): nothing about
 # clocksources, the APIC or MSRs, no WARNING, no lockup or stall.
@@ -167,35 +166,7 @@ wait_exit "$r_pid" 60
 [ "$RC" = 0 ] || fail "restored: migvm exited $RC: $(tail -n3 "$WORK/r.err")"
 ok "the Linux VM quit after its restore, exit 0"
 
-# 4. Through the daemons.
-source "$here/../integration/migd_common.sh"
-MIGD=$BUILD/daemon/migd MIGCTL=$BUILD/daemon/migctl
-trap 'end_daemons; cleanup' EXIT
-head -c 32 /dev/urandom | base64 >"$WORK/psk"
-chmod 600 "$WORK/psk"
-start_migd a "$WORK/psk"
-start_migd b "$WORK/psk"
-mc a start lin --mem 512 --cpus 2 --kernel "$LZ" --initrd "$LI" --cmdline "$guest" \
-	>"$WORK/start.out" 2>&1 || fail "migctl start of the Linux VM: $(cat "$WORK/start.out")"
-wait_vm_hb a lin 3
-# migctl sends them as absolute paths, links resolved.
-[ "$(jfield "$S" kernel)" = "$(realpath "$LZ")" ] &&
-	[ "$(jfield "$S" initrd)" = "$(realpath "$LI")" ] ||
-	fail "migd A's record of the Linux VM: $S"
-mc_to "$WORK/res" a --json migrate lin --to "127.0.0.1:$PORT_b"
-res=$(<"$WORK/res")
-[ "$MC_RC" = 0 ] || fail "migctl migrate of the Linux VM: $res"
-[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
-check_result "$res"
-[ "$(vm_state b lin)" = running ] || fail "B says $S"
-wait_vm_hb b lin 1
-wait_vm_hb b lin $(($(jfield "$S" hb_lines) + 3))
-[ "$(jfield "$S" mismatches)" = 0 ] || fail "mismatch on B: $S"
-linux_ok "$WORK/b/lin.console"
-ok "migctl moved the Linux VM from migd A to B ($RESULT): it runs on, no mismatch"
-mc b stop lin >/dev/null || fail "migctl stop on B"
-
-# 5. The same VM under QEMU (microvm, -accel kvm): it boots to its
+# 4. The same VM under QEMU (microvm, -accel kvm): it boots to its
 # heartbeats and ends through isa-debug-exit (QEMU exits (status << 1) | 1).
 qemu=$(command -v qemu-system-x86_64) || fail "no qemu-system-x86_64 (scripts/setup.sh installs it)"
 timeout -s KILL 600 "$qemu" -M microvm -accel kvm -cpu host,-arch-capabilities,-vmx,-svm \

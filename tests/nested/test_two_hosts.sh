@@ -8,7 +8,8 @@
 # killed (its QEMU, SIGKILL) in the middle of a pre-copy: the VM runs on at
 # A, and `migctl status` there says why.
 # With "linux" (test_two_hosts_linux.sh): the Linux test VM (tests/linux)
-# instead, started with --kernel/--initrd on A and moved to B, on hosts of
+# instead, started with --kernel/--initrd on A (its record holds their
+# absolute paths, links resolved) and moved to B, on hosts of
 # one vCPU each (in a two-vCPU host emulated on one TCG thread Linux guests
 # stall at boot; one-vCPU hosts calibrate their TSCs alike, so no skew).
 # Skipped (77) only where no nested host can run (it says why).
@@ -148,6 +149,11 @@ if [ "$MODE" = linux ]; then
 		fail "start the Linux VM on A"
 	wait_until 300 hb_at_least a 3 lin ||
 		fail "the Linux VM on A shows no 3 heartbeats: $(mc a --json status lin)"
+	# migctl sends them as absolute paths, links resolved.
+	s=$(mc a --json status lin) || fail "status of the Linux VM on A: $s"
+	[ "$(jfield "$s" kernel)" = "$(realpath "$LZ")" ] &&
+		[ "$(jfield "$s" initrd)" = "$(realpath "$LI")" ] ||
+		fail "migd A's record of the Linux VM: $s (kernel $LZ, initrd $LI)"
 	res=$(mc a --json migrate lin --to "$IP_B:7400") || fail "migrate the Linux VM A->B: $res"
 	[ "$(jfield "$res" state)" = migrated ] || fail "A says $res"
 	check_runs_on b lin

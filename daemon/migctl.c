@@ -6,18 +6,16 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "daemon.pb-c.h"
+#include "msgio.h"
 
 #define FRAME_MAX (1u << 20)
 #define DEFAULT_SOCKET "/run/migd/migd.sock"
@@ -47,93 +45,26 @@ static void usage(FILE *f)
 "Exit: 0 ok, 1 failed (the daemon says why), 2 usage.\n", DEFAULT_SOCKET);
 }
 
-static int io_full(int fd, void *p, size_t len, bool wr, int timeout_ms)
-{
-	uint8_t *b = p;
-	while (len) {
-		struct pollfd pf = { fd, wr ? POLLOUT : POLLIN, 0 };
-		ssize_t n;
-		int r = poll(&pf, 1, timeout_ms);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r == 0 ? -ETIMEDOUT : -errno;
-		n = wr ? send(fd, b, len, MSG_NOSIGNAL) : recv(fd, b, len, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ECONNRESET;
-		b += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* One request, one response; NULL after printing why. */
 static Mig__D__Response *call(Mig__D__Request *req)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	size_t n = mig__d__request__get_packed_size(req);
-	uint8_t *buf = malloc(n + 4), hdr[4];
 	Mig__D__Response *resp = NULL;
-	uint32_t rlen;
-	int fd, r;
+	int fd = msgio_connect_unix(sock_path), r;
 
-	if (!buf)
-		return NULL;
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	if (fd < 0) {
 		fprintf(stderr, "migctl: migd is not running (cannot connect "
-			"to %s: %s)\n", sock_path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		free(buf);
+			"to %s: %s)\n", sock_path, strerror(-fd));
 		return NULL;
 	}
-	buf[0] = (uint8_t)n;
-	buf[1] = (uint8_t)(n >> 8);
-	buf[2] = (uint8_t)(n >> 16);
-	buf[3] = (uint8_t)(n >> 24);
-	mig__d__request__pack(req, buf + 4);
-	r = io_full(fd, buf, n + 4, true, 10000);
-	free(buf);
-	buf = NULL;
+	r = msgio_send(fd, &req->base, 10000);
 	if (r == 0)
-		r = io_full(fd, hdr, 4, false, 30000);
-	if (r == 0) {
-		rlen = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 |
-		       (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
-		buf = rlen <= FRAME_MAX ? malloc(rlen ? rlen : 1) : NULL;
-		r = buf ? io_full(fd, buf, rlen, false, 30000) : -EMSGSIZE;
-		if (r == 0)
-			resp = mig__d__response__unpack(NULL, rlen, buf);
-		if (r == 0 && !resp)
-			r = -EBADMSG;
-	}
-	free(buf);
+		r = msgio_recv(fd, &mig__d__response__descriptor, FRAME_MAX,
+			       30000, (ProtobufCMessage **)&resp);
 	close(fd);
 	if (r < 0)
 		fprintf(stderr, "migctl: no answer from migd at %s: %s\n",
 			sock_path, strerror(-r));
 	return resp;
-}
-
-static void jstr(const char *s)
-{
-	putchar('"');
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
-	}
-	putchar('"');
 }
 
 /* PATH made absolute (malloc'd), or NULL after saying why. */
@@ -151,36 +82,36 @@ static void print_vm_json(const Mig__D__VmInfo *v)
 {
 	const Mig__D__VmConfig *c = v->config;
 	printf("{\"name\":");
-	jstr(v->name);
+	json_string(stdout, v->name);
 	printf(",\"state\":");
-	jstr(v->state);
+	json_string(stdout, v->state);
 	printf(",\"mem_mib\":%llu,\"cpus\":%u,\"cmdline\":",
 	       c ? (unsigned long long)c->mem_mib : 0ULL, c ? c->cpus : 0);
-	jstr(c ? c->cmdline : "");
+	json_string(stdout, c ? c->cmdline : "");
 	printf(",\"kernel\":");
-	jstr(c ? c->kernel : "");
+	json_string(stdout, c ? c->kernel : "");
 	printf(",\"initrd\":");
-	jstr(c ? c->initrd : "");
+	json_string(stdout, c ? c->initrd : "");
 	printf(",\"pid\":%d,\"run_state\":", v->pid);
-	jstr(v->run_state);
+	json_string(stdout, v->run_state);
 	printf(",\"hb_lines\":%llu,\"hb_seq\":%llu,\"mismatches\":%llu,"
 	       "\"mismatch_lines\":%llu,\"exit_status\":%d,\"control\":",
 	       (unsigned long long)v->hb_lines, (unsigned long long)v->hb_seq,
 	       (unsigned long long)v->mismatches,
 	       (unsigned long long)v->mismatch_lines, v->exit_status);
-	jstr(v->control);
+	json_string(stdout, v->control);
 	printf(",\"console\":");
-	jstr(v->console);
+	json_string(stdout, v->console);
 	printf(",\"migration_id\":");
-	jstr(v->migration_id);
+	json_string(stdout, v->migration_id);
 	printf(",\"peer\":");
-	jstr(v->peer);
+	json_string(stdout, v->peer);
 	printf(",\"last_error\":");
-	jstr(v->last_error);
+	json_string(stdout, v->last_error);
 	if (v->progress) {
 		const Mig__D__Progress *p = v->progress;
 		printf(",\"progress\":{\"phase\":");
-		jstr(p->phase);
+		json_string(stdout, p->phase);
 		printf(",\"rounds\":%u,\"pages_sent\":%llu,\"guest_pages\":%llu,"
 		       "\"bytes_on_wire\":%llu,\"expected_downtime_ms\":%.1f,"
 		       "\"throughput\":%.0f,\"dirty_rate\":%.0f,"
@@ -456,7 +387,7 @@ int main(int argc, char **argv)
 	if (!resp->ok) {
 		if (as_json) {
 			printf("{\"ok\":false,\"error\":");
-			jstr(resp->message);
+			json_string(stdout, resp->message);
 			printf("}\n");
 		}
 		fprintf(stderr, "migctl: %s: %s\n", cmd, resp->message);

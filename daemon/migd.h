@@ -25,6 +25,7 @@
 
 #include "control.pb-c.h"
 #include "daemon.pb-c.h"
+#include "msgio.h"
 
 #define MIGD_FRAME_MAX (1u << 20)
 #define MIGD_PREAUTH_MAX 4096u
@@ -165,11 +166,8 @@ struct mig_args {
 };
 int migrate_spawn(struct mig_args *a, char *errbuf, size_t errlen);
 
-/* migd_io.c: blocking framed I/O with a deadline. */
+/* migd_io.c: calls to a migvm with a deadline (framed I/O: msgio.h). */
 void peer_keepalive(int fd);
-int send_frame(int fd, const void *buf, size_t len);
-/* Receives one frame of at most `max` bytes (malloc'd). */
-int recv_frame(int fd, uint8_t **buf, size_t *len, size_t max, int timeout_ms);
 int vmctl_call(const char *sock, Mig__Ctl__Request *req,
 	       Mig__Ctl__Response **resp, int timeout_ms);
 int vmctl_status(const char *sock, Mig__Ctl__Response **resp);

@@ -438,31 +438,15 @@ int peer_listen(char *errbuf, size_t errlen)
 
 static int send_peer_fd(int fd, Mig__D__PeerMsg *m)
 {
-	size_t n = mig__d__peer_msg__get_packed_size(m);
-	uint8_t *buf = malloc(n ? n : 1);
-	int r;
-
-	if (!buf)
-		return -ENOMEM;
-	mig__d__peer_msg__pack(m, buf);
-	r = send_frame(fd, buf, n);
-	free(buf);
-	return r;
+	return msgio_send(fd, &m->base, 10000);
 }
 
 static Mig__D__PeerMsg *recv_peer_fd(int fd, int timeout_ms, int *err)
 {
-	uint8_t *buf;
-	size_t len;
 	Mig__D__PeerMsg *m;
 
-	*err = recv_frame(fd, &buf, &len, MIGD_FRAME_MAX, timeout_ms);
-	if (*err < 0)
-		return NULL;
-	m = mig__d__peer_msg__unpack(NULL, len, buf);
-	free(buf);
-	if (!m)
-		*err = -EBADMSG;
+	*err = msgio_recv(fd, &mig__d__peer_msg__descriptor, MIGD_FRAME_MAX,
+			  timeout_ms, (ProtobufCMessage **)&m);
 	return m;
 }
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "control.pb-c.h"
+#include "msgio.h"
 #include "vm.h"
 
 #define CTL_FRAME_MAX (1u << 20)
@@ -154,36 +155,10 @@ int control_pollfds(struct control *c, struct pollfd *fds, int max)
 	return n;
 }
 
+/* Responses are small; wait for room (2 s at most) rather than drop one. */
 static int send_response(struct client *cl, Mig__Ctl__Response *resp)
 {
-	size_t n = mig__ctl__response__get_packed_size(resp);
-	uint8_t *buf = malloc(4 + n);
-	size_t off = 0;
-
-	if (!buf)
-		return -ENOMEM;
-	buf[0] = (uint8_t)n;
-	buf[1] = (uint8_t)(n >> 8);
-	buf[2] = (uint8_t)(n >> 16);
-	buf[3] = (uint8_t)(n >> 24);
-	mig__ctl__response__pack(resp, buf + 4);
-	/* Responses are small; wait for room rather than drop one. */
-	while (off < 4 + n) {
-		ssize_t w = send(cl->fd, buf + off, 4 + n - off, MSG_NOSIGNAL);
-		if (w < 0 && errno == EAGAIN) {
-			struct pollfd p = { .fd = cl->fd, .events = POLLOUT };
-			if (poll(&p, 1, 1000) <= 0)
-				break;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
-	free(buf);
-	return off == 4 + n ? 0 : -EPIPE;
+	return msgio_send(cl->fd, &resp->base, 2000);
 }
 
 static const char *run_state_name(enum run_state s)

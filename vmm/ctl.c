@@ -12,16 +12,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "control.pb-c.h"
+#include "msgio.h"
 #include "vm.h"
 
 #define CTL_FRAME_MAX (1u << 20)
@@ -77,74 +75,12 @@ static long unescape(const char *text, uint8_t *out)
 	return (long)n;
 }
 
-static int ctl_connect(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd;
-
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "migvm ctl: socket path %s is too long\n", path);
-		return -1;
-	}
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "migvm ctl: cannot connect to %s: %s\n", path,
-			strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* Read exactly len bytes within the deadline. */
-static int recv_full(int fd, uint8_t *p, size_t len)
-{
-	while (len) {
-		struct pollfd pf = { .fd = fd, .events = POLLIN };
-		ssize_t n;
-		int r = poll(&pf, 1, CTL_TIMEOUT_MS);
-		if (r == 0)
-			return -ETIMEDOUT;
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		n = recv(fd, p, len, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ECONNRESET;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static void json_string(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
-	}
-	putchar('"');
-}
-
 static void print_status(const Mig__Ctl__Status *s)
 {
 	const Mig__Ctl__MigrationProgress *p = s->progress;
 
 	printf("{\"run_state\":");
-	json_string(s->run_state ? s->run_state : "");
+	json_string(stdout, s->run_state ? s->run_state : "");
 	printf(",\"hb_seq\":%llu,\"ticks\":%llu,\"written\":%llu,"
 	       "\"verified\":%llu,\"mismatches\":%llu,\"hb_lines\":%llu,"
 	       "\"mismatch_lines\":%llu,\"cpus\":%u,\"mem_mib\":%llu,"
@@ -159,7 +95,7 @@ static void print_status(const Mig__Ctl__Status *s)
 	       (unsigned long long)s->guest_pages);
 	if (p) {
 		printf(",\"progress\":{\"phase\":");
-		json_string(p->phase ? p->phase : "");
+		json_string(stdout, p->phase ? p->phase : "");
 		printf(",\"rounds\":%u,\"pages_sent\":%llu,\"bytes_on_wire\":"
 		       "%llu,\"expected_downtime_us\":%llu,\"throttle_pct\":%u,"
 		       "\"throughput\":%.0f,\"dirty_rate\":%.0f,"
@@ -172,7 +108,7 @@ static void print_status(const Mig__Ctl__Status *s)
 	}
 	/* The last result as a JSON string, as migvm keeps it. */
 	printf(",\"migration\":");
-	json_string(s->migration ? s->migration : "");
+	json_string(stdout, s->migration ? s->migration : "");
 	printf("}\n");
 }
 
@@ -190,9 +126,6 @@ int ctl_main(int argc, char **argv)
 	char *path = NULL;
 	uint8_t *raw = NULL, *input_buf = NULL;
 	size_t raw_len = 0;
-	uint8_t hdr[4], *buf;
-	size_t n;
-	uint32_t rlen;
 	int fd, r, ret = 1;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -309,54 +242,24 @@ int ctl_main(int argc, char **argv)
 		return MIGVM_EXIT_USAGE;
 	}
 
-	fd = ctl_connect(argv[1]);
-	if (fd < 0)
+	fd = msgio_connect_unix(argv[1]);
+	if (fd < 0) {
+		fprintf(stderr, "migvm ctl: cannot connect to %s: %s\n", argv[1],
+			strerror(-fd));
 		goto out_free;
-	if (raw) {
-		r = write_full(fd, raw, raw_len);
-	} else {
-		n = mig__ctl__request__get_packed_size(&req);
-		buf = malloc(4 + n);
-		if (!buf)
-			goto out_close;
-		buf[0] = (uint8_t)n;
-		buf[1] = (uint8_t)(n >> 8);
-		buf[2] = (uint8_t)(n >> 16);
-		buf[3] = (uint8_t)(n >> 24);
-		mig__ctl__request__pack(&req, buf + 4);
-		r = write_full(fd, buf, 4 + n);
-		free(buf);
 	}
+	r = raw ? write_full(fd, raw, raw_len)
+		: msgio_send(fd, &req.base, CTL_TIMEOUT_MS);
 	if (r < 0) {
 		fprintf(stderr, "migvm ctl: send: %s\n", strerror(-r));
 		goto out_close;
 	}
-	r = recv_full(fd, hdr, 4);
+	r = msgio_recv(fd, &mig__ctl__response__descriptor, CTL_FRAME_MAX,
+		       CTL_TIMEOUT_MS, (ProtobufCMessage **)&resp);
 	if (r < 0) {
-		fprintf(stderr, "migvm ctl: no response: %s\n", strerror(-r));
-		goto out_close;
-	}
-	rlen = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 |
-	       (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
-	if (rlen > CTL_FRAME_MAX) {
-		fprintf(stderr, "migvm ctl: response of %u bytes refused\n",
-			rlen);
-		goto out_close;
-	}
-	buf = malloc(rlen ? rlen : 1);
-	if (!buf)
-		goto out_close;
-	r = recv_full(fd, buf, rlen);
-	if (r < 0) {
-		fprintf(stderr, "migvm ctl: truncated response: %s\n",
-			strerror(-r));
-		free(buf);
-		goto out_close;
-	}
-	resp = mig__ctl__response__unpack(NULL, rlen, buf);
-	free(buf);
-	if (!resp) {
-		fprintf(stderr, "migvm ctl: response does not decode\n");
+		fprintf(stderr, "migvm ctl: no response: %s\n",
+			r == -EMSGSIZE ? "over 1 MiB" :
+			r == -EBADMSG ? "it does not decode" : strerror(-r));
 		goto out_close;
 	}
 	if (!resp->ok) {

@@ -9,9 +9,4 @@ cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	-DMIG_WERROR=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 cd "$build"
-# Without /dev/kvm the KVM tests run emulated in nested hosts, one core
-# each: two lanes side by side (tests/CMakeLists.txt). With /dev/kvm, one
-# test at a time, so that no test's timing competes with another's.
-jobs=2
-[ -e /dev/kvm ] && [ -z "${MIG_FORCE_NESTED:-}" ] && jobs=1
-ctest --output-on-failure --timeout 600 -j"$jobs"
+ctest --output-on-failure --timeout 600 -j1

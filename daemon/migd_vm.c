@@ -194,6 +194,11 @@ static void take_incoming_result(struct vmrec *vm)
 	mig__ctl__response__free_unpacked(st, NULL);
 }
 
+/* The lines of migvm's (vmm/migrate.c, vmm/main.c) that move an incoming
+ * VM on. */
+#define PORT_LINE "migvm: incoming migration on port "
+#define DONE_LINE "migvm: incoming migration done; "
+
 /* A line from migvm: stdout has its JSON results; stderr its messages. */
 static void child_line(struct child *c, bool is_err, char *line)
 {
@@ -219,13 +224,30 @@ static void child_line(struct child *c, bool is_err, char *line)
 	 * operator, not only for debugging. */
 	mlog(strncmp(line, "migvm: warning: ", 16) ? LOG_DEBUG : LOG_WARN, vm,
 	     "migvm: %s", line);
-	if ((p = strstr(line, "incoming migration on port ")) &&
-	    vm->state == VM_INCOMING) {
-		vm->incoming_port = atoi(p + strlen("incoming migration on "
-						    "port "));
+	/* Only migvm's own lines, whole, from their first byte: the guest's
+	 * words and a peer's reasons reach stderr too (inside lines of
+	 * migvm's that start otherwise, their control characters escaped),
+	 * and must never steer this daemon. And only in the state where
+	 * such a line can come: waiting for the VM (or just committed by the
+	 * source's migd, whose Commit may come before this line). */
+	if (vm->activated || !(vm->state == VM_INCOMING ||
+			       (vm->state == VM_RUNNING && vm->committed)))
+		return;
+	if (vm->state == VM_INCOMING &&
+	    !strncmp(line, PORT_LINE, strlen(PORT_LINE))) {
+		char *end;
+		long port;
+		p = line + strlen(PORT_LINE);
+		port = strtol(p, &end, 10);
+		if (end == p || *end || port < 1 || port > 65535) {
+			mlog(LOG_WARN, vm, "migvm announced no valid port: "
+			     "%.80s", p);
+			return;
+		}
+		vm->incoming_port = (int)port;
 		if (vm->reserve_done)
 			vm->reserve_done(vm, NULL);
-	} else if (strstr(line, "incoming migration done")) {
+	} else if (!strncmp(line, DONE_LINE, strlen(DONE_LINE))) {
 		/* Its typed result is in its status now (and it answers:
 		 * it goes on running the VM). */
 		take_incoming_result(vm);

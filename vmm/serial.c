@@ -100,9 +100,19 @@ static void scan_line(struct serial *s, char *line)
 		scan_hb(&s->stats, line + 3);
 	if (strstr(line, "MISMATCH")) {
 		if (s->stats.mismatch_lines++ == 0) {
-			snprintf(s->first_mismatch, sizeof(s->first_mismatch),
-				 "%s", line);
-			fprintf(stderr, "migvm: the guest reported: %s\n", line);
+			/* The guest's text: what is not printable ASCII goes
+			 * as '?', so that it cannot pass for a line of
+			 * migvm's own on stderr (migd reads those) nor send
+			 * escapes to a terminal. */
+			size_t i;
+			for (i = 0; line[i] && i + 1 < sizeof(s->first_mismatch);
+			     i++)
+				s->first_mismatch[i] =
+					line[i] >= 0x20 && line[i] < 0x7f
+						? line[i] : '?';
+			s->first_mismatch[i] = '\0';
+			fprintf(stderr, "migvm: the guest reported: %s\n",
+				s->first_mismatch);
 		}
 	}
 }

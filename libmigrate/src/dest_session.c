@@ -184,14 +184,18 @@ static void on_state(mig_dest *d, const Mig__Wire__StateBlob *sb)
 	int r;
 
 	if (mig_state_get(&d->state, sb->name, &seen, &seen_len) == 0) {
-		mig__dst_fail(d, MIG_E_PROTOCOL, "state item '%.64s' sent twice", sb->name);
+		char name[72];
+		mig__dst_fail(d, MIG_E_PROTOCOL, "state item '%s' sent twice",
+			      mig__peer_text(sb->name, name, sizeof(name)));
 		return;
 	}
 	d->state_items++;
 	r = mig_state_add(&d->state, sb->name, sb->data.data, sb->data.len);
 	if (r < 0) {
-		mig__dst_fail(d, MIG_E_PROTOCOL, "state item '%.64s' refused: %s",
-			  sb->name, mig_strerror(r));
+		char name[72];
+		mig__dst_fail(d, MIG_E_PROTOCOL, "state item '%s' refused: %s",
+			      mig__peer_text(sb->name, name, sizeof(name)),
+			      mig_strerror(r));
 		return;
 	}
 	if (d->early_state && d->vm.vm.ops->load_state_item) {
@@ -221,9 +225,12 @@ void mig__dst_on_msg(struct dst_conn *c, Mig__Wire__Envelope *env)
 	if (mig__dst_step(d, env->msg_case, MIG_PDIR_TO_DEST, c->index) < 0)
 		return;
 	switch (env->msg_case) {
-	case MIG__WIRE__ENVELOPE__MSG_ABORT:
-		mig__dst_fail(d, MIG_E_PEER, "source aborted: %s", env->abort->reason);
+	case MIG__WIRE__ENVELOPE__MSG_ABORT: {
+		char why[MIG_PEER_TEXT_MAX];
+		mig__dst_fail(d, MIG_E_PEER, "source aborted: %s",
+			      mig__peer_text(env->abort->reason, why, sizeof(why)));
 		break;
+	}
 	case MIG__WIRE__ENVELOPE__MSG_VM_CONFIG:
 		on_config(d, env->vm_config);
 		break;

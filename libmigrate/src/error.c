@@ -94,6 +94,31 @@ int mig__err(mig_error *err, int code, const char *fmt, ...)
 	return code;
 }
 
+const char *mig__peer_text(const char *s, char *out, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (!n)
+		return "";
+	for (; s && *s && o + 1 < n; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c >= 0x20 && c < 0x7f) {
+			out[o++] = (char)c;
+			continue;
+		}
+		if (o + 5 > n)
+			break;
+		out[o++] = '\\';
+		out[o++] = 'x';
+		out[o++] = hex[c >> 4];
+		out[o++] = hex[c & 15];
+	}
+	out[o] = '\0';
+	return out;
+}
+
 void mig__err_prefix(mig_error *err, const char *fmt, ...)
 {
 	char old[MIG_ERROR_MSG_MAX];

@@ -30,6 +30,13 @@
  * return `code`, so that failures read `return mig__err(err, -EINVAL, ...)`.
  */
 int mig__err(mig_error *err, int code, const char *fmt, ...) MIG_PRINTF(3, 4);
+/* Text a peer sent (an abort's reason, a refusal, a state item's name), fit
+ * for a message: every byte outside printable ASCII as \xHH, so that no
+ * newline, escape sequence or invalid UTF-8 from the wire reaches a log, a
+ * terminal or a program that reads the message line by line; cut to fit the
+ * N bytes of OUT. Returns OUT. */
+#define MIG_PEER_TEXT_MAX 160
+const char *mig__peer_text(const char *s, char *out, size_t n);
 /* Prefix err->msg with more context ("round 3: " + old message). */
 void mig__err_prefix(mig_error *err, const char *fmt, ...) MIG_PRINTF(2, 3);
 

@@ -73,8 +73,10 @@ static int await_hello(mig_source *s, uint32_t i)
 		int code = env->hello_ack->error;
 		if (code != MIG_E_AUTH && code != MIG_E_VERSION)
 			code = MIG_E_PEER;
+		char why[MIG_PEER_TEXT_MAX];
 		r = mig__err(&s->result, code, "destination refused hello: %s",
-			     env->hello_ack->message);
+			     mig__peer_text(env->hello_ack->message, why,
+					    sizeof(why)));
 		mig__msg_free(env);
 		return r;
 	}

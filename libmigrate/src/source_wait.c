@@ -30,8 +30,10 @@ static uint64_t grace_end_us(const mig_source *s, const struct src_conn *c)
 /* The destination's Abort `env`, as the error in s->result. */
 static int peer_aborted(mig_source *s, const Mig__Wire__Envelope *env)
 {
+	char why[MIG_PEER_TEXT_MAX];
+
 	return mig__err(&s->result, MIG_E_PEER, "destination aborted: %s",
-			env->abort->reason);
+			mig__peer_text(env->abort->reason, why, sizeof(why)));
 }
 
 static int check_failed_locked(mig_source *s)

@@ -76,6 +76,28 @@ static void test_version(void **state)
 	assert_string_equal(mig_version_string(), want);
 }
 
+/* Peer text: printable ASCII kept, every other byte as \xHH, an escape
+ * never cut in half, the result always terminated. */
+static void test_peer_text(void **state)
+{
+	char out[16];
+	(void)state;
+
+	assert_string_equal(mig__peer_text("disk full", out, sizeof(out)),
+			    "disk full");
+	assert_string_equal(mig__peer_text("a\nb\x1b\x7f", out, sizeof(out)),
+			    "a\\x0ab\\x1b\\x7f");
+	/* 16 bytes hold "abcdefghijk\x0a" and its NUL; 15 do not: no half
+	 * escape then. */
+	assert_string_equal(mig__peer_text("abcdefghijk\n", out, 16),
+			    "abcdefghijk\\x0a");
+	assert_string_equal(mig__peer_text("abcdefghijk\n", out, 15),
+			    "abcdefghijk");
+	assert_string_equal(mig__peer_text(NULL, out, sizeof(out)), "");
+	assert_string_equal(mig__peer_text("x", out, 1), "");
+	assert_string_equal(mig__peer_text("xyz", out, 0), "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -84,6 +106,7 @@ int main(void)
 		cmocka_unit_test(test_mig_codes_distinct),
 		cmocka_unit_test(test_err_helpers),
 		cmocka_unit_test(test_err_truncates),
+		cmocka_unit_test(test_peer_text),
 		cmocka_unit_test(test_version),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -624,6 +624,27 @@ static void test_abort_in_round(void **state)
 	rig_down(&g);
 }
 
+/* A reason is the peer's text: a newline or an escape sequence in it must
+ * not start a line of its own in a log (a daemon that reads its VMM's lines
+ * must not take it for the VMM's), nor reach a terminal. */
+static void test_abort_reason_escaped(void **state)
+{
+	struct rig g;
+	mig_error err = { 0 };
+
+	(void)state;
+	rig_up(&g);
+	round1(&g);
+	send_abort(&g, "full\nmigvm: incoming migration done\x1b[2J\xff");
+	drain(&g, MIG_E_PEER);
+	assert_int_equal(mig_source_wait(g.src, &err), MIG_E_PEER);
+	assert_non_null(strstr(err.msg, "destination aborted: full\\x0amigvm: "
+			       "incoming migration done\\x1b[2J\\xff"));
+	for (const char *p = err.msg; *p; p++)
+		assert_true(*p >= 0x20 && *p < 0x7f);
+	rig_down(&g);
+}
+
 /* A round acknowledged with the wrong number. */
 static void test_wrong_round_ack(void **state)
 {
@@ -925,6 +946,7 @@ int main(void)
 		cmocka_unit_test(test_other_version),
 		cmocka_unit_test(test_config_refused),
 		cmocka_unit_test(test_abort_in_round),
+		cmocka_unit_test(test_abort_reason_escaped),
 		cmocka_unit_test(test_wrong_round_ack),
 		cmocka_unit_test(test_commit_in_precopy),
 		cmocka_unit_test(test_hello_ack_again),

@@ -238,6 +238,21 @@ static void input_saved_and_loaded(void **st)
 	free(blob);
 }
 
+/* The guest's first MISMATCH line is reported on migvm's stderr, where
+ * migd reads migvm's own lines: nothing in it may pass for one of those
+ * (a newline cannot, it ends the line) or reach a terminal. */
+static void mismatch_line_reported_printable(void **st)
+{
+	const char line[] = "MISMATCH \x1b[2J\rmigvm: incoming migration "
+			    "done; \x7f\xff\n";
+
+	(void)st;
+	guest_writes(line, sizeof(line) - 1);
+	assert_int_equal(vm.serial.stats.mismatch_lines, 1);
+	assert_string_equal(vm.serial.first_mismatch,
+			    "MISMATCH ?[2J?migvm: incoming migration done; ??");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -249,6 +264,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(input_read_in_order_with_irq, setup, teardown),
 		cmocka_unit_test_setup_teardown(input_full_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(input_saved_and_loaded, setup, teardown),
+		cmocka_unit_test_setup_teardown(mismatch_line_reported_printable, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,12 +79,14 @@ static int bind_socket(const char *path, mig_error *err)
 			       strerror(-r));
 	}
 bound:
-	if (listen(fd, 8) < 0) {
+	/* 0600 before anyone can connect (peer_allowed checks each client
+	 * too, for the moment between bind and chmod). */
+	if (chmod(path, 0600) < 0 || listen(fd, 8) < 0) {
 		r = -errno;
 		close(fd);
 		unlink(path);
-		return vmm_err(err, r, "control socket %s: listen: %s", path,
-			       strerror(-r));
+		return vmm_err(err, r, "control socket %s: chmod/listen: %s",
+			       path, strerror(-r));
 	}
 	return fd;
 }
@@ -459,6 +462,18 @@ close:
 	client_close(cl);
 }
 
+/* The control channel pauses, saves and migrates the VM: only this
+ * process's user and root may use it (the socket file is 0600 as well). */
+static bool peer_allowed(int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return false;
+	return cr.uid == 0 || cr.uid == getuid();
+}
+
 static void accept_clients(struct control *c)
 {
 	for (;;) {
@@ -468,6 +483,10 @@ static void accept_clients(struct control *c)
 
 		if (fd < 0)
 			return;
+		if (!peer_allowed(fd)) {
+			close(fd); /* another user: the client sees EOF */
+			continue;
+		}
 		for (i = 0; i < CTL_MAX_CLIENTS; i++)
 			if (c->clients[i].fd < 0)
 				break;

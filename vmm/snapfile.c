@@ -346,10 +346,14 @@ int snapfile_save(struct vm *vm, const char *path, mig_error *err)
 	hdr.header_crc = crc32c(0, &hdr, offsetof(struct snap_header,
 						  header_crc));
 
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/* A file of our own: never through a link someone put there, never
+	 * over a file that was there (the control channel names the path). */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		  0600);
 	if (fd < 0) {
-		r = vmm_err(err, -errno, "state file %s: %s", tmp,
-			    strerror(errno));
+		r = vmm_err(err, -errno, "state file %s: %s%s", tmp,
+			    strerror(errno), errno == EEXIST ? " (left by a "
+			    "save that failed, or another's: remove it)" : "");
 		goto out;
 	}
 	if ((r = write_full(fd, &hdr, sizeof(hdr))) < 0 ||
@@ -391,9 +395,14 @@ int snapfile_save(struct vm *vm, const char *path, mig_error *err)
 		goto write_fail;
 	}
 	fd = -1;
-	if (rename(tmp, path) < 0) {
-		r = vmm_err(err, -errno, "state file: rename %s to %s: %s", tmp,
-			    path, strerror(errno));
+	/* In place whole or not at all, and never over what is there. */
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0 &&
+	    (errno != EINVAL && errno != ENOSYS ? 1 :
+	     /* a file system without it (9p): a link does the same */
+	     link(tmp, path) < 0 || unlink(tmp) < 0)) {
+		r = vmm_err(err, -errno, "state file %s: %s%s", path,
+			    strerror(errno), errno == EEXIST ? " (migvm does "
+			    "not overwrite a file)" : "");
 		unlink(tmp);
 		goto out;
 	}

@@ -4,8 +4,8 @@
 # many as fit in 60 s where the host is slow, 10 at least) leave it
 # consistent; throttle slows the guest down; bad requests (oversized frame,
 # undecodable, empty, resume when running, save to a bad path, console
-# input that does not fit or to an incoming VM) get an error and the VM
-# runs on; a second migvm cannot take a live socket but replaces
+# input that does not fit or to an incoming VM, save over a file or through
+# a planted link, a client of another user) get an error and the VM runs on; a second migvm cannot take a live socket but replaces
 # a stale one; SIGTERM and SIGINT stop the VM cleanly and remove the socket.
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -102,6 +102,49 @@ ctl_err "request frame of 2097152 bytes, more than the 1048576 allowed (EMSGSIZE
 ctl_err "request of 5 bytes does not decode (EBADMSG)" raw 05000000ffffffffff
 ctl_err "empty or unknown request (EINVAL)" raw 00000000
 ctl_err "state file /nonexistent/dir/x.state.tmp: No such file" save /nonexistent/dir/x.state
+# save never overwrites, nor writes through a link planted where it writes.
+echo keep >"$WORK/exists.state"
+ctl_err "state file $WORK/exists.state: File exists (migvm does not overwrite a file)" save "$WORK/exists.state"
+[ "$(cat "$WORK/exists.state")" = keep ] || fail "save changed a file that was there"
+[ ! -e "$WORK/exists.state.tmp" ] || fail "save left exists.state.tmp"
+echo target >"$WORK/target"
+ln -s "$WORK/target" "$WORK/link.state.tmp"
+ctl_err "state file $WORK/link.state.tmp: File exists (left by a save that failed, or another's: remove it)" save "$WORK/link.state"
+[ "$(cat "$WORK/target")" = target ] || fail "save wrote through a symlink"
+[ ! -e "$WORK/link.state" ] || fail "save made link.state"
+# The socket is 0600, and a client of another user is turned away even
+# where the file lets it connect.
+[ "$(stat -c %a "$sock")" = 600 ] || fail "control socket mode $(stat -c %a "$sock"), not 600"
+chmod 666 "$sock"
+chmod 711 "$WORK"
+# An empty request: its owner gets an answer ("empty or unknown request"),
+# another user only the end of the connection.
+peer_says() { # [setpriv ARGS...]: what the server sends back, as hex
+	"$@" python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect(sys.argv[1])
+s.sendall(b"\0\0\0\0")
+data = b""
+while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "little"):
+    try:
+        b = s.recv(4096)
+    except ConnectionResetError:
+        break
+    if not b:
+        break
+    data += b
+print(data.hex() or "eof")' "$sock"
+}
+mine=$(peer_says) || fail "the owner cannot talk to the control socket"
+[ "$mine" != eof ] || fail "the control socket said nothing to its owner"
+theirs=$(peer_says setpriv --reuid=65534 --regid=65534 --clear-groups) ||
+	fail "another user could not even connect (with the socket 0666)"
+chmod 700 "$WORK"
+chmod 600 "$sock"
+[ "$theirs" = eof ] || fail "another user's request got an answer: $theirs"
+ok "control socket 0600; another user's client turned away (its owner is answered)"
 ctl_err "input: no bytes to send (EINVAL)" raw 020000004a00
 # Console input waits in the UART's queue (this guest does not read it):
 # what does not fit in the rest is refused whole.

@@ -217,21 +217,34 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (psk_file) {
+		/* One byte over the buffer tells a key that does not fit:
+		 * refused, never cut. */
+		uint8_t key[sizeof(g.psk) + 1];
 		int fd = open(psk_file, O_RDONLY | O_CLOEXEC);
-		ssize_t n = fd >= 0 ? read(fd, g.psk, sizeof(g.psk)) : -1;
+		ssize_t n = fd >= 0 ? read(fd, key, sizeof(key)) : -1;
 		if (fd >= 0)
 			close(fd);
-		while (n > 0 && (g.psk[n - 1] == '\n' || g.psk[n - 1] == '\r'))
+		while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r'))
 			n--;
-		if (n <= 0) {
-			fprintf(stderr, "migd: --psk-file %s: %s\n", psk_file,
-				n < 0 ? strerror(errno) : "empty");
+		if (n < MIGD_PSK_MIN || n > (ssize_t)sizeof(g.psk)) {
+			int e = errno;
+			fprintf(stderr, "migd: --psk-file %s: ", psk_file);
+			if (n < 0)
+				fprintf(stderr, "%s\n", strerror(e));
+			else if (n > (ssize_t)sizeof(g.psk))
+				fprintf(stderr, "longer than %zu bytes\n",
+					sizeof(g.psk));
+			else
+				fprintf(stderr, "%zd bytes: a key needs %d at "
+					"least (32 random bytes in base64: "
+					"head -c 32 /dev/urandom | base64)\n",
+					n, MIGD_PSK_MIN);
+			explicit_bzero(key, sizeof(key));
 			return 1;
 		}
+		memcpy(g.psk, key, (size_t)n);
+		explicit_bzero(key, sizeof(key));
 		g.psk_len = (size_t)n;
-		if (n < 16)
-			fprintf(stderr, "migd: warning: the pre-shared key is "
-				"only %zd bytes; use 32 random bytes\n", n);
 	}
 	if (!g.migvm)
 		g.migvm = default_migvm();

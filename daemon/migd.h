@@ -28,6 +28,8 @@
 #include "msgio.h"
 
 #define MIGD_FRAME_MAX (1u << 20)
+/* The least pre-shared key, in bytes (of the file, without its newline). */
+#define MIGD_PSK_MIN 16
 #define MIGD_PREAUTH_MAX 4096u
 #define MIGD_DEFAULT_PORT 7400
 #define MIGD_NAME_MAX 63

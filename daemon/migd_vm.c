@@ -428,7 +428,8 @@ int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen)
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 {
 	uv_process_options_t o = { 0 };
-	uv_stdio_container_t stdio[3];
+	uv_stdio_container_t stdio[4];
+	int tok[2] = { -1, -1 };
 	char mem[32], cpus[16], uri[300];
 	const char *args[32];
 	struct child *c;
@@ -454,8 +455,8 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 		snprintf(uri, sizeof(uri), "tcp:%s:0", g.listen_host);
 		args[n++] = "--incoming";
 		args[n++] = uri;
-		args[n++] = "--token";
-		args[n++] = vm->token;
+		args[n++] = "--token-fd"; /* not on the command line */
+		args[n++] = "3";
 	} else {
 		if (vm->kernel && vm->kernel[0]) {
 			args[n++] = "--kernel";
@@ -484,9 +485,36 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 	o.exit_cb = child_exit;
 	o.stdio = stdio;
 	o.stdio_count = 3;
+	if (incoming) {
+		/* The token through a pipe on migvm's descriptor 3, written
+		 * whole (65 bytes, far under a pipe's buffer) and closed
+		 * before migvm reads it. */
+		size_t tl = strlen(vm->token);
+		if (pipe2(tok, O_CLOEXEC) < 0 ||
+		    write(tok[1], vm->token, tl) != (ssize_t)tl ||
+		    write(tok[1], "\n", 1) != 1) {
+			r = -errno;
+			snprintf(errbuf, errlen, "token pipe: %s", strerror(-r));
+			if (tok[0] >= 0) {
+				close(tok[0]);
+				close(tok[1]);
+			}
+			c->log_fd = -1;
+			c->open = 2;
+			uv_close((uv_handle_t *)&c->out, child_closed);
+			uv_close((uv_handle_t *)&c->err, child_closed);
+			return r;
+		}
+		close(tok[1]);
+		stdio[3].flags = UV_INHERIT_FD;
+		stdio[3].data.fd = tok[0];
+		o.stdio_count = 4;
+	}
 	c->log_fd = open(vm->log_path, O_WRONLY | O_CREAT | O_APPEND |
 			 O_CLOEXEC, 0600);
 	r = uv_spawn(g.loop, &c->proc, &o);
+	if (tok[0] >= 0)
+		close(tok[0]);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot run %s: %s", g.migvm,
 			 uv_strerror(r));

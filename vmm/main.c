@@ -81,7 +81,9 @@ static void usage(FILE *f)
 "                         host's rate and warn, as QEMU does)\n"
 "  --migrate-to tcp:HOST:PORT  migrate this VM there ...\n"
 "  --migrate-after SEC    ... this long after it started (default 1)\n"
-"  --token T              the one-time token both sides must share\n"
+"  --token T              the one-time token both sides must share (visible\n"
+"                         to local users in /proc: programs use --token-fd)\n"
+"  --token-fd N           read the token from descriptor N (to its end)\n"
 "  --downtime-ms N        target downtime (default 300)\n"
 "  --max-bandwidth BYTES  cap in bytes/s, K/M/G suffixes (default none)\n"
 "  --compress off|on|auto zstd for pages (default auto)\n"
@@ -175,8 +177,57 @@ static bool has_param(const char *cmdline, const char *key)
 enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLINE,
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
-       OPT_TOKEN, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD,
+       OPT_TOKEN, OPT_TOKEN_FD, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD,
        OPT_STRICT_TSC };
+
+/* libmigrate takes tokens of 1-256 bytes. */
+#define TOKEN_MAX 256
+
+/* --token-fd N: the token is what descriptor N holds up to its end (a
+ * pipe its parent wrote and closed; one newline at the end dropped), so that
+ * it is never on a command line, where any local user can read it. */
+static int read_token_fd(const char *arg, const char **token)
+{
+	static char buf[TOKEN_MAX + 2];
+	size_t len = 0;
+	char *end;
+	long fd = strtol(arg, &end, 10);
+
+	if (*end || end == arg || fd < 0 || fd > 1023) {
+		fprintf(stderr, "migvm: --token-fd %s: not a descriptor\n", arg);
+		return -1;
+	}
+	for (;;) {
+		ssize_t n = read((int)fd, buf + len, sizeof(buf) - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fprintf(stderr, "migvm: --token-fd %ld: %s\n", fd,
+				strerror(errno));
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len == sizeof(buf) - 1) {
+			fprintf(stderr, "migvm: --token-fd %ld: longer than "
+				"%d bytes\n", fd, TOKEN_MAX);
+			close((int)fd);
+			return -1;
+		}
+	}
+	close((int)fd);
+	if (len && buf[len - 1] == '\n')
+		len--;
+	buf[len] = '\0';
+	if (!len || strlen(buf) != len) {
+		fprintf(stderr, "migvm: --token-fd %ld: %s\n", fd,
+			len ? "a NUL in the token" : "no token");
+		return -1;
+	}
+	*token = buf;
+	return 0;
+}
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -200,6 +251,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
 		{ "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
 		{ "token", required_argument, NULL, OPT_TOKEN },
+		{ "token-fd", required_argument, NULL, OPT_TOKEN_FD },
 		{ "verify", no_argument, NULL, OPT_VERIFY },
 		/* Every libmigrate parameter, by its own name. */
 		{ "downtime-ms", required_argument, NULL, OPT_MIG_PARAM },
@@ -338,6 +390,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case OPT_TOKEN:
 			o->token = optarg;
 			break;
+		case OPT_TOKEN_FD:
+			if (read_token_fd(optarg, &o->token) < 0)
+				return -1;
+			break;
 		case OPT_VERIFY:
 			o->params.verify = 1;
 			break;
@@ -384,7 +440,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	}
 	if ((o->incoming || o->migrate_to) && !o->token) {
 		fprintf(stderr, "migvm: --incoming and --migrate-to need "
-			"--token\n");
+			"--token or --token-fd\n");
 		return -1;
 	}
 	if (o->incoming && (o->migrate_to || o->restore || o->paused)) {

@@ -63,6 +63,20 @@ grep -q migrate <<<"$out" || fail "migctl --help: $out"
 out=$("$MIGCTL" --socket "$WORK/none.sock" list 2>&1) && fail "list without migd"
 grep -q "migd is not running" <<<"$out" || fail "unclear error without migd: $out"
 ok "help, self-test, no daemon"
+# A pre-shared key too short to be one, or too long to be used whole: refused
+# at the start, never cut.
+printf 'short\n' >"$WORK/short"
+head -c 300 /dev/zero | tr '\0' k >"$WORK/long"
+for k in short long; do
+	out=$("$MIGD" --state-dir "$WORK/psk-$k" --control "$WORK/psk-$k.sock" \
+		--listen 127.0.0.1:0 --psk-file "$WORK/$k" 2>&1) && fail "migd ran with the $k key"
+	case $k in
+	short) want="5 bytes: a key needs 16 at least" ;;
+	long) want="longer than 256 bytes" ;;
+	esac
+	grep -q "psk-file $WORK/$k: $want" <<<"$out" || fail "unclear error for the $k key: $out"
+done
+ok "a 5-byte key and a 300-byte key refused at the start"
 
 start_migd a "$WORK/psk"
 start_migd b "$WORK/psk"
@@ -127,6 +141,14 @@ ok "reservation refused: $out"
 mc a --json migrate vm1 --to "127.0.0.1:$PORT_b" --max-bandwidth 1M --no-wait >/dev/null ||
 	fail "migrate to B did not start"
 poll_until 120 in_precopy a vm1 || fail "no pre-copy progress: $S"
+# B's incoming migvm got its one-time token through a pipe, not on its
+# command line (which any local user reads in /proc).
+ipid=$(jfield "$(mc b --json status vm1)" pid)
+[ "${ipid:-0}" -gt 0 ] || fail "no incoming migvm on B: $(mc b --json status vm1)"
+args=$(tr '\0' ' ' <"/proc/$ipid/cmdline")
+grep -q -- "--token-fd 3" <<<"$args" && ! grep -q -- "--token " <<<"$args" ||
+	fail "the incoming migvm's command line: $args"
+ok "the token is not on the incoming migvm's command line: $args"
 kill -KILL "$PID_b"
 wait "$PID_b" 2>/dev/null
 wait_vm_state a vm1 120 running exited migrated

@@ -118,9 +118,10 @@ ctl_err "state file $WORK/link.state.tmp: File exists (left by a save that faile
 chmod 666 "$sock"
 chmod 711 "$WORK"
 # An empty request: its owner gets an answer ("empty or unknown request"),
-# another user only the end of the connection.
+# another user only the end of the connection. (Debian's python3: root's
+# may be in a place other users cannot reach.)
 peer_says() { # [setpriv ARGS...]: what the server sends back, as hex
-	"$@" python3 -c '
+	"$@" /usr/bin/python3 -c '
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)

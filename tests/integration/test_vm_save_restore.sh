@@ -120,11 +120,12 @@ for delay in 0.05 0.2; do
 	pid=$VM_PID
 	wait_sock "$esock"
 	sleep "$delay"
-	ctl "$esock" save "$WORK/early.state" >/dev/null || fail "early save failed"
+	# A file per run: save never overwrites one.
+	ctl "$esock" save "$WORK/early-$delay.state" >/dev/null || fail "early save failed"
 	wait_exit "$pid" 120
 	[ "$RC" = 0 ] || fail "early save: exit $RC"
 	before=$(grep -c '^hb ' "$WORK/early.out")
-	start_vm early2 --restore "$WORK/early.state" --control "$esock"
+	start_vm early2 --restore "$WORK/early-$delay.state" --control "$esock"
 	pid=$VM_PID
 	wait_sock "$esock"
 	wait_hb "$esock" $((before + 5))

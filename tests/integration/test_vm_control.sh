@@ -126,8 +126,12 @@ import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)
 s.connect(sys.argv[1])
-s.sendall(b"\0\0\0\0")
 data = b""
+try:
+    s.sendall(b"\0\0\0\0")
+except (BrokenPipeError, ConnectionResetError):
+    print("eof")   # turned away as soon as it connected
+    sys.exit(0)
 while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "little"):
     try:
         b = s.recv(4096)

@@ -490,10 +490,11 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 		 * whole (65 bytes, far under a pipe's buffer) and closed
 		 * before migvm reads it. */
 		size_t tl = strlen(vm->token);
+		errno = 0;
 		if (pipe2(tok, O_CLOEXEC) < 0 ||
 		    write(tok[1], vm->token, tl) != (ssize_t)tl ||
 		    write(tok[1], "\n", 1) != 1) {
-			r = -errno;
+			r = errno ? -errno : -EIO; /* a short write sets none */
 			snprintf(errbuf, errlen, "token pipe: %s", strerror(-r));
 			if (tok[0] >= 0) {
 				close(tok[0]);

@@ -441,25 +441,18 @@ static int send_peer_fd(int fd, Mig__D__PeerMsg *m)
 	return msgio_send(fd, &m->base, 10000);
 }
 
-/* A peer's words, before they reach our log, a VM's last_error and
- * migctl's terminal: every byte outside printable ASCII as '?'. */
-static void scrub(char *s)
-{
-	for (; s && *s; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
-			*s = '?';
-}
-
 static Mig__D__PeerMsg *recv_peer_fd(int fd, int timeout_ms, int *err)
 {
 	Mig__D__PeerMsg *m;
 
 	*err = msgio_recv(fd, &mig__d__peer_msg__descriptor, MIGD_FRAME_MAX,
 			  timeout_ms, (ProtobufCMessage **)&m);
+	/* A peer's words reach our log, a VM's last_error and migctl's
+	 * terminal. */
 	if (m && m->msg_case == MIG__D__PEER_MSG__MSG_REPLY)
-		scrub(m->reply->message);
+		text_printable(m->reply->message);
 	if (m && m->msg_case == MIG__D__PEER_MSG__MSG_AUTH_RESULT)
-		scrub(m->auth_result->message);
+		text_printable(m->auth_result->message);
 	return m;
 }
 

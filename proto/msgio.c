@@ -198,3 +198,10 @@ void json_string(FILE *f, const char *s)
 	}
 	fputc('"', f);
 }
+
+void text_printable(char *s)
+{
+	for (; s && *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+			*s = '?';
+}

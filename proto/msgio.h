@@ -41,4 +41,9 @@ int msgio_call_unix(const char *path, const ProtobufCMessage *req,
  * The one JSON string writer of migctl and migvm. */
 void json_string(FILE *f, const char *s);
 
+/* S made printable in place: every byte outside printable ASCII becomes
+ * '?'. For a guest's or a peer's words before they reach a log, a stderr
+ * line another program reads, or a terminal. */
+void text_printable(char *s);
+
 #endif

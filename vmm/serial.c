@@ -15,6 +15,7 @@
 #include <linux/kvm.h>
 
 #include "control.pb-c.h"
+#include "msgio.h"
 #include "vm.h"
 
 #define UART_IRQ 4
@@ -104,13 +105,9 @@ static void scan_line(struct serial *s, char *line)
 			 * as '?', so that it cannot pass for a line of
 			 * migvm's own on stderr (migd reads those) nor send
 			 * escapes to a terminal. */
-			size_t i;
-			for (i = 0; line[i] && i + 1 < sizeof(s->first_mismatch);
-			     i++)
-				s->first_mismatch[i] =
-					line[i] >= 0x20 && line[i] < 0x7f
-						? line[i] : '?';
-			s->first_mismatch[i] = '\0';
+			snprintf(s->first_mismatch, sizeof(s->first_mismatch),
+				 "%s", line);
+			text_printable(s->first_mismatch);
 			fprintf(stderr, "migvm: the guest reported: %s\n",
 				s->first_mismatch);
 		}

@@ -37,6 +37,17 @@ expect 2 "a unix socket path must be shorter than 108 bytes" \
 expect 2 "--initrd goes with --kernel" --initrd x
 expect 2 "--paused needs --control" --paused
 expect 2 "--initrd: a VM that is restored or migrated in" --initrd x --kernel y --incoming tcp:127.0.0.1:0 --token t
+# --token-fd: the token from a descriptor, read to its end, checked.
+expect 2 "--token-fd x: not a descriptor" --incoming tcp:127.0.0.1:0 --token-fd x
+expect 2 "--token-fd 9: Bad file descriptor" --incoming tcp:127.0.0.1:0 --token-fd 9 9<&-
+: >"$WORK/token.empty"
+exec 7<"$WORK/token.empty"
+expect 2 "--token-fd 7: no token" --incoming tcp:127.0.0.1:0 --token-fd 7
+exec 7<&-
+head -c 300 /dev/zero | tr '\0' t >"$WORK/token.long"
+exec 7<"$WORK/token.long"
+expect 2 "--token-fd 7: longer than 256 bytes" --incoming tcp:127.0.0.1:0 --token-fd 7
+exec 7<&-
 # With a kernel that passes its own checks (the test guest):
 [ -r "$TG" ] || fail "the test guest was not built ($TG)"
 expect 1 "initrd $WORK/none: No such file or directory" --kernel "$TG" --initrd "$WORK/none"

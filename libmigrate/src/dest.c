@@ -12,7 +12,22 @@
 
 #define DEST_DEFAULT_TIMEOUT_MS 30000u
 #define DEST_TICK_MS 200u
-#define DEST_MAX_REJECTS 64u
+/*
+ * Strangers: a connection is one until its hello is accepted. They may
+ * cost the destination a descriptor and a small read buffer each, for a
+ * short time, and nothing else: each is closed if its hello did not come
+ * within DEST_HELLO_MS; at most DEST_PREAUTH_PER_ADDR wait from one
+ * address (the source's own connections, up to 16, fit twice) and
+ * DEST_PREAUTH_MAX in all, and a newcomer over either limit makes room by
+ * closing the oldest one waiting (from its address, or of all), so that a
+ * flood can delay the source only by as long as its hello takes to come.
+ * However many are turned away, the migration goes on: they never fail
+ * it. Once the session's connections are all here the destination stops
+ * listening.
+ */
+#define DEST_PREAUTH_MAX 64u
+#define DEST_PREAUTH_PER_ADDR 32u
+#define DEST_HELLO_MS 10000u
 
 static void reject(struct dst_conn *c, const char *why)
 {
@@ -20,12 +35,25 @@ static void reject(struct dst_conn *c, const char *why)
 	d->rejects++;
 	snprintf(d->last_reject, sizeof(d->last_reject), "%s from %s", why,
 		 c->peer);
-	mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_WARN,
-		 "rejected connection: %s", d->last_reject);
+	/* Logged while few; then one line in a hundred, with the count. */
+	if (d->rejects <= 16 || d->rejects % 100 == 0)
+		mig__log(&d->cb, d->vm.vm.opaque, MIG_LOG_WARN,
+			 "rejected connection %u: %s", d->rejects, d->last_reject);
 	mig__dst_conn_close(c);
-	if (d->rejects >= DEST_MAX_REJECTS)
-		mig__dst_fail(d, MIG_E_PROTOCOL, "too many rejected connections (last: %s)",
-			  d->last_reject);
+}
+
+/* All the session's connections are here: no one else is let in. */
+static void close_door(mig_dest *d)
+{
+	struct dst_conn *c, *next;
+
+	if (!uv_is_closing((uv_handle_t *)&d->listener))
+		uv_close((uv_handle_t *)&d->listener, NULL);
+	for (c = d->conns; c; c = next) {
+		next = c->next;
+		if (!c->authed)
+			reject(c, "the session's connections are all here");
+	}
 }
 
 /* The features granted: those the source asked for that we have. */
@@ -106,11 +134,22 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 	 * on_dread() saw these bytes while the connection was not yet
 	 * authenticated, so it did not count them. */
 	d->last_activity_us = mig__now_us();
+	/* A decoder (a zstd context) only for the source's connections. */
+	if (mig__dec_create(&c->dec) < 0) {
+		mig__dst_fail(d, -ENOMEM, "connection %u: out of memory",
+			      h->connection_index);
+		return;
+	}
 	c->authed = 1;
 	c->index = h->connection_index;
 	c->rd.limit = MIG_FRAME_MAX;
 	d->by_index[c->index] = c;
 	hello_reply(c, h, 1, 0, "");
+	uint32_t here = 0;
+	for (uint32_t i = 0; i < d->expected; i++)
+		here += d->by_index[i] != NULL;
+	if (here == d->expected)
+		close_door(d);
 }
 
 /* libuv reads straight into the connection's frame buffer: pages are
@@ -209,6 +248,30 @@ static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	pthread_mutex_unlock(&d->lock);
 }
 
+/* Before a stranger from `addr` is let in: over a limit, the oldest
+ * waiting (the list is newest first) makes room. */
+static void make_room(mig_dest *d, const char *addr)
+{
+	struct dst_conn *c, *oldest = NULL, *oldest_here = NULL;
+	uint32_t all = 0, here = 0;
+
+	for (c = d->conns; c; c = c->next) {
+		if (c->authed)
+			continue;
+		all++;
+		oldest = c;
+		if (!strcmp(c->addr, addr)) {
+			here++;
+			oldest_here = c;
+		}
+	}
+	if (here >= DEST_PREAUTH_PER_ADDR)
+		reject(oldest_here, "too many connections from one address "
+		       "waiting for their hello");
+	else if (all >= DEST_PREAUTH_MAX)
+		reject(oldest, "too many connections waiting for their hello");
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	mig_dest *d = server->data;
@@ -225,25 +288,27 @@ static void on_connection(uv_stream_t *server, int status)
 	c->rd.limit = MIG_PREAUTH_FRAME_MAX;
 	uv_tcp_init(&d->loop, &c->tcp);
 	c->tcp.data = c;
-	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 ||
-	    mig__dec_create(&c->dec) < 0) {
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
 		mig__dst_conn_discard(c);
 		return;
 	}
+	c->accepted_us = mig__now_us();
 	snprintf(c->peer, sizeof(c->peer), "?");
+	snprintf(c->addr, sizeof(c->addr), "?");
 	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-		char ip[INET6_ADDRSTRLEN] = "?";
 		if (ss.ss_family == AF_INET) {
 			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-			uv_ip4_name(a, ip, sizeof(ip));
-			snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, ntohs(a->sin_port));
+			uv_ip4_name(a, c->addr, sizeof(c->addr));
+			snprintf(c->peer, sizeof(c->peer), "%s:%d", c->addr,
+				 ntohs(a->sin_port));
 		} else if (ss.ss_family == AF_INET6) {
 			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-			uv_ip6_name(a, ip, sizeof(ip));
-			snprintf(c->peer, sizeof(c->peer), "[%s]:%d", ip,
+			uv_ip6_name(a, c->addr, sizeof(c->addr));
+			snprintf(c->peer, sizeof(c->peer), "[%s]:%d", c->addr,
 				 ntohs(a->sin6_port));
 		}
 	}
+	make_room(d, c->addr);
 	c->next = d->conns;
 	d->conns = c;
 	uv_tcp_nodelay(&c->tcp, 1);
@@ -265,12 +330,21 @@ static void on_dasync(uv_async_t *a)
 static void on_dtimer(uv_timer_t *t)
 {
 	mig_dest *d = t->data;
+	struct dst_conn *c, *next;
+	uint64_t now = mig__now_us();
 
+	if (d->finished)
+		return;
+	for (c = d->conns; c; c = next) {
+		next = c->next;
+		if (!c->authed && now - c->accepted_us > DEST_HELLO_MS * 1000ull)
+			reject(c, "no hello in time");
+	}
 	/* Before a source shows up there is no deadline (like an incoming
 	 * QEMU); once one has, silence longer than the timeout ends it. */
-	if (d->finished || !d->have_session)
+	if (!d->have_session)
 		return;
-	if (mig__now_us() - d->last_activity_us > (uint64_t)d->timeout_ms * 1000)
+	if (now - d->last_activity_us > (uint64_t)d->timeout_ms * 1000)
 		mig__dst_fail(d, -ETIMEDOUT, "no data from the source for %u ms%s",
 			  d->timeout_ms, d->ps == MIG_PS_COMMITTED ? " (waiting for activation)" : "");
 }

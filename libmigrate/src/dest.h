@@ -40,6 +40,8 @@ struct dst_conn {
 	mig_reader rd;
 	mig_dec *dec;
 	char peer[64];
+	char addr[48];      /* the peer's address without the port */
+	uint64_t accepted_us;
 	int authed;
 	int closing;
 	uint32_t index;
@@ -122,7 +124,7 @@ struct mig_dest {
 	uint64_t t_switch_us;
 	uint64_t t_start_us;
 	uint64_t bytes;
-	uint32_t rejects;
+	uint32_t rejects;           /* strangers turned away (logged) */
 	char last_reject[160];
 	mig_error result;
 };

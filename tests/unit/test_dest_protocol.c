@@ -8,12 +8,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define XXH_INLINE_ALL
@@ -81,20 +83,48 @@ struct rig {
 	struct fake_vm vm;
 	mig_dest *dst;
 	void *mem;
-	int nullfd, sock;
+	int nullfd, sock, port;
 	uint8_t in[1 << 16];
 	size_t in_len;
 };
 
-static void rig_up_late(struct rig *g, int load_early, uint64_t features,
-			uint32_t timeout_ms, unsigned late_ms)
+/* A TCP connection to the destination's port on loopback from address
+ * `from` (NULL: any), reads timing out after 15 s; -errno if refused. */
+static int dial_from(const char *from, int port)
+{
+	struct sockaddr_in sa = { 0 };
+	struct timeval tv = { .tv_sec = 15 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (from) {
+		sa.sin_family = AF_INET;
+		assert_int_equal(inet_pton(AF_INET, from, &sa.sin_addr), 1);
+		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+static int dial(int port)
+{
+	return dial_from(NULL, port);
+}
+
+/* The destination, listening, with no source yet. */
+static void rig_start(struct rig *g, int load_early, uint32_t timeout_ms)
 {
 	mig_dest_config cfg = { 0 };
 	mig_region reg = { 0 };
 	mig_error err = { 0 };
-	struct sockaddr_in sa = { 0 };
-	struct timeval tv = { .tv_sec = 5 };
-	int port;
 
 	memset(g, 0, sizeof(*g));
 	g->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE,
@@ -120,34 +150,38 @@ static void rig_up_late(struct rig *g, int load_early, uint64_t features,
 	cfg.load_state_early = load_early;
 	assert_int_equal(mig_dest_create(&g->dst, &cfg, &err), 0);
 	assert_int_equal(mig_dest_start(g->dst, &err), 0);
-	port = mig_dest_port(g->dst);
-	assert_true(port > 0);
+	g->port = mig_dest_port(g->dst);
+	assert_true(g->port > 0);
+}
 
-	usleep(late_ms * 1000u); /* the source shows up late */
-	g->sock = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(g->sock >= 0);
-	setsockopt(g->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(g->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
-
-	/* Hello on the control connection, then the VM config. */
+/* A Hello with `token`, for connection 0 of 1 of session 7. */
+static void put_hello(mig_buf *b, uint64_t features, const char *token)
+{
 	uint8_t sid[16] = { 7 };
 	Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+
 	h.version_major = MIG_PROTOCOL_VERSION;
 	h.features = features;
-	h.token.data = (uint8_t *)TOKEN;
-	h.token.len = strlen(TOKEN);
+	h.token.data = (uint8_t *)token;
+	h.token.len = strlen(token);
 	h.connection_count = 1;
 	h.session_id.data = sid;
 	h.session_id.len = sizeof(sid);
-	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
 	e.msg_case = MIG__WIRE__ENVELOPE__MSG_HELLO;
 	e.hello = &h;
-	mig_buf b = { 0 };
-	assert_int_equal(mig__msg_pack(&e, &b), 0);
+	assert_int_equal(mig__msg_pack(&e, b), 0);
+}
 
+/* The source's control connection: its Hello, then the VM config. */
+static void rig_connect(struct rig *g, uint64_t features)
+{
+	mig_buf b = { 0 };
+	Mig__Wire__Envelope e = MIG__WIRE__ENVELOPE__INIT;
+
+	g->sock = dial(g->port);
+	assert_true(g->sock >= 0);
+	put_hello(&b, features, TOKEN);
 	Mig__Wire__Region wr = MIG__WIRE__REGION__INIT, *wrp = &wr;
 	wr.size = MEM_SIZE;
 	Mig__Wire__VmConfig vc = MIG__WIRE__VM_CONFIG__INIT;
@@ -162,6 +196,14 @@ static void rig_up_late(struct rig *g, int load_early, uint64_t features,
 	assert_int_equal(mig__msg_pack(&e, &b), 0);
 	assert_int_equal(write(g->sock, b.data, b.len), (ssize_t)b.len);
 	mig__buf_free(&b);
+}
+
+static void rig_up_late(struct rig *g, int load_early, uint64_t features,
+			uint32_t timeout_ms, unsigned late_ms)
+{
+	rig_start(g, load_early, timeout_ms);
+	usleep(late_ms * 1000u); /* the source shows up late */
+	rig_connect(g, features);
 }
 
 static void rig_up(struct rig *g, int load_early, uint64_t features)
@@ -612,6 +654,167 @@ static void test_hash_not_negotiated(void **state)
 	with_hash(0, 1, MIG_E_VERSION, "older kind (no XXH3-128)");
 }
 
+/* ---- Strangers: connections that are not (yet) the source's ---- */
+
+/* 1 if the destination closed fd (EOF or reset, after whatever it sent)
+ * within `ms`, 0 if fd is still open then. */
+static int closed_within(int fd, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	uint8_t buf[4096];
+
+	for (;;) {
+		int r = poll(&p, 1, ms);
+		assert_true(r >= 0);
+		if (r == 0)
+			return 0;
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n == 0 || (n < 0 && errno == ECONNRESET))
+			return 1;
+		assert_true(n > 0);
+	}
+}
+
+/* The source arrives after the strangers, and its migration runs to the
+ * end: Commit, Activate, resumed here. */
+static void source_migrates(struct rig *g)
+{
+	mig_buf b = { 0 };
+	mig_error err = { 0 };
+
+	rig_connect(g, 0);
+	run_to_commit(g, 0);
+	put_activate(&b);
+	send_buf(g, &b);
+	expect_msg(g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED);
+	assert_int_equal(mig_dest_wait(g->dst, &err), 0);
+	assert_int_equal(g->vm.resume, 1);
+}
+
+/* A hundred wrong tokens and twenty strangers speaking something else
+ * (each turned away, told why when it spoke our protocol) do not fail
+ * the migration that comes after them: the "64 rejected connections"
+ * abort is gone. */
+static void test_strangers_never_fail(void **state)
+{
+	static const char http[] = "GET / HTTP/1.0\r\n\r\n";
+	struct rig g;
+
+	(void)state;
+	rig_start(&g, 0, 5000);
+	for (int i = 0; i < 100; i++) {
+		mig_buf b = { 0 };
+		struct rig s = { .port = g.port };
+		Mig__Wire__Envelope *env;
+
+		s.sock = dial(g.port);
+		assert_true(s.sock >= 0);
+		put_hello(&b, 0, "wr0ng");
+		send_buf(&s, &b);
+		env = next_msg(&s);
+		assert_non_null(env);
+		assert_int_equal(env->msg_case, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK);
+		assert_false(env->hello_ack->ok);
+		assert_int_equal(env->hello_ack->error, MIG_E_AUTH);
+		mig__msg_free(env);
+		assert_int_equal(closed_within(s.sock, 5000), 1);
+		close(s.sock);
+	}
+	for (int i = 0; i < 20; i++) {
+		int fd = dial(g.port);
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, http, sizeof(http) - 1),
+				 (ssize_t)sizeof(http) - 1);
+		assert_int_equal(closed_within(fd, 5000), 1);
+		close(fd);
+	}
+	source_migrates(&g);
+	rig_down(&g);
+}
+
+/* Once the session's connections are all here (one, for this source),
+ * strangers still waiting are closed and no one else gets in. */
+static void test_door_closes_when_all_here(void **state)
+{
+	struct rig g;
+	mig_buf b = { 0 };
+	mig_error err = { 0 };
+	int idle[3];
+
+	(void)state;
+	rig_start(&g, 0, 5000);
+	for (int i = 0; i < 3; i++)
+		assert_true((idle[i] = dial(g.port)) >= 0);
+	rig_connect(&g, 0);
+	handshake(&g);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(closed_within(idle[i], 5000), 1);
+		close(idle[i]);
+	}
+	assert_int_equal(dial(g.port), -ECONNREFUSED);
+	put_switchover(&b);
+	put_state(&b, "dev");
+	put_complete(&b);
+	send_buf(&g, &b);
+	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_COMMIT);
+	put_activate(&b);
+	send_buf(&g, &b);
+	expect_msg(&g, MIG__WIRE__ENVELOPE__MSG_ACTIVATED);
+	assert_int_equal(mig_dest_wait(g.dst, &err), 0);
+	rig_down(&g);
+}
+
+/* A flood of silent strangers never keeps the source out: 32 may wait
+ * from one address and 64 in all, and a newcomer over a limit closes the
+ * oldest waiting (from its address, or of all). */
+static void test_flood_makes_room(void **state)
+{
+	struct rig g;
+	int a[40], b[40];
+
+	(void)state;
+	rig_start(&g, 0, 5000);
+	for (int i = 0; i < 40; i++)
+		assert_true((a[i] = dial_from("127.0.0.2", g.port)) >= 0);
+	/* The 33rd to 40th from 127.0.0.2 closed its 8 oldest. */
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(closed_within(a[i], i < 8 ? 5000 : 20), i < 8);
+	for (int i = 0; i < 40; i++)
+		assert_true((b[i] = dial_from("127.0.0.3", g.port)) >= 0);
+	/* 127.0.0.3's own 8 oldest made room for its last 8: 64 wait. */
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(closed_within(b[i], i < 8 ? 5000 : 20), i < 8);
+	assert_int_equal(closed_within(a[8], 100), 0);
+	/* The source, from a third address, closes the oldest of all. */
+	source_migrates(&g);
+	for (int i = 0; i < 40; i++) {
+		close(a[i]);
+		close(b[i]);
+	}
+	rig_down(&g);
+}
+
+/* A stranger that never says hello is closed after 10 s; the destination
+ * waits on for its source (there is no deadline before one comes). */
+static void test_silent_stranger_closed(void **state)
+{
+	struct rig g;
+	struct timespec t0, t1;
+	int fd;
+
+	(void)state;
+	rig_start(&g, 0, 5000);
+	fd = dial(g.port);
+	assert_true(fd >= 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(closed_within(fd, 15000), 1);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_true(t1.tv_sec - t0.tv_sec >= 9);
+	close(fd);
+	source_migrates(&g);
+	rig_down(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -632,6 +835,10 @@ int main(void)
 		cmocka_unit_test(test_early_not_configured),
 		cmocka_unit_test(test_hello_grants_only_asked),
 		cmocka_unit_test(test_duplicate_item),
+		cmocka_unit_test(test_strangers_never_fail),
+		cmocka_unit_test(test_door_closes_when_all_here),
+		cmocka_unit_test(test_flood_makes_room),
+		cmocka_unit_test(test_silent_stranger_closed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -109,6 +109,8 @@ struct migd {
 	/* counters for metrics */
 	uint64_t n_mig_ok, n_mig_failed, n_in_ok, n_in_failed, n_auth_failed,
 		 n_reserve_refused, n_crashes, n_started;
+	/* strangers closed unauthenticated (migd_gate.h), by port */
+	uint64_t n_turned_away, n_metrics_turned_away;
 };
 
 extern struct migd g;

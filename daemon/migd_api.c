@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "migd.h"
+#include "migd_gate.h"
 
 struct api_conn {
 	uv_pipe_t pipe;
@@ -455,16 +457,45 @@ int api_listen(const char *path, char *errbuf, size_t errlen)
 /* ---- metrics: Prometheus text format over HTTP ---------------------- */
 
 static uv_tcp_t metrics_server;
+/* Every metrics connection is a stranger, for its whole life: 5 s to ask
+ * and take its answer, 4 from one address, 16 in all. */
+static struct gate metrics_gate = {
+	.what = "metrics", .max = 16, .per_addr = 4, .deadline_ms = 5000,
+};
+
+struct metrics_conn {
+	uv_tcp_t tcp;               /* first: the handle is the connection */
+	struct gate_entry gate;
+};
 
 static void metrics_closed(uv_handle_t *h)
 {
 	free(h);
 }
 
+static void metrics_close(uv_stream_t *s)
+{
+	struct metrics_conn *c = (struct metrics_conn *)s;
+
+	gate_leave(&c->gate);
+	if (!uv_is_closing((uv_handle_t *)s))
+		uv_close((uv_handle_t *)s, metrics_closed);
+}
+
+static void metrics_turned_away(struct gate_entry *e, const char *why)
+{
+	struct metrics_conn *c = (struct metrics_conn *)((char *)e -
+		offsetof(struct metrics_conn, gate));
+
+	(void)why;
+	g.n_metrics_turned_away++;
+	metrics_close((uv_stream_t *)&c->tcp);
+}
+
 static void metrics_write_done(uv_write_t *w, int status)
 {
 	(void)status;
-	uv_close((uv_handle_t *)w->handle, metrics_closed);
+	metrics_close(w->handle);
 	free(w->data);
 	free(w);
 }
@@ -502,6 +533,13 @@ static char *metrics_text(void)
 		(unsigned long long)g.n_reserve_refused,
 		(unsigned long long)g.n_crashes,
 		(unsigned long long)g.n_started);
+	fprintf(f, "# HELP migd_strangers_turned_away_total Unauthenticated "
+		"connections closed (too slow, or too many).\n"
+		"# TYPE migd_strangers_turned_away_total counter\n"
+		"migd_strangers_turned_away_total{port=\"peer\"} %llu\n"
+		"migd_strangers_turned_away_total{port=\"metrics\"} %llu\n",
+		(unsigned long long)g.n_turned_away,
+		(unsigned long long)g.n_metrics_turned_away);
 	fprintf(f, "# HELP migd_vm_up 1 when the VM runs here.\n"
 		"# TYPE migd_vm_up gauge\n");
 	for (struct vmrec *v = g.vms; v; v = v->next)
@@ -563,7 +601,7 @@ static void metrics_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		return;
 	uv_read_stop(s);
 	if (n < 0 || !(body = metrics_text())) {
-		uv_close((uv_handle_t *)s, metrics_closed);
+		metrics_close(s);
 		return;
 	}
 	/* Whatever the request, the answer is the metrics (one GET). */
@@ -574,7 +612,8 @@ static void metrics_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	w = malloc(sizeof(*w));
 	if (len < 0 || !w) {
 		free(w);
-		uv_close((uv_handle_t *)s, metrics_closed);
+		free(len < 0 ? NULL : out);
+		metrics_close(s);
 		return;
 	}
 	w->data = out;
@@ -582,22 +621,29 @@ static void metrics_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	if (uv_write(w, s, &b, 1, metrics_write_done) < 0) {
 		free(out);
 		free(w);
-		uv_close((uv_handle_t *)s, metrics_closed);
+		metrics_close(s);
 	}
 }
 
 static void metrics_connection(uv_stream_t *server, int status)
 {
-	uv_tcp_t *c;
+	struct metrics_conn *c;
+	struct sockaddr_storage sa;
+	int salen = sizeof(sa);
+	char addr[64] = "?";
 
-	if (status < 0 || !(c = malloc(sizeof(*c))))
+	if (status < 0 || !(c = calloc(1, sizeof(*c))))
 		return;
-	uv_tcp_init(g.loop, c);
-	if (uv_accept(server, (uv_stream_t *)c) < 0) {
-		uv_close((uv_handle_t *)c, metrics_closed);
+	uv_tcp_init(g.loop, &c->tcp);
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+		uv_close((uv_handle_t *)&c->tcp, metrics_closed);
 		return;
 	}
-	uv_read_start((uv_stream_t *)c, metrics_alloc, metrics_read);
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0)
+		uv_ip_name((struct sockaddr *)&sa, addr, sizeof(addr));
+	c->gate.turn_away = metrics_turned_away;
+	gate_enter(&metrics_gate, &c->gate, addr);
+	uv_read_start((uv_stream_t *)&c->tcp, metrics_alloc, metrics_read);
 }
 
 int metrics_listen(const char *hostport, char *errbuf, size_t errlen)
@@ -619,6 +665,8 @@ int metrics_listen(const char *hostport, char *errbuf, size_t errlen)
 		r = uv_ip6_addr(host, atoi(colon + 1),
 				(struct sockaddr_in6 *)&sa);
 	uv_tcp_init(g.loop, &metrics_server);
+	if (r == 0)
+		r = gate_init(&metrics_gate, g.loop);
 	if (r == 0)
 		r = uv_tcp_bind(&metrics_server, (struct sockaddr *)&sa, 0);
 	if (r == 0)

@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "migd.h"
+#include "migd_gate.h"
 
 #define NONCE_LEN 32
 
@@ -38,6 +40,7 @@ static void mac_of(const char *tag, const uint8_t *n1, size_t l1,
 
 struct peer_conn {
 	uv_tcp_t tcp;
+	struct gate_entry gate;     /* until it authenticates */
 	bool authed, closing;
 	uint8_t nonce[NONCE_LEN];
 	char addr[128];
@@ -46,6 +49,12 @@ struct peer_conn {
 };
 
 static uv_tcp_t peer_server;
+/* Strangers on the peer port: 10 s to authenticate, 16 from one address,
+ * 64 in all (a daemon's peers use one connection per migration, and
+ * authenticate in a round trip). */
+static struct gate peer_gate = {
+	.what = "peer", .max = 64, .per_addr = 16, .deadline_ms = 10000,
+};
 
 static void conn_closed(uv_handle_t *h)
 {
@@ -59,6 +68,7 @@ static void conn_close(struct peer_conn *c)
 	if (c->closing)
 		return;
 	c->closing = true;
+	gate_leave(&c->gate);
 	/* A reservation of this connection that was never committed goes:
 	 * unless the VM already runs here (then the source gave it up). */
 	for (struct vmrec *v = g.vms; v; v = v->next) {
@@ -252,6 +262,7 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 			       m->auth->nonce.data, NONCE_LEN, mac);
 			if (mac_equal(mac, m->auth->mac.data, 32)) {
 				c->authed = true;
+				gate_leave(&c->gate);
 				ar.ok = true;
 				mac_of(SERVER_TAG, m->auth->nonce.data,
 				       NONCE_LEN, c->nonce, NONCE_LEN, smac);
@@ -375,6 +386,19 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	c->len -= off;
 }
 
+static void peer_turned_away(struct gate_entry *e, const char *why)
+{
+	struct peer_conn *c = (struct peer_conn *)((char *)e -
+		offsetof(struct peer_conn, gate));
+
+	g.n_turned_away++;
+	/* Logged while few; then one line in a hundred, with the count. */
+	if (peer_gate.turned_away <= 16 || peer_gate.turned_away % 100 == 0)
+		mlog(LOG_WARN, NULL, "peer %s: %s: closed (%llu turned away)",
+		     c->addr, why, (unsigned long long)peer_gate.turned_away);
+	conn_close(c);
+}
+
 static void peer_connection(uv_stream_t *server, int status)
 {
 	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
@@ -399,6 +423,8 @@ static void peer_connection(uv_stream_t *server, int status)
 	}
 	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0)
 		uv_ip_name((struct sockaddr *)&sa, c->addr, sizeof(c->addr));
+	c->gate.turn_away = peer_turned_away;
+	gate_enter(&peer_gate, &c->gate, c->addr);
 	if (getrandom(c->nonce, NONCE_LEN, 0) != NONCE_LEN) {
 		conn_close(c);
 		return;
@@ -422,6 +448,8 @@ int peer_listen(char *errbuf, size_t errlen)
 		r = uv_ip6_addr(g.listen_host, g.listen_port,
 				(struct sockaddr_in6 *)&sa);
 	uv_tcp_init(g.loop, &peer_server);
+	if (r == 0)
+		r = gate_init(&peer_gate, g.loop);
 	if (r == 0)
 		r = uv_tcp_bind(&peer_server, (struct sockaddr *)&sa, 0);
 	if (r == 0)

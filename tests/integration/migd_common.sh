@@ -22,6 +22,9 @@
 #                             PID_NAME
 #   check_result JSON         a committed migration with consistent figures
 #                             (summary in $RESULT)
+#   migd_init                 MIGD and MIGCTL of $BUILD (after vm_init),
+#                             and an EXIT trap that ends the daemons, their
+#                             VMs and the work dir
 #   end_daemons               end the daemons in D_PIDS and the migvm of
 #                             every VM in their state dirs ($WORK/*/*.pid:
 #                             they outlive their daemon by design), TERM
@@ -135,6 +138,13 @@ pick_port() { # sets PORT
 		[[ "${t4[*]} ${t6[*]}" == *":$hex "* ]] || return 0
 	done
 	fail "no free port found"
+}
+
+migd_init() {
+	MIGD=$BUILD/daemon/migd
+	MIGCTL=$BUILD/daemon/migctl
+	[ -x "$MIGD" ] && [ -x "$MIGCTL" ] || fail "migd/migctl not built"
+	trap 'end_daemons; cleanup' EXIT
 }
 
 D_PIDS=()

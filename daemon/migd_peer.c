@@ -235,6 +235,20 @@ static struct vmrec *find_mig(const char *name, const char *id)
 	return v && id && !strcmp(v->mig_id, id) ? v : NULL;
 }
 
+/* A reservation is committed or released only on the connection that
+ * made it: another peer that learnt its name and id (authenticated with
+ * the same key, or a replay) cannot take or kill the VM. */
+static bool owned_by(struct peer_conn *c, struct vmrec *vm, const char *what)
+{
+	if (vm->owner == c)
+		return true;
+	mlog(LOG_WARN, vm, "%s from %s refused: the reservation was made on "
+	     "another connection (by %s)", what, c->addr, vm->peer);
+	reply_why(c, false, MIG__D__REFUSAL__REFUSAL_OTHER, "the reservation "
+		  "was made on another connection", 0, NULL);
+	return false;
+}
+
 static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 {
 	Mig__D__PeerMsg *m = mig__d__peer_msg__unpack(NULL, len, data);
@@ -295,6 +309,8 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 			reply(c, false, "no such reservation", 0, NULL);
 			break;
 		}
+		if (!owned_by(c, vm, "commit"))
+			break;
 		vm->committed = true;
 		if (vm->child) {
 			vm->state = VM_RUNNING;
@@ -311,6 +327,8 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 			reply(c, true, "nothing to release", 0, NULL);
 			break;
 		}
+		if (!owned_by(c, vm, "release"))
+			break;
 		if (vm->activated) {
 			/* Never kill a VM that runs: the source committed. */
 			mlog(LOG_ERR, vm, "release from %s refused: the VM "

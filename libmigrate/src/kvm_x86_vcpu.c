@@ -201,9 +201,8 @@ fail:
 
 /* ---- vCPU load ------------------------------------------------------- */
 
-/* Decode and check a vCPU blob; nothing touches KVM. */
-static int vcpu_decode(const void *blob, size_t len, Mig__State__X86Vcpu **out,
-		       mig_error *err)
+int mig__x86_vcpu_decode(const void *blob, size_t len,
+			 Mig__State__X86Vcpu **out, mig_error *err)
 {
 	Mig__State__X86Vcpu *m;
 	int r;
@@ -468,7 +467,7 @@ MIG_API int mig_x86_vcpu_load_tsc(int kvm_fd, int vcpu_fd, const void *blob,
 	if (policy != MIG_X86_TSC_STRICT && policy != MIG_X86_TSC_HOST)
 		return mig__err(err, -EINVAL, "mig_x86_vcpu_load_tsc: unknown "
 				"TSC policy %d", (int)policy);
-	r = vcpu_decode(blob, len, &m, err);
+	r = mig__x86_vcpu_decode(blob, len, &m, err);
 	if (r < 0)
 		return r;
 	if (tsc)

@@ -247,9 +247,8 @@ int mig__x86_vcpu_decode(const void *blob, size_t len,
 		goto fail;
 	}
 	if (m->xcrs.len) {
-		const struct kvm_xcrs *x = (const void *)m->xcrs.data;
 		struct kvm_xcrs tmp;
-		memcpy(&tmp, x, sizeof(tmp));
+		memcpy(&tmp, m->xcrs.data, sizeof(tmp)); /* may be unaligned */
 		if (tmp.nr_xcrs > KVM_MAX_XCRS) {
 			r = mig__err(err, -EINVAL, "vCPU state: item \"xcrs\" "
 				     "has %u registers, at most %d", tmp.nr_xcrs,

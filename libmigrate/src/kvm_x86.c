@@ -304,8 +304,8 @@ MIG_API int mig_x86_vm_save(int vm_fd, void **blob, size_t *len,
 	return mig__x86_pack(&m.base, blob, len, err);
 }
 
-static int vm_decode(const void *blob, size_t len, Mig__State__X86Vm **out,
-		     mig_error *err)
+int mig__x86_vm_decode(const void *blob, size_t len, Mig__State__X86Vm **out,
+		       mig_error *err)
 {
 	const ProtobufCBinaryData *chip[3];
 	Mig__State__X86Vm *m;
@@ -366,7 +366,7 @@ MIG_API int mig_x86_vm_load(int vm_fd, const void *blob, size_t len,
 	struct kvm_clock_data clock;
 	int r;
 
-	r = vm_decode(blob, len, &m, err);
+	r = mig__x86_vm_decode(blob, len, &m, err);
 	if (r < 0)
 		return r;
 	chip[0] = &m->pic_master;

@@ -54,4 +54,30 @@ int mig__x86_check_version(uint32_t v, const char *blob, mig_error *err);
 int mig__x86_check_blob(const void *blob, size_t len, const char *what,
 			mig_error *err);
 
+/*
+ * The pure halves of mig_x86_vm_load() and mig_x86_vcpu_load_tsc(): decode
+ * a blob and check all that the load then relies on, without KVM (so that
+ * they are fuzzed alone). 0 and the message in *out (the caller frees it
+ * with mig__state__x86_*__free_unpacked()), or *out = NULL and -EBADMSG
+ * (empty or undecodable), -EMSGSIZE (over MIG_X86_BLOB_MAX) or -EINVAL
+ * (a NULL blob, a version not in 1..MIG_X86_STATE_VERSION, or an item
+ * below), with err->msg naming it.
+ *
+ * VM: "clock" present; "pit" absent or present; "pic_master", "pic_slave"
+ * and "ioapic" all absent or all present with chip_id 0, 1, 2; each present
+ * item exactly its KVM struct's size.
+ */
+int mig__x86_vm_decode(const void *blob, size_t len, Mig__State__X86Vm **out,
+		       mig_error *err);
+/*
+ * vCPU: "regs", "sregs", "mp_state", "events" present; "sregs2", "fpu",
+ * "xcrs", "lapic", "debugregs" absent or present; each present one exactly
+ * its KVM struct's size; "xsave" or "fpu" present, "xsave" of
+ * sizeof(struct kvm_xsave) to X86_XSAVE_MAX bytes; xcrs.nr_xcrs at most
+ * KVM_MAX_XCRS; at most X86_MSRS_MAX MSRs, none twice (so at most one
+ * TSC_DEADLINE); tsc_khz at most UINT32_MAX.
+ */
+int mig__x86_vcpu_decode(const void *blob, size_t len,
+			 Mig__State__X86Vcpu **out, mig_error *err);
+
 #endif /* MIG_KVM_X86_INT_H */

@@ -4,7 +4,8 @@
  * reach a valid zstd stream on their own).
  *
  *   fuzz_seeds DIR  ->  DIR/fuzz_frame/seed-*  DIR/fuzz_codec/seed-*
- *                       DIR/fuzz_vmm/seed-*
+ *                       DIR/fuzz_vmm/seed-*  DIR/fuzz_protocol/seed-*
+ *                       DIR/fuzz_state/seed-*
  *
  * Deterministic: the same seeds on every run.
  */
@@ -12,8 +13,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <linux/kvm.h>
+
 #include "control.pb-c.h"
 #include "fuzz_common.h"
+#include "kvm_x86_int.h"
 
 #define PG MIG_PAGE_SIZE
 
@@ -260,6 +264,115 @@ static void vmm_seeds(void)
 	put("fuzz_vmm", "acpi_pm", st, 1 + n);
 }
 
+/* Pack `m` after the op byte into DIR/fuzz_state/seed-NAME. */
+static void state_put(const char *name, uint8_t op, const ProtobufCMessage *m)
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t *b = malloc(1 + n);
+
+	FUZZ_CHECK(b);
+	b[0] = op;
+	protobuf_c_message_pack(m, b + 1);
+	put("fuzz_state", name, b, 1 + n);
+	free(b);
+}
+
+#define ITEM(f, v) do { (f).data = (uint8_t *)&(v); (f).len = sizeof(v); } while (0)
+
+/* fuzz_state: VM blobs with and without the in-kernel irqchips and PIT
+ * (zeroed KVM structs, chip ids set). */
+static void state_vm_seeds(void)
+{
+	static struct kvm_irqchip chips[3];
+	static struct kvm_pit_state2 pit;
+	static struct kvm_clock_data clock;
+	Mig__State__X86Vm vm = MIG__STATE__X86_VM__INIT;
+
+	for (uint32_t i = 0; i < 3; i++)
+		chips[i].chip_id = i;
+	clock.clock = 123456789;
+	vm.version = MIG_X86_STATE_VERSION;
+	ITEM(vm.clock, clock);
+	state_put("vm_clock", 0, &vm.base);
+	ITEM(vm.pic_master, chips[0]);
+	ITEM(vm.pic_slave, chips[1]);
+	ITEM(vm.ioapic, chips[2]);
+	state_put("vm_irqchip", 0, &vm.base);
+	ITEM(vm.pit, pit);
+	state_put("vm_all", 0, &vm.base);
+}
+
+/* fuzz_state: vCPU blobs as a host with and without XSAVE, SREGS2, XSAVE2
+ * (AMX's 11 KiB area) and an in-kernel LAPIC would save them (zeroed KVM
+ * structs, a few MSRs with TSC_DEADLINE among them), and one at the limits. */
+static void state_vcpu_seeds(void)
+{
+	static struct kvm_regs regs;
+	static struct kvm_sregs sregs;
+	static struct kvm_sregs2 sregs2;
+	static struct kvm_fpu fpu;
+	static uint8_t xsave[11008];
+	static struct kvm_xcrs xcrs;
+	static struct kvm_lapic_state lapic;
+	static struct kvm_mp_state mp;
+	static struct kvm_vcpu_events events;
+	static struct kvm_debugregs dregs;
+	static const uint32_t idx[] = { 0x10, 0x3b, 0x6e0, 0x174, 0xc0000080,
+					0x4b564d00 };
+	Mig__State__Msr msr[MIG_ARRAY_SIZE(idx)], *msrp[MIG_ARRAY_SIZE(idx)];
+	Mig__State__Msr *many, **manyp;
+	Mig__State__X86Vcpu vc = MIG__STATE__X86_VCPU__INIT;
+
+	for (size_t i = 0; i < MIG_ARRAY_SIZE(idx); i++) {
+		mig__state__msr__init(&msr[i]);
+		msr[i].index = idx[i];
+		msr[i].value = next();
+		msrp[i] = &msr[i];
+	}
+	regs.rip = 0xfff0;
+	regs.rflags = 2;
+	xcrs.nr_xcrs = 1;
+	xcrs.xcrs[0].value = 3;
+	vc.version = MIG_X86_STATE_VERSION;
+	ITEM(vc.regs, regs);
+	ITEM(vc.sregs, sregs);
+	ITEM(vc.fpu, fpu);
+	ITEM(vc.mp_state, mp);
+	ITEM(vc.events, events);
+	state_put("vcpu_fpu", 1, &vc.base);
+	vc.fpu.len = 0;
+	vc.xsave.data = xsave;
+	vc.xsave.len = sizeof(struct kvm_xsave);
+	ITEM(vc.xcrs, xcrs);
+	ITEM(vc.lapic, lapic);
+	ITEM(vc.debugregs, dregs);
+	vc.n_msrs = MIG_ARRAY_SIZE(idx);
+	vc.msrs = msrp;
+	vc.tsc_khz = 2999999;
+	state_put("vcpu_xsave", 1, &vc.base);
+	ITEM(vc.sregs2, sregs2);
+	vc.xsave.len = sizeof(xsave);
+	state_put("vcpu_xsave2", 3, &vc.base); /* op 3: TSC policy "host" */
+
+	/* As many MSRs and as fast a TSC as a blob may have: one more, or
+	 * one kHz more, is refused. */
+	many = calloc(X86_MSRS_MAX, sizeof(*many));
+	manyp = calloc(X86_MSRS_MAX, sizeof(*manyp));
+	FUZZ_CHECK(many && manyp);
+	for (uint32_t i = 0; i < X86_MSRS_MAX; i++) {
+		mig__state__msr__init(&many[i]);
+		many[i].index = 0xc0010000u + i;
+		manyp[i] = &many[i];
+	}
+	vc.n_msrs = X86_MSRS_MAX;
+	vc.msrs = manyp;
+	vc.xsave.len = sizeof(struct kvm_xsave);
+	vc.tsc_khz = UINT32_MAX;
+	state_put("vcpu_limits", 1, &vc.base);
+	free(manyp);
+	free(many);
+}
+
 /* fuzz_protocol: the two well-behaved runs of tests/unit/test_protocol.c,
  * as [early] then [message index, connection + 3 if the destination sent
  * it] (the indexes of `known` in fuzz_protocol.c). */
@@ -297,9 +410,13 @@ int main(int argc, char **argv)
 	mkdir(path, 0777);
 	snprintf(path, sizeof(path), "%s/fuzz_protocol", outdir);
 	mkdir(path, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_state", outdir);
+	mkdir(path, 0777);
 	frame_seeds();
 	codec_seeds();
 	vmm_seeds();
 	protocol_seeds();
+	state_vm_seeds();
+	state_vcpu_seeds();
 	return 0;
 }

@@ -16,8 +16,8 @@
 #include <linux/kvm.h>
 
 #include "mig_test.h"
+#include "kvm_x86_int.h" /* X86_MSRS_MAX */
 #include "migrate/migrate.h"
-#include "vmstate.pb-c.h"
 
 /* A well-formed vCPU blob (zeroed structs of the right sizes). */
 struct vcpu_parts {
@@ -174,6 +174,35 @@ static void test_vcpu_bad_items(void **state)
 	vcpu_msg(&m, &p);
 	m.tsc_khz = 1ull << 40;
 	expect_item(&m, "tsc_khz");
+}
+
+/* Up to X86_MSRS_MAX MSRs, each index once, wherever the second one is. */
+static void test_vcpu_many_msrs(void **state)
+{
+	Mig__State__X86Vcpu m;
+	struct vcpu_parts p;
+	Mig__State__Msr *msr = calloc(X86_MSRS_MAX + 1, sizeof(*msr));
+	Mig__State__Msr **msrp = calloc(X86_MSRS_MAX + 1, sizeof(*msrp));
+	mig_error e;
+	(void)state;
+
+	assert_true(msr && msrp);
+	for (uint32_t i = 0; i <= X86_MSRS_MAX; i++) {
+		mig__state__msr__init(&msr[i]);
+		msr[i].index = X86_MSRS_MAX - i; /* unsorted */
+		msrp[i] = &msr[i];
+	}
+	vcpu_msg(&m, &p);
+	m.msrs = msrp;
+	m.n_msrs = X86_MSRS_MAX;
+	assert_int_equal(load_vcpu_msg(&m, &e), -EBADF);
+	m.n_msrs = X86_MSRS_MAX + 1;
+	expect_item(&m, "at most 1024");
+	m.n_msrs = X86_MSRS_MAX;
+	msr[X86_MSRS_MAX - 1].index = msr[0].index;
+	expect_item(&m, "MSR 0x400 appears twice");
+	free(msrp);
+	free(msr);
 }
 
 /* Every truncation and many seeded corruptions: an error, never a crash. */
@@ -708,6 +737,7 @@ int main(void)
 		cmocka_unit_test(test_vcpu_valid_reaches_kvm),
 		cmocka_unit_test(test_vcpu_garbage),
 		cmocka_unit_test(test_vcpu_bad_items),
+		cmocka_unit_test(test_vcpu_many_msrs),
 		cmocka_unit_test(test_vcpu_truncated_and_corrupted),
 		cmocka_unit_test(test_vm_blob),
 		cmocka_unit_test(test_kvm_round_trip),

@@ -369,18 +369,19 @@ static void api_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	c->len += (size_t)nread;
-	while (c->len - off >= 4) {
-		const uint8_t *b = c->buf + off;
-		uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
-			     (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-		if (n > MIGD_FRAME_MAX) {
+	for (;;) {
+		const uint8_t *body;
+		size_t n;
+		long used = msgio_frame_next(c->buf + off, c->len - off,
+					     MIGD_FRAME_MAX, &body, &n);
+		if (used < 0) {
 			uv_close((uv_handle_t *)s, conn_closed);
 			return;
 		}
-		if (c->len - off - 4 < n)
+		if (used == 0)
 			break;
-		handle(c, b + 4, n);
-		off += 4 + n;
+		handle(c, body, n);
+		off += (size_t)used;
 	}
 	memmove(c->buf, c->buf + off, c->len - off);
 	c->len -= off;

@@ -383,20 +383,21 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	c->len += (size_t)nread;
-	while (!c->closing && c->len - off >= 4) {
-		const uint8_t *b = c->buf + off;
-		uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
-			     (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-		if (n > (c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX)) {
-			mlog(LOG_WARN, NULL, "peer %s: frame of %u bytes "
-			     "refused", c->addr, n);
+	while (!c->closing) {
+		size_t max = c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX, n;
+		const uint8_t *body;
+		long used = msgio_frame_next(c->buf + off, c->len - off, max,
+					     &body, &n);
+		if (used < 0) {
+			mlog(LOG_WARN, NULL, "peer %s: a frame over %zu bytes "
+			     "refused", c->addr, max);
 			conn_close(c);
 			return;
 		}
-		if (c->len - off - 4 < n)
+		if (used == 0)
 			break;
-		handle(c, b + 4, n);
-		off += 4 + n;
+		handle(c, body, n);
+		off += (size_t)used;
 	}
 	if (c->closing)
 		return;

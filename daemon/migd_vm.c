@@ -1,9 +1,10 @@
 /*
  * migd's VM records and the migvm processes they supervise: claiming a
  * record, its config file in the state dir, spawning, watching (or taking
- * back) and killing its migvm, and what the lines it prints mean. Calls
- * only migd_host.c; what the peer side waits for (an incoming migvm's
- * port, or its end) it learns through vm->reserve_done.
+ * back) and killing its migvm, its log lines and what its events (proto
+ * VmEvent, on its --events-fd) mean. Calls only migd_host.c; what the
+ * peer side waits for (an incoming migvm's port, or its end) it learns
+ * through vm->reserve_done.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,9 +19,16 @@
 
 #include "migd.h"
 
+/* migvm's events (VmEvent frames: a u32 little-endian length, the body)
+ * are small: a result with a 512-byte message at most. */
+#define EVENT_MAX 4096
+
 struct child {
 	uv_process_t proc;
 	uv_pipe_t out, err;
+	uv_pipe_t ev;             /* its --events-fd */
+	uint8_t evbuf[4 + EVENT_MAX];
+	size_t evlen;
 	/* A migvm taken back after a restart of migd: not our child, so no
 	 * exit status; its pidfd says when it ends. */
 	bool adopted;
@@ -175,35 +183,12 @@ static void child_closed(uv_handle_t *h)
 	}
 }
 
-/* The typed result of the incoming migration that vm's migvm just
- * finished, from its status: called when it says the VM runs here, so it
- * serves its control socket and answers at once (this blocks the loop
- * for that exchange; vmctl_status's timeout bounds it). */
-static void take_incoming_result(struct vmrec *vm)
-{
-	Mig__Ctl__Response *st = NULL;
-
-	if (vmctl_status(vm->ctl_path, &st) < 0 || !st)
-		return;
-	if (st->ok && st->status && st->status->result &&
-	    st->status->result->incoming) {
-		pthread_mutex_lock(&g.lock);
-		vm_set_last_migration(vm, st->status->result);
-		pthread_mutex_unlock(&g.lock);
-	}
-	mig__ctl__response__free_unpacked(st, NULL);
-}
-
-/* The lines of migvm's (vmm/migrate.c, vmm/main.c) that move an incoming
- * VM on. */
-#define PORT_LINE "migvm: incoming migration on port "
-#define DONE_LINE "migvm: incoming migration done; "
-
-/* A line from migvm: stdout has its JSON results; stderr its messages. */
+/* A line from migvm: stdout has its JSON results; stderr its messages,
+ * for the log only: the guest's words and a peer's reasons reach stderr
+ * too, and never steer this daemon (migvm's events do, below). */
 static void child_line(struct child *c, bool is_err, char *line)
 {
 	struct vmrec *vm = c->vm;
-	const char *p;
 
 	if (c->log_fd >= 0) {
 		dprintf(c->log_fd, "%s%s\n", is_err ? "" : "stdout: ", line);
@@ -224,33 +209,40 @@ static void child_line(struct child *c, bool is_err, char *line)
 	 * operator, not only for debugging. */
 	mlog(strncmp(line, "migvm: warning: ", 16) ? LOG_DEBUG : LOG_WARN, vm,
 	     "migvm: %s", line);
-	/* Only migvm's own lines, whole, from their first byte: the guest's
-	 * words and a peer's reasons reach stderr too (inside lines of
-	 * migvm's that start otherwise, their control characters escaped),
-	 * and must never steer this daemon. And only in the state where
-	 * such a line can come: waiting for the VM (or just committed by the
-	 * source's migd, whose Commit may come before this line). */
-	if (vm->activated || !(vm->state == VM_INCOMING ||
-			       (vm->state == VM_RUNNING && vm->committed)))
+}
+
+/* An event from migvm (--events-fd, proto VmEvent): what moves an incoming
+ * VM on, taken only in the state where it can come (waiting for the VM,
+ * or just committed by the source's migd, whose Commit may come first). */
+static void child_event(struct child *c, const Mig__Ctl__VmEvent *ev)
+{
+	struct vmrec *vm = c->vm;
+
+	if (!vm || vm->activated ||
+	    !(vm->state == VM_INCOMING ||
+	      (vm->state == VM_RUNNING && vm->committed))) {
+		mlog(LOG_WARN, vm, "migvm event %d out of place: ignored",
+		     (int)ev->ev_case);
 		return;
-	if (vm->state == VM_INCOMING &&
-	    !strncmp(line, PORT_LINE, strlen(PORT_LINE))) {
-		char *end;
-		long port;
-		p = line + strlen(PORT_LINE);
-		port = strtol(p, &end, 10);
-		if (end == p || *end || port < 1 || port > 65535) {
-			mlog(LOG_WARN, vm, "migvm announced no valid port: "
-			     "%.80s", p);
+	}
+	switch (ev->ev_case) {
+	case MIG__CTL__VM_EVENT__EV_INCOMING_PORT:
+		if (vm->state != VM_INCOMING || vm->incoming_port ||
+		    ev->incoming_port < 1 || ev->incoming_port > 65535) {
+			mlog(LOG_WARN, vm, "migvm announced port %u: ignored",
+			     ev->incoming_port);
 			return;
 		}
-		vm->incoming_port = (int)port;
+		vm->incoming_port = (int)ev->incoming_port;
 		if (vm->reserve_done)
 			vm->reserve_done(vm, NULL);
-	} else if (!strncmp(line, DONE_LINE, strlen(DONE_LINE))) {
-		/* Its typed result is in its status now (and it answers:
-		 * it goes on running the VM). */
-		take_incoming_result(vm);
+		break;
+	case MIG__CTL__VM_EVENT__EV_INCOMING_DONE:
+		pthread_mutex_lock(&g.lock);
+		vm_set_last_migration(vm, ev->incoming_done);
+		pthread_mutex_unlock(&g.lock);
+		if (!ev->incoming_done->ok)
+			return; /* migvm exits: vm_ended() says why */
 		vm->activated = true;
 		vm->state = VM_RUNNING;
 		vm->migrations_in++;
@@ -258,6 +250,11 @@ static void child_line(struct child *c, bool is_err, char *line)
 		mlog(LOG_INFO, vm, "incoming migration done: the VM runs here "
 		     "(from %s)", vm->peer);
 		vm_save_config(vm);
+		break;
+	default:
+		mlog(LOG_WARN, vm, "migvm event %d unknown: ignored",
+		     (int)ev->ev_case);
+		break;
 	}
 }
 
@@ -301,6 +298,54 @@ static void child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		child_line(c, is_err, b);
 		*len = 0;
 	}
+}
+
+static void event_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct child *c = h->data;
+	(void)hint;
+	*buf = uv_buf_init((char *)c->evbuf + c->evlen,
+			   (unsigned int)(sizeof(c->evbuf) - c->evlen));
+}
+
+static void event_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct child *c = s->data;
+	size_t off = 0;
+	(void)buf;
+
+	if (n < 0) {
+		uv_close((uv_handle_t *)s, child_closed);
+		return;
+	}
+	c->evlen += (size_t)n;
+	for (;;) {
+		const uint8_t *body;
+		size_t len;
+		long used = msgio_frame_next(c->evbuf + off, c->evlen - off,
+					     EVENT_MAX, &body, &len);
+		Mig__Ctl__VmEvent *ev;
+
+		if (used < 0) {
+			mlog(LOG_ERR, c->vm, "migvm sent an event over %d "
+			     "bytes: its events are no longer read", EVENT_MAX);
+			uv_close((uv_handle_t *)s, child_closed);
+			return;
+		}
+		if (used == 0)
+			break;
+		ev = mig__ctl__vm_event__unpack(NULL, len, body);
+		if (ev) {
+			child_event(c, ev);
+			mig__ctl__vm_event__free_unpacked(ev, NULL);
+		} else {
+			mlog(LOG_WARN, c->vm, "migvm sent an event that does "
+			     "not decode (%zu bytes): ignored", len);
+		}
+		off += (size_t)used;
+	}
+	memmove(c->evbuf, c->evbuf + off, c->evlen - off);
+	c->evlen -= off;
 }
 
 /* How a migvm ended, for messages: "status 1", "signal 9", or for an
@@ -428,7 +473,7 @@ int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen)
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 {
 	uv_process_options_t o = { 0 };
-	uv_stdio_container_t stdio[4];
+	uv_stdio_container_t stdio[5];
 	int tok[2] = { -1, -1 };
 	char mem[32], cpus[16], uri[300];
 	const char *args[32];
@@ -457,6 +502,8 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 		args[n++] = uri;
 		args[n++] = "--token-fd"; /* not on the command line */
 		args[n++] = "3";
+		args[n++] = "--events-fd";
+		args[n++] = "4";
 	} else {
 		if (vm->kernel && vm->kernel[0]) {
 			args[n++] = "--kernel";
@@ -474,7 +521,8 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 	args[n] = NULL;
 	uv_pipe_init(g.loop, &c->out, 0);
 	uv_pipe_init(g.loop, &c->err, 0);
-	c->out.data = c->err.data = c->proc.data = c;
+	uv_pipe_init(g.loop, &c->ev, 0);
+	c->out.data = c->err.data = c->ev.data = c->proc.data = c;
 	stdio[0].flags = UV_IGNORE;
 	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
 	stdio[1].data.stream = (uv_stream_t *)&c->out;
@@ -501,15 +549,20 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 				close(tok[1]);
 			}
 			c->log_fd = -1;
-			c->open = 2;
+			c->open = 3;
 			uv_close((uv_handle_t *)&c->out, child_closed);
 			uv_close((uv_handle_t *)&c->err, child_closed);
+			uv_close((uv_handle_t *)&c->ev, child_closed);
 			return r;
 		}
 		close(tok[1]);
 		stdio[3].flags = UV_INHERIT_FD;
 		stdio[3].data.fd = tok[0];
-		o.stdio_count = 4;
+		/* Its events on descriptor 4 (only an incoming migvm has
+		 * any so far). */
+		stdio[4].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+		stdio[4].data.stream = (uv_stream_t *)&c->ev;
+		o.stdio_count = 5;
 	}
 	c->log_fd = open(vm->log_path, O_WRONLY | O_CREAT | O_APPEND |
 			 O_CLOEXEC, 0600);
@@ -519,18 +572,23 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot run %s: %s", g.migvm,
 			 uv_strerror(r));
-		c->open = 2;
+		c->open = 3;
 		uv_close((uv_handle_t *)&c->out, child_closed);
 		uv_close((uv_handle_t *)&c->err, child_closed);
+		uv_close((uv_handle_t *)&c->ev, child_closed);
 		return r;
 	}
-	c->open = 3;
+	c->open = 4;
 	c->vm = vm;
 	vm->child = c;
 	vm->pid = c->proc.pid;
 	vm->last_stderr[0] = '\0';
 	uv_read_start((uv_stream_t *)&c->out, child_alloc, child_read);
 	uv_read_start((uv_stream_t *)&c->err, child_alloc, child_read);
+	if (incoming)
+		uv_read_start((uv_stream_t *)&c->ev, event_alloc, event_read);
+	else
+		uv_close((uv_handle_t *)&c->ev, child_closed);
 	mlog(LOG_INFO, vm, "started migvm pid %d (%s%llu MiB, %u vCPUs)",
 	     vm->pid, incoming ? "incoming, " : "",
 	     (unsigned long long)vm->mem_mib, vm->cpus);

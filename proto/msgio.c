@@ -47,6 +47,11 @@ static int io_full(int fd, uint8_t *p, size_t len, int wr, int64_t deadline)
 			return r;
 		n = wr ? send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT)
 		       : recv(fd, p, len, MSG_DONTWAIT);
+		/* A pipe (an inherited event descriptor): plain write/read
+		 * after the poll said it would not block (SIGPIPE is the
+		 * caller's to ignore). */
+		if (n < 0 && errno == ENOTSOCK)
+			n = wr ? write(fd, p, len) : read(fd, p, len);
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n < 0)
@@ -71,6 +76,24 @@ static int write_frame(int fd, uint8_t *frame, size_t len, int timeout_ms)
 	frame[2] = (uint8_t)(len >> 16);
 	frame[3] = (uint8_t)(len >> 24);
 	return io_full(fd, frame, 4 + len, 1, now_ms() + timeout_ms);
+}
+
+long msgio_frame_next(const uint8_t *buf, size_t len, size_t max,
+		      const uint8_t **body, size_t *body_len)
+{
+	uint32_t n;
+
+	if (len < 4)
+		return 0;
+	n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
+	    (uint32_t)buf[3] << 24;
+	if (n > max)
+		return -EMSGSIZE;
+	if (len - 4 < n)
+		return 0;
+	*body = buf + 4;
+	*body_len = n;
+	return 4 + (long)n;
 }
 
 int msgio_write(int fd, const void *buf, size_t len, int timeout_ms)

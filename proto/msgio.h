@@ -27,6 +27,13 @@ int msgio_send(int fd, const ProtobufCMessage *m, int timeout_ms);
  * protobuf_c_message_free_unpacked). */
 int msgio_recv(int fd, const ProtobufCMessageDescriptor *d, size_t max,
 	       int timeout_ms, ProtobufCMessage **out);
+/* For a reader that gathers bytes as they come (an event loop's): the
+ * first whole frame among the LEN bytes of BUF, its body in *BODY and
+ * *BODY_LEN, and the bytes it takes (length and body) returned; 0 when
+ * more must come first; -EMSGSIZE when its length says more than MAX
+ * (known from the length alone). */
+long msgio_frame_next(const uint8_t *buf, size_t len, size_t max,
+		      const uint8_t **body, size_t *body_len);
 /* A connected unix stream socket (close-on-exec), or a negative errno
  * (-ENAMETOOLONG for a path that does not fit sun_path). */
 int msgio_connect_unix(const char *path);

@@ -19,6 +19,7 @@
 
 #include "control.pb-c.h"
 #include "msgio.h"
+#include "events.h"
 #include "vm.h"
 
 #define CTL_FRAME_MAX (1u << 20)
@@ -307,17 +308,7 @@ static bool handle(struct control *c, struct client *cl,
 		st.migration = c->vm->migration_result ? c->vm->migration_result
 						       : (char *)"";
 		if (vm->last_migration.seq) {
-			const struct migration_end *me = &vm->last_migration;
-			res.seq = me->seq;
-			res.incoming = me->incoming;
-			res.ok = me->ok;
-			res.error = me->error;
-			res.message = (char *)me->message;
-			res.rounds = me->rounds;
-			res.downtime_us = me->downtime_us;
-			res.total_time_us = me->total_time_us;
-			res.pages_sent = me->pages_sent;
-			res.bytes_on_wire = me->bytes_on_wire;
+			migration_result_fill(&res, &vm->last_migration);
 			st.result = &res;
 			vm->result_served = true;
 		}

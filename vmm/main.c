@@ -17,6 +17,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "events.h"
 #include "vm.h"
 
 #define DEFAULT_MEM_MIB 256
@@ -84,6 +85,8 @@ static void usage(FILE *f)
 "  --token T              the one-time token both sides must share (visible\n"
 "                         to local users in /proc: programs use --token-fd)\n"
 "  --token-fd N           read the token from descriptor N (to its end)\n"
+"  --events-fd N          write events (VmEvent frames, control.proto) to\n"
+"                         descriptor N: for the program that started migvm\n"
 "  --downtime-ms N        target downtime (default 300)\n"
 "  --max-bandwidth BYTES  cap in bytes/s, K/M/G suffixes (default none)\n"
 "  --compress off|on|auto zstd for pages (default auto)\n"
@@ -178,7 +181,7 @@ enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLI
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
        OPT_TOKEN, OPT_TOKEN_FD, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD,
-       OPT_STRICT_TSC };
+       OPT_STRICT_TSC, OPT_EVENTS_FD };
 
 /* libmigrate takes tokens of 1-256 bytes. */
 #define TOKEN_MAX 256
@@ -248,6 +251,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "incoming-timeout", required_argument, NULL, OPT_INCOMING_TIMEOUT },
 		{ "incoming-huge-pages", no_argument, NULL, OPT_INCOMING_HUGE },
 		{ "strict-tsc", no_argument, NULL, OPT_STRICT_TSC },
+		{ "events-fd", required_argument, NULL, OPT_EVENTS_FD },
 		{ "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
 		{ "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
 		{ "token", required_argument, NULL, OPT_TOKEN },
@@ -392,6 +396,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 			break;
 		case OPT_TOKEN_FD:
 			if (read_token_fd(optarg, &o->token) < 0)
+				return -1;
+			break;
+		case OPT_EVENTS_FD:
+			if (events_init(optarg) < 0)
 				return -1;
 			break;
 		case OPT_VERIFY:
@@ -545,6 +553,7 @@ static void migration_ended(struct vm *vm, const struct options *o)
 		vm_request_exit(vm, MIGVM_EXIT_OK, "migrated to %s",
 				o->migrate_to ? o->migrate_to : "its destination");
 	} else if (incoming && r < 0) {
+		events_incoming_done(&vm->last_migration);
 		vm_request_exit(vm, MIGVM_EXIT_ERROR, "incoming migration "
 				"failed: %s", err.msg);
 	} else if (r < 0) {
@@ -553,6 +562,7 @@ static void migration_ended(struct vm *vm, const struct options *o)
 		mem_filled(vm);
 		fprintf(stderr, "migvm: incoming migration done; the VM runs "
 			"here\n");
+		events_incoming_done(&vm->last_migration);
 	}
 }
 

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "events.h"
 #include "vm.h"
 
 struct migration {
@@ -163,6 +164,7 @@ int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 		/* Scripts wait for this line to know the port (port 0 = any). */
 		fprintf(stderr, "migvm: incoming migration on port %d\n",
 			mig_dest_port(m->dst));
+		events_incoming_port(mig_dest_port(m->dst));
 		r = mig_dest_start(m->dst, err);
 	}
 	if (r < 0)

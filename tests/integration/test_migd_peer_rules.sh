@@ -6,7 +6,8 @@
 # committed or released only on the connection that made it: another
 # peer holding the same key, the VM's name and the migration id can
 # neither take nor kill it. The incoming migvm is a stand-in that
-# announces a port and waits: no KVM needed.
+# announces a port and waits: no KVM needed. Its stderr says another port
+# and that the VM runs: migd takes neither (only migvm's events count).
 # ctest-timeout: 120
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -17,9 +18,16 @@ migd_init
 test_deadline 100
 
 cat >"$WORK/fake-migvm" <<'SH'
-#!/bin/sh
-# An incoming migvm as far as a reservation goes: its port, then waiting.
-echo "migvm: incoming migration on port 4444" >&2
+#!/bin/bash
+# An incoming migvm as far as a reservation goes: its port as an event
+# (VmEvent{incoming_port: 4444}, framed, on --events-fd 4), then waiting.
+# Before it, stderr lines that once steered migd (and that a guest's
+# console or a peer's reason could forge): they must not.
+[[ " $* " == *" --events-fd 4 "* ]] || { echo "no --events-fd 4: $*" >&2; exit 2; }
+echo "migvm: incoming migration on port 5555" >&2
+echo "migvm: incoming migration done; the VM runs here" >&2
+sleep 0.5
+printf '\x03\x00\x00\x00\x08\xdc\x22' >&4
 exec sleep 200
 SH
 chmod +x "$WORK/fake-migvm"
@@ -73,7 +81,8 @@ vm = enc([(1, "vm1"), (2, 64), (3, 1)])
 good, msg, rep = a.call(RESERVE, [(1, "mig-1"), (2, vm)])
 assert good and rep.get(3) == 4444 and len(rep.get(4, b"")) == 64, (msg, rep)
 assert state("vm1") == "incoming", state("vm1")
-ok("reserved on connection A: port %d" % rep[3])
+ok("reserved on connection A: port %d (the event's, not stderr's 5555), "
+   "still incoming after stderr said it runs" % rep[3])
 b = Peer(port)
 good, msg, _ = b.auth(psk)
 assert good, msg

@@ -48,6 +48,13 @@ head -c 300 /dev/zero | tr '\0' t >"$WORK/token.long"
 exec 7<"$WORK/token.long"
 expect 2 "--token-fd 7: longer than 256 bytes" --incoming tcp:127.0.0.1:0 --token-fd 7
 exec 7<&-
+# --events-fd: a descriptor of 3 or more, open for writing.
+expect 2 "--events-fd x: not a descriptor (3 or more)" --events-fd x
+expect 2 "--events-fd 1: not a descriptor (3 or more)" --events-fd 1
+expect 2 "--events-fd 9: Bad file descriptor" --events-fd 9 9<&-
+exec 7<"$WORK/token.empty"
+expect 2 "--events-fd 7: not open for writing" --events-fd 7
+exec 7<&-
 # With a kernel that passes its own checks (the test guest):
 [ -r "$TG" ] || fail "the test guest was not built ($TG)"
 expect 1 "initrd $WORK/none: No such file or directory" --kernel "$TG" --initrd "$WORK/none"

@@ -39,6 +39,52 @@ static void test_roundtrip(void **state)
 	close(sv[1]);
 }
 
+/* A pipe (migvm's inherited event descriptor): the same frames. */
+static void test_pipe(void **state)
+{
+	Mig__Ctl__VmEvent ev = MIG__CTL__VM_EVENT__INIT, *got;
+	int p[2];
+	(void)state;
+
+	assert_int_equal(pipe(p), 0);
+	ev.ev_case = MIG__CTL__VM_EVENT__EV_INCOMING_PORT;
+	ev.incoming_port = 4444;
+	assert_int_equal(msgio_send(p[1], &ev.base, 1000), 0);
+	assert_int_equal(msgio_recv(p[0], &mig__ctl__vm_event__descriptor,
+				    1024, 1000, (ProtobufCMessage **)&got), 0);
+	assert_int_equal(got->ev_case, MIG__CTL__VM_EVENT__EV_INCOMING_PORT);
+	assert_int_equal(got->incoming_port, 4444);
+	mig__ctl__vm_event__free_unpacked(got, NULL);
+	close(p[1]);
+	assert_int_equal(msgio_recv(p[0], &mig__ctl__vm_event__descriptor,
+				    1024, 1000, (ProtobufCMessage **)&got),
+			 -ECONNRESET);
+	close(p[0]);
+}
+
+/* An event loop's reader: frames found among the bytes as they come. */
+static void test_frame_next(void **state)
+{
+	const uint8_t two[] = { 2, 0, 0, 0, 'h', 'i', 0, 0, 0, 0, 5, 0 };
+	const uint8_t big[] = { 0, 0, 1, 0 }; /* 65536 */
+	const uint8_t *body = NULL;
+	size_t n = 99;
+	(void)state;
+
+	for (size_t len = 0; len < 6; len++)
+		assert_int_equal(msgio_frame_next(two, len, 16, &body, &n), 0);
+	assert_int_equal(msgio_frame_next(two, 6, 16, &body, &n), 6);
+	assert_ptr_equal(body, two + 4);
+	assert_int_equal(n, 2);
+	/* An empty body is a frame. */
+	assert_int_equal(msgio_frame_next(two + 6, 4, 16, &body, &n), 4);
+	assert_int_equal(n, 0);
+	/* Two bytes of the next length: more must come. */
+	assert_int_equal(msgio_frame_next(two + 10, 2, 16, &body, &n), 0);
+	assert_int_equal(msgio_frame_next(big, 4, 65535, &body, &n), -EMSGSIZE);
+	assert_int_equal(msgio_frame_next(big, 4, 65536, &body, &n), 0);
+}
+
 /* A frame over the reader's limit is refused from its length alone. */
 static void test_over_limit(void **state)
 {
@@ -146,6 +192,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip),
+		cmocka_unit_test(test_pipe),
+		cmocka_unit_test(test_frame_next),
 		cmocka_unit_test(test_over_limit),
 		cmocka_unit_test(test_cut_short),
 		cmocka_unit_test(test_garbage_body),

@@ -12,6 +12,7 @@ pkgs=(
 	libcmocka-dev                          # unit tests
 	iproute2                               # network namespaces, tc
 	binutils                               # nm for the export test
+	abigail-tools                          # abidiff: the ABI check
 	qemu-system-x86                        # the test guest under QEMU
 	gnuplot-nox                            # experiments/ plots (CI quick mode)
 	clang libclang-rt-14-dev               # fuzz targets (libFuzzer)

@@ -131,8 +131,10 @@ check_runs_on() { # check_runs_on HOST [VM]: VM (vm1) runs there, beats on, no m
 	s=$(mc "$1" --json status "$vm") || fail "$vm not on $1: $s"
 	[ "$(jfield "$s" state)" = running ] || fail "$1 says $s"
 	n=$(jfield "$s" hb_lines)
+	# On failure: is the guest stopped, or only its console? (migvm's
+	# own view: run state, ticks; the console's last lines.)
 	wait_until 120 hb_at_least "$1" $((n + 2)) "$vm" ||
-		fail "$vm on $1 shows no new heartbeat after $n"
+		fail "$vm on $1 shows no new heartbeat after $n: $(mc "$1" --json status "$vm" 2>&1); its console ends: $(on "$1" tail -c 1500 "/tmp/migd/$vm.console" 2>&1)"
 	s=$(mc "$1" --json status "$vm")
 	[ "$(jfield "$s" mismatches)" = 0 ] || fail "mismatch on $1: $s"
 	on "$1" grep -q MISMATCH "/tmp/migd/$vm.console" && fail "MISMATCH on $1's console"

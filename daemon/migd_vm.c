@@ -238,6 +238,11 @@ static void child_event(struct child *c, const Mig__Ctl__VmEvent *ev)
 			vm->reserve_done(vm, NULL);
 		break;
 	case MIG__CTL__VM_EVENT__EV_INCOMING_DONE:
+		if (!ev->incoming_done || !ev->incoming_done->incoming) {
+			mlog(LOG_WARN, vm, "migvm's end of an incoming migration "
+			     "carries no incoming result: ignored");
+			return;
+		}
 		pthread_mutex_lock(&g.lock);
 		vm_set_last_migration(vm, ev->incoming_done);
 		pthread_mutex_unlock(&g.lock);

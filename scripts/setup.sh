@@ -8,6 +8,8 @@ pkgs=(
 	build-essential cmake pkg-config       # toolchain
 	libuv1-dev libzstd-dev                 # transport, page codec
 	libxxhash-dev                          # memory hash (XXH3, compiled in)
+	libgnutls28-dev                        # TLS 1.3 on migration connections
+	openssl                                # certificates for the TLS tests
 	libprotobuf-c-dev protobuf-c-compiler  # wire protocol
 	libcmocka-dev                          # unit tests
 	iproute2                               # network namespaces, tc

@@ -28,6 +28,7 @@
 #define DEST_PREAUTH_MAX 64u
 #define DEST_PREAUTH_PER_ADDR 32u
 #define DEST_HELLO_MS 10000u
+#define DEST_TLS_RBUF 65536u
 
 static void reject(struct dst_conn *c, const char *why)
 {
@@ -72,6 +73,24 @@ static void hello_reply(struct dst_conn *c, const Mig__Wire__Hello *h, int ok,
 	mig__dst_send(c, MIG__WIRE__ENVELOPE__MSG_HELLO_ACK, &ack);
 }
 
+/* The hello's token: under TLS, the proof bound to this connection's
+ * session (mig__tls_token_proof()), else the token itself. */
+static int token_ok(struct dst_conn *c, const Mig__Wire__Hello *h)
+{
+	uint8_t want[MIG_TLS_PROOF_LEN];
+	int ok;
+
+	if (!c->tls)
+		return mig__secret_eq(h->token.data, h->token.len, c->d->token,
+				      c->d->token_len);
+	if (mig__tls_token_proof(c->tls, c->d->token, c->d->token_len, want,
+				 NULL) < 0)
+		return 0;
+	ok = mig__secret_eq(h->token.data, h->token.len, want, sizeof(want));
+	explicit_bzero(want, sizeof(want));
+	return ok;
+}
+
 static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 {
 	mig_dest *d = c->d;
@@ -84,7 +103,7 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 		reject(c, why);
 		return;
 	}
-	if (!mig__secret_eq(h->token.data, h->token.len, d->token, d->token_len)) {
+	if (!token_ok(c, h)) {
 		hello_reply(c, h, 0, MIG_E_AUTH, "wrong token");
 		reject(c, "wrong token");
 		return;
@@ -153,7 +172,8 @@ static void on_hello(struct dst_conn *c, const Mig__Wire__Hello *h)
 }
 
 /* libuv reads straight into the connection's frame buffer: pages are
- * copied once, from there into guest memory. */
+ * copied once, from there into guest memory. Under TLS it reads into the
+ * loop's one ciphertext buffer, decrypted at once into the frame buffer. */
 static void on_dalloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	struct dst_conn *c = h->data;
@@ -161,6 +181,10 @@ static void on_dalloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	size_t n;
 
 	(void)suggested;
+	if (c->tls) {
+		*buf = uv_buf_init((char *)c->d->tls_rbuf, DEST_TLS_RBUF);
+		return;
+	}
 	if (mig__reader_space(&c->rd, 65536, &p, &n) < 0) {
 		*buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
 		return;
@@ -168,20 +192,129 @@ static void on_dalloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init((char *)p, (unsigned)MIG_MIN(n, (size_t)UINT32_MAX));
 }
 
-static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+static void too_large(struct dst_conn *c)
 {
-	struct dst_conn *c = st->data;
+	if (c->authed)
+		mig__dst_fail(c->d, MIG_E_PROTOCOL, "connection %u: frame too large",
+			      c->index);
+	else
+		reject(c, "oversized frame before hello");
+}
+
+/* Handle the whole frames in c's reader; -1 once c or the session ended. */
+static int on_frames(struct dst_conn *c)
+{
 	mig_dest *d = c->d;
 	mig_frame f;
 	long n;
 
+	while (!c->closing && !d->finished && (n = mig__reader_next(&c->rd, &f)) != 0) {
+		if (n < 0) {
+			if (c->authed)
+				mig__dst_fail(d, MIG_E_PROTOCOL,
+					  "connection %u: malformed frame (%s)",
+					  c->index, mig_strerror((int)n));
+			else
+				reject(c, "malformed frame before hello");
+			return -1;
+		}
+		if (f.type == MIG_FRAME_PAGES) {
+			if (!c->authed) {
+				reject(c, "pages before hello");
+				return -1;
+			}
+			mig__dst_on_pages(c, &f);
+			continue;
+		}
+		int e;
+		Mig__Wire__Envelope *env = mig__msg_unpack(f.body, f.len, &e);
+		if (!env) {
+			if (c->authed)
+				mig__dst_fail(d, MIG_E_PROTOCOL,
+					  "connection %u: undecodable message", c->index);
+			else
+				reject(c, "undecodable hello");
+			return -1;
+		}
+		if (c->authed)
+			mig__dst_on_msg(c, env);
+		else if (env->msg_case != MIG__WIRE__ENVELOPE__MSG_HELLO)
+			reject(c, "first message is not a hello");
+		else
+			on_hello(c, env->hello);
+		mig__msg_free(env);
+	}
+	return c->closing || d->finished ? -1 : 0;
+}
+
+/* A TLS error on c: a stranger is turned away, the source's own
+ * connection fails the migration. */
+static void tls_error(struct dst_conn *c, const mig_error *e)
+{
+	if (c->authed)
+		mig__dst_fail(c->d, e->code, "connection %u from %s: %s", c->index,
+			      c->peer, e->msg);
+	else
+		reject(c, e->msg);
+}
+
+/* TLS: n bytes of ciphertext in the loop's buffer. The handshake first
+ * (before the hello, within the same deadline), then records, each
+ * decrypted into the frame reader and its frames handled before the next,
+ * so the reader holds no more than in the clear. */
+static void on_tls_bytes(struct dst_conn *c, size_t n)
+{
+	mig_error e = { 0 };
+	mig_buf out = { 0 };
+	long k;
+
+	if ((k = mig__tls_feed(c->tls, c->d->tls_rbuf, n)) < 0) {
+		mig__err(&e, (int)k, "TLS: %s", k == -ENOMEM ? "out of memory"
+				: "the session has failed");
+		tls_error(c, &e);
+		return;
+	}
+	if (!c->tls->done) {
+		k = mig__tls_handshake(c->tls, &out, &e);
+		mig__dst_write_raw(c, &out); /* its records, or an alert */
+		if (k <= 0) {
+			if (k < 0)
+				tls_error(c, &e);
+			return;
+		}
+		mig__log(&c->d->cb, c->d->vm.vm.opaque, MIG_LOG_DEBUG,
+			 "TLS (%s) with %s", mig__tls_kind(c->d->tls), c->peer);
+	}
+	for (;;) {
+		uint8_t *p;
+		size_t cap;
+
+		if (mig__reader_space(&c->rd, MIG_TLS_RECORD_MAX, &p, &cap) < 0) {
+			too_large(c);
+			return;
+		}
+		k = mig__tls_recv(c->tls, p, cap, &out, &e);
+		mig__dst_write_raw(c, &out);
+		if (k < 0) {
+			tls_error(c, &e);
+			return;
+		}
+		if (k == 0)
+			return;
+		mig__reader_commit(&c->rd, (size_t)k);
+		if (on_frames(c) < 0)
+			return;
+	}
+}
+
+static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct dst_conn *c = st->data;
+	mig_dest *d = c->d;
+
 	(void)buf;
 	if (nread == UV_ENOBUFS) {
-		if (c->authed)
-			mig__dst_fail(d, MIG_E_PROTOCOL, "connection %u: frame too large",
-				  c->index);
-		else
-			reject(c, "oversized frame before hello");
+		too_large(c);
 		return;
 	}
 	if (nread < 0) {
@@ -206,42 +339,17 @@ static void on_dread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			uv_idle_start(&d->spin, mig__dst_on_spin); /* the source is back */
 	}
 	d->bytes += (uint64_t)nread;
-	mig__reader_commit(&c->rd, (size_t)nread);
-	while (!c->closing && !d->finished && (n = mig__reader_next(&c->rd, &f)) != 0) {
-		if (n < 0) {
-			if (c->authed)
-				mig__dst_fail(d, MIG_E_PROTOCOL,
-					  "connection %u: malformed frame (%s)",
-					  c->index, mig_strerror((int)n));
-			else
-				reject(c, "malformed frame before hello");
+	if (c->tls) {
+		on_tls_bytes(c, (size_t)nread);
+	} else {
+		if (!c->authed && c->rd.len == c->rd.off &&
+		    mig__tls_looks_like(c->rd.buf + c->rd.len, (size_t)nread)) {
+			reject(c, "a TLS client, and this destination has no TLS "
+			       "credentials");
 			return;
 		}
-		if (f.type == MIG_FRAME_PAGES) {
-			if (!c->authed) {
-				reject(c, "pages before hello");
-				return;
-			}
-			mig__dst_on_pages(c, &f);
-			continue;
-		}
-		int e;
-		Mig__Wire__Envelope *env = mig__msg_unpack(f.body, f.len, &e);
-		if (!env) {
-			if (c->authed)
-				mig__dst_fail(d, MIG_E_PROTOCOL,
-					  "connection %u: undecodable message", c->index);
-			else
-				reject(c, "undecodable hello");
-			return;
-		}
-		if (c->authed)
-			mig__dst_on_msg(c, env);
-		else if (env->msg_case != MIG__WIRE__ENVELOPE__MSG_HELLO)
-			reject(c, "first message is not a hello");
-		else
-			on_hello(c, env->hello);
-		mig__msg_free(env);
+		mig__reader_commit(&c->rd, (size_t)nread);
+		on_frames(c);
 	}
 	pthread_mutex_lock(&d->lock);
 	d->stats->bytes_on_wire = d->bytes;
@@ -306,6 +414,17 @@ static void on_connection(uv_stream_t *server, int status)
 			uv_ip6_name(a, c->addr, sizeof(c->addr));
 			snprintf(c->peer, sizeof(c->peer), "[%s]:%d", c->addr,
 				 ntohs(a->sin6_port));
+		}
+	}
+	if (d->tls) {
+		mig_error e = { 0 };
+
+		c->tls = malloc(sizeof(*c->tls));
+		if (!c->tls || mig__tls_conn_init(c->tls, d->tls, 1, &e) < 0) {
+			free(c->tls);
+			c->tls = NULL;
+			mig__dst_conn_discard(c);
+			return;
 		}
 	}
 	make_room(d, c->addr);
@@ -426,6 +545,19 @@ MIG_API int mig_dest_create(mig_dest **out, const mig_dest_config *cfg,
 	return 0;
 }
 
+MIG_API int mig_dest_set_tls(mig_dest *d, mig_tls *tls, mig_error *err)
+{
+	if (!d)
+		return mig__err(err, -EINVAL, "destination: NULL");
+	if (d->started)
+		return mig__err(err, -EBUSY, "destination: TLS is set before start");
+	if (tls && !d->tls_rbuf && !(d->tls_rbuf = malloc(DEST_TLS_RBUF)))
+		return mig__err(err, -ENOMEM, "destination: out of memory");
+	mig__tls_unref(d->tls);
+	d->tls = mig__tls_ref(tls);
+	return 0;
+}
+
 MIG_API int mig_dest_port(const mig_dest *d)
 {
 	return d ? d->port : -EINVAL;
@@ -512,6 +644,8 @@ MIG_API void mig_dest_destroy(mig_dest *d)
 		free(d->token);
 	}
 	free(d->stats);
+	mig__tls_unref(d->tls);
+	free(d->tls_rbuf);
 	mig__vm_copy_free(&d->vm);
 	pthread_mutex_destroy(&d->lock);
 	free(d);

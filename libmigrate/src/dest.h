@@ -28,6 +28,7 @@
 #include "protocol.h"
 #include "session.h"
 #include "state.h"
+#include "tls.h"
 
 #define SPIN_IDLE_US 20000u         /* see mig__dst_on_spin() */
 
@@ -39,6 +40,7 @@ struct dst_conn {
 	uv_shutdown_t shut;
 	mig_reader rd;
 	mig_dec *dec;
+	mig_tls_conn *tls;  /* NULL: plain TCP */
 	char peer[64];
 	char addr[48];      /* the peer's address without the port */
 	uint64_t accepted_us;
@@ -79,6 +81,8 @@ struct mig_dest {
 	uint8_t *token;
 	size_t token_len;
 	uint32_t timeout_ms;
+	mig_tls *tls;               /* referenced; NULL: plain TCP */
+	uint8_t *tls_rbuf;          /* ciphertext as read, before decryption */
 
 	uv_loop_t loop;
 	uv_tcp_t listener;
@@ -133,6 +137,8 @@ struct mig_dest {
 
 /* Queue message `kind` on c (closing: -ENOTCONN). */
 int mig__dst_send(struct dst_conn *c, Mig__Wire__Envelope__MsgCase kind, void *msg);
+/* Queue bytes as they are for the socket (TLS records); takes b's memory. */
+int mig__dst_write_raw(struct dst_conn *c, mig_buf *b);
 /* End the migration with `code`: tell the source, never resume. */
 void mig__dst_fail(mig_dest *d, int code, const char *fmt, ...) MIG_PRINTF(3, 4);
 /* Move the session's state for message `msg` on connection `conn`, read

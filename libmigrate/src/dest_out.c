@@ -20,26 +20,23 @@ static void on_dwrite(uv_write_t *req, int status)
 	free(w);
 }
 
-int mig__dst_send(struct dst_conn *c, Mig__Wire__Envelope__MsgCase kind,
-		    void *msg)
+int mig__dst_write_raw(struct dst_conn *c, mig_buf *b)
 {
-	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
 	struct dwreq *w;
 	uv_buf_t ub;
 	int r;
 
-	if (c->closing)
-		return -ENOTCONN;
-	w = calloc(1, sizeof(*w));
-	if (!w)
-		return -ENOMEM;
-	env.msg_case = kind;
-	env.hello = msg; /* the oneof members share one place */
-	r = mig__msg_pack(&env, &w->buf);
-	if (r < 0) {
-		free(w);
-		return r;
+	if (c->closing || !b->len) {
+		mig__buf_free(b);
+		return c->closing ? -ENOTCONN : 0;
 	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		mig__buf_free(b);
+		return -ENOMEM;
+	}
+	w->buf = *b;
+	memset(b, 0, sizeof(*b));
 	ub = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
 	r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_dwrite);
 	if (r < 0) {
@@ -47,6 +44,32 @@ int mig__dst_send(struct dst_conn *c, Mig__Wire__Envelope__MsgCase kind,
 		free(w);
 	}
 	return r;
+}
+
+int mig__dst_send(struct dst_conn *c, Mig__Wire__Envelope__MsgCase kind,
+		    void *msg)
+{
+	Mig__Wire__Envelope env = MIG__WIRE__ENVELOPE__INIT;
+	mig_buf plain = { 0 }, sealed = { 0 };
+	int r;
+
+	if (c->closing)
+		return -ENOTCONN;
+	env.msg_case = kind;
+	env.hello = msg; /* the oneof members share one place */
+	r = mig__msg_pack(&env, &plain);
+	if (r == 0 && c->tls) {
+		/* a failure shows up on the next read too: the peer gets
+		 * nothing it could take for this message */
+		r = mig__tls_seal(c->tls, plain.data, plain.len, &sealed, NULL);
+		mig__buf_free(&plain);
+		plain = sealed;
+	}
+	if (r < 0) {
+		mig__buf_free(&plain);
+		return r;
+	}
+	return mig__dst_write_raw(c, &plain);
 }
 
 /* End the migration with `code`: tell the source, never resume. */
@@ -105,6 +128,10 @@ static void on_conn_closed(uv_handle_t *h)
 	struct dst_conn *c = h->data;
 	mig__reader_free(&c->rd);
 	mig__dec_destroy(c->dec);
+	if (c->tls) {
+		mig__tls_conn_free(c->tls);
+		free(c->tls);
+	}
 	free(c);
 }
 

@@ -60,6 +60,7 @@ static const struct err_entry err_table[] = {
 	{ MIG_E_CANCELED, "MIG_E_CANCELED", "migration canceled" },
 	{ MIG_E_PEER, "MIG_E_PEER", "peer aborted the migration" },
 	{ MIG_E_NOCONVERGE, "MIG_E_NOCONVERGE", "pre-copy did not converge" },
+	{ MIG_E_TLS, "MIG_E_TLS", "TLS failed" },
 };
 
 static const struct err_entry *err_find(int code)

@@ -27,23 +27,31 @@ static uint64_t wanted_features(const mig_source *s)
 	return f;
 }
 
-/* Start connection i: its thread connects and sends the hello first. */
-static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *ss)
+int mig__src_pack_hello(mig_source *s, uint32_t i, const uint8_t *proof,
+			mig_buf *out)
 {
 	Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
-	mig_buf hello = { 0 };
-	int r;
 
 	h.version_major = MIG_PROTOCOL_VERSION;
 	h.version_minor = 0;
 	h.features = wanted_features(s);
-	h.token.data = s->token;
-	h.token.len = s->token_len;
+	/* under TLS the session's proof of the token, never the token */
+	h.token.data = proof ? (uint8_t *)proof : s->token;
+	h.token.len = proof ? MIG_TLS_PROOF_LEN : s->token_len;
 	h.connection_index = i;
 	h.connection_count = s->nconns;
 	h.session_id.data = s->session_id;
 	h.session_id.len = sizeof(s->session_id);
-	r = mig__src_pack_simple(&hello, MIG__WIRE__ENVELOPE__MSG_HELLO, &h);
+	return mig__src_pack_simple(out, MIG__WIRE__ENVELOPE__MSG_HELLO, &h);
+}
+
+/* Start connection i: its thread connects and sends the hello first (under
+ * TLS it packs it anew once the session exists: see conn_up()). */
+static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *ss)
+{
+	mig_buf hello = { 0 };
+	int r = s->tls ? 0 : mig__src_pack_hello(s, i, NULL, &hello);
+
 	if (r < 0) {
 		mig__buf_free(&hello);
 		return mig__err(&s->result, r, "connection %u: packing the hello: %s",
@@ -346,6 +354,17 @@ MIG_API int mig_source_create(mig_source **out, const mig_source_config *cfg,
 	return 0;
 }
 
+MIG_API int mig_source_set_tls(mig_source *s, mig_tls *tls, mig_error *err)
+{
+	if (!s)
+		return mig__err(err, -EINVAL, "source: NULL");
+	if (s->started)
+		return mig__err(err, -EBUSY, "source: TLS is set before start");
+	mig__tls_unref(s->tls);
+	s->tls = mig__tls_ref(tls);
+	return 0;
+}
+
 MIG_API int mig_source_start(mig_source *s, mig_error *err)
 {
 	if (!s)
@@ -419,6 +438,7 @@ MIG_API void mig_source_destroy(mig_source *s)
 	}
 	free(s->conns);
 	free(s->stats);
+	mig__tls_unref(s->tls);
 	mig__vm_copy_free(&s->vm);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);

@@ -33,6 +33,7 @@
 #include "net.h"
 #include "protocol.h"
 #include "session.h"
+#include "tls.h"
 
 /* An item of a connection's queue: a chunk of pages to encode, or frames. */
 struct item {
@@ -47,6 +48,9 @@ struct item {
 	 * (mig__src_queue_rest()): never dropped, or the stream would lose
 	 * its framing. */
 	int remainder;
+	/* TLS records sealed already (by a borrowed write): they go out as
+	 * they are, never sealed twice nor joined to other frames. */
+	int raw;
 	int has_hash;
 	uint8_t hash[16];
 	uint32_t region;
@@ -76,6 +80,9 @@ struct src_conn {
 	uv_timer_t timer;
 	mig_enc *enc;
 	mig_reader rd;
+	/* NULL: plain TCP. Sealed by whoever writes (the connection's thread,
+	 * or a borrower), so records leave in the order they were sealed. */
+	mig_tls_conn *tls;
 	int hello_acked;        /* connection thread: its HelloAck read */
 	struct sockaddr_storage addr;
 	int loop_ok;
@@ -86,7 +93,7 @@ struct src_conn {
 	uint64_t connected_us;  /* when the hello went out */
 	int closing;
 	int error;
-	char errmsg[160];
+	char errmsg[MIG_ERROR_MSG_MAX];
 	uint64_t error_us;   /* when `error` was set */
 	uint64_t bytes, pages, zero_pages, raw_bytes;
 	/* The socket (valid while connected and not closing: only this
@@ -114,6 +121,7 @@ struct mig_source {
 	uint8_t *token;
 	size_t token_len;
 	uint8_t session_id[16];
+	mig_tls *tls;              /* referenced; NULL: plain TCP */
 
 	pthread_t thread;
 	int started;
@@ -204,20 +212,27 @@ int mig__src_send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env);
 int mig__src_send_frames(mig_source *s, uint32_t conn, mig_buf *b, int now);
 int mig__src_send_simple(mig_source *s, uint32_t conn,
 			 Mig__Wire__Envelope__MsgCase kind, void *msg, int now);
-/* Queue what was not written of `b` (from byte `done` on); takes b. */
-int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done);
+/* Queue what was not written of `b` (from byte `done` on); takes b.
+ * `raw`: b holds sealed TLS records (mig__src_borrowed_write_locked()). */
+int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done,
+			int raw);
 /* Append one message of kind `kind` to `b`. */
 int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg);
+/* Connection i's hello; `proof`: under TLS, the token bound to the
+ * connection's session (MIG_TLS_PROOF_LEN bytes), else NULL. */
+int mig__src_pack_hello(mig_source *s, uint32_t i, const uint8_t *proof,
+			mig_buf *out);
 /* Append Complete for a connection that carried `pages` pages to `out`. */
 int mig__src_pack_complete(uint64_t pages, const uint8_t *hash, int has_hash,
 			   mig_buf *out);
 /* The shortcut of the stop-and-copy (source_conn.c): lock held, borrow
  * connection c when it is up with nothing queued or in flight (its thread
  * starts no write until it is given back), write on it without blocking
- * (bytes written; 0 once it is down), give it back. */
+ * (bytes written; 0 once it is down), give it back. Under TLS the write
+ * seals b in place first (*raw = 1: b now holds the records). */
 int mig__src_borrow_locked(struct src_conn *c);
 size_t mig__src_borrowed_write_locked(mig_source *s, struct src_conn *c,
-				      const mig_buf *b);
+				      mig_buf *b, int *raw);
 void mig__src_give_back_locked(mig_source *s, struct src_conn *c);
 /* A move of the session's state, to log once the lock is dropped. */
 struct src_move {

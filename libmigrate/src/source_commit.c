@@ -63,7 +63,7 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 	mig_error step_err = { 0 };
 	mig_buf b = { 0 };
 	size_t done = 0;
-	int idle, r = 0;
+	int idle, raw = 0, r = 0;
 
 	pthread_mutex_lock(&s->lock);
 	idle = mig__src_borrow_locked(c);
@@ -88,7 +88,7 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 		if (r == 0)
 			r = mig__src_pack_complete(c->pages, hash, has_hash, &b);
 		if (r == 0)
-			done = mig__src_borrowed_write_locked(s, c, &b);
+			done = mig__src_borrowed_write_locked(s, c, &b, &raw);
 		mig__src_give_back_locked(s, c);
 		pthread_mutex_unlock(&s->lock);
 		mig__src_log_move(s, &mv);
@@ -100,7 +100,7 @@ static int finish_conn(mig_source *s, uint32_t conn, int pages,
 		return mig__err(&s->result, r, "connection %u: last pages, round end "
 				"and completion: %s", conn, mig_strerror(r));
 	}
-	if ((r = mig__src_queue_rest(s, conn, &b, done)) == 0 && !idle) {
+	if ((r = mig__src_queue_rest(s, conn, &b, done, raw)) == 0 && !idle) {
 		struct item *it = calloc(1, sizeof(*it));
 		if (!it)
 			return mig__err(&s->result, -ENOMEM, "queueing completion");

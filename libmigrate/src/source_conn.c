@@ -72,19 +72,27 @@ int mig__src_sent(mig_source *s, int msg)
 	return 0;
 }
 
-static void conn_fail(struct src_conn *c, int code, const char *what)
+/* Connection c failed with `code`, said by `msg` (whole). */
+static void conn_fail_msg(struct src_conn *c, int code, const char *msg)
 {
 	mig_source *s = c->s;
 	pthread_mutex_lock(&s->lock);
 	if (!c->error) {
 		c->error = code;
 		c->error_us = mig__now_us();
-		snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", what,
-			 mig_strerror(code));
+		snprintf(c->errmsg, sizeof(c->errmsg), "%s", msg);
 	}
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void conn_fail(struct src_conn *c, int code, const char *what)
+{
+	char msg[sizeof(c->errmsg)];
+
+	snprintf(msg, sizeof(msg), "%s: %s", what, mig_strerror(code));
+	conn_fail_msg(c, code, msg);
 }
 
 static void pump(struct src_conn *c);
@@ -152,8 +160,8 @@ static void on_write(uv_write_t *req, int status)
 		pump(c);
 }
 
-/* Hand `b` to libuv; takes ownership of its memory. */
-static int conn_write(struct src_conn *c, mig_buf *b)
+/* Hand `b` to libuv as it is; takes ownership of its memory. */
+static int conn_write_raw(struct src_conn *c, mig_buf *b)
 {
 	struct wreq *w = calloc(1, sizeof(*w));
 	uv_buf_t ub;
@@ -183,6 +191,35 @@ static int conn_write(struct src_conn *c, mig_buf *b)
 		free(w);
 	}
 	return r;
+}
+
+/* Seal b in place into TLS records (nothing to do in the clear). A
+ * failure leaves the session unusable: the connection fails. */
+static int seal(struct src_conn *c, mig_buf *b, mig_error *e)
+{
+	mig_buf rec = { 0 };
+	int r;
+
+	if (!c->tls)
+		return 0;
+	r = mig__tls_seal(c->tls, b->data, b->len, &rec, e);
+	mig__buf_free(b);
+	*b = rec;
+	return r;
+}
+
+/* Frames in `b`, sealed under TLS, to libuv; takes b's memory. */
+static int conn_write(struct src_conn *c, mig_buf *b)
+{
+	mig_error e = { 0 };
+	int r = seal(c, b, &e);
+
+	if (r < 0) {
+		mig__buf_free(b);
+		conn_fail_msg(c, r, e.msg);
+		return r;
+	}
+	return conn_write_raw(c, b);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -319,6 +356,22 @@ static void pump(struct src_conn *c)
 		 * system call is downtime. */
 		while (r == 0 && out.len < SRC_COALESCE && (it = next_item(c))) {
 			taken++;
+			if (it->raw) {
+				/* sealed by a borrower: after what is
+				 * gathered, as they are */
+				mig_buf rec = it->frame;
+
+				free(it);
+				if (out.len) {
+					c->bw_bytes += out.len;
+					r = conn_write(c, &out);
+				}
+				c->bw_bytes += rec.len;
+				if (r == 0)
+					r = conn_write_raw(c, &rec);
+				mig__buf_free(&rec);
+				break;
+			}
 			r = item_out(c, it, &out);
 		}
 		if (!taken)
@@ -414,26 +467,13 @@ static int refused(struct src_conn *c, int msg)
 	return r < 0;
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+/* Hand the whole frames in c's reader to the engine; -1 once c failed. */
+static int on_frames(struct src_conn *c)
 {
-	struct src_conn *c = st->data;
 	mig_source *s = c->s;
 	mig_frame f;
 	long n;
-	int r;
 
-	if (nread < 0) {
-		free(buf->base);
-		conn_fail(c, nread == UV_EOF ? -ECONNRESET : (int)nread,
-			  nread == UV_EOF ? "connection closed by peer" : "read");
-		return;
-	}
-	r = nread ? mig__reader_append(&c->rd, buf->base, (size_t)nread) : 0;
-	free(buf->base);
-	if (r < 0) {
-		conn_fail(c, r, "read buffer");
-		return;
-	}
 	while ((n = mig__reader_next(&c->rd, &f)) > 0) {
 		Mig__Wire__Envelope *env;
 		struct msg *m;
@@ -441,23 +481,23 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 		if (f.type != MIG_FRAME_MSG) {
 			conn_fail(c, MIG_E_PROTOCOL, "destination sent pages");
-			return;
+			return -1;
 		}
 		env = mig__msg_unpack(f.body, f.len, &e);
 		if (!env) {
 			conn_fail(c, MIG_E_PROTOCOL, "undecodable message");
-			return;
+			return -1;
 		}
 		if (refused(c, env->msg_case)) {
 			mig__msg_free(env);
-			uv_read_stop(st);
-			return;
+			uv_read_stop((uv_stream_t *)&c->tcp);
+			return -1;
 		}
 		m = calloc(1, sizeof(*m));
 		if (!m) {
 			mig__msg_free(env);
 			conn_fail(c, -ENOMEM, "read");
-			return;
+			return -1;
 		}
 		if (c->index == 0 &&
 		    env->msg_case == MIG__WIRE__ENVELOPE__MSG_COMMIT)
@@ -474,8 +514,147 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
 	}
-	if (n < 0)
+	if (n < 0) {
 		conn_fail(c, MIG_E_PROTOCOL, "bad frame from destination");
+		return -1;
+	}
+	return 0;
+}
+
+/* Under TLS: the hello, queued empty, now that the session exists, with
+ * the token bound to it (mig__tls_token_proof()). Nothing else can be
+ * queued before the hello is answered. */
+static int bind_hello(struct src_conn *c)
+{
+	mig_source *s = c->s;
+	uint8_t proof[MIG_TLS_PROOF_LEN];
+	mig_error e = { 0 };
+	mig_buf b = { 0 };
+	int r = mig__tls_token_proof(c->tls, s->token, s->token_len, proof, &e);
+
+	if (r == 0 && (r = mig__src_pack_hello(s, c->index, proof, &b)) < 0)
+		mig__err(&e, r, "packing the hello: %s", mig_strerror(r));
+	explicit_bzero(proof, sizeof(proof));
+	pthread_mutex_lock(&s->lock);
+	if (r == 0 && (!c->head || c->head->is_chunk || c->head->frame.len)) {
+		r = mig__err(&e, -EPROTO, "the hello is not first in its queue");
+	} else if (r == 0) {
+		c->head->frame = b;
+		memset(&b, 0, sizeof(b));
+	}
+	pthread_mutex_unlock(&s->lock);
+	mig__buf_free(&b);
+	if (r < 0)
+		conn_fail_msg(c, r, e.msg);
+	return r;
+}
+
+/* The connection is up (and under TLS, its handshake done): the hello,
+ * queued first, goes out now. */
+static void conn_up(struct src_conn *c)
+{
+	mig_source *s = c->s;
+
+	if (c->tls && bind_hello(c) < 0)
+		return;
+	pthread_mutex_lock(&s->lock);
+	c->connected = 1;
+	c->connected_us = mig__now_us();
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	pump(c);
+}
+
+/* The handshake's next step; 1 once it is done. */
+static int tls_step(struct src_conn *c)
+{
+	mig_error e = { 0 };
+	mig_buf out = { 0 };
+	int r = mig__tls_handshake(c->tls, &out, &e);
+
+	if (out.len && conn_write_raw(c, &out) < 0 && r >= 0) {
+		conn_fail(c, -EPIPE, "TLS handshake");
+		return -1;
+	}
+	mig__buf_free(&out);
+	if (r < 0) {
+		conn_fail_msg(c, r, e.msg);
+		return -1;
+	}
+	if (r == 1)
+		conn_up(c);
+	return r;
+}
+
+/* TLS: ciphertext read; the handshake, then records into the reader. */
+static void on_tls_bytes(struct src_conn *c, const void *p, size_t n)
+{
+	mig_error e = { 0 };
+	mig_buf out = { 0 };
+	long k;
+
+	if (mig__tls_feed(c->tls, p, n) < 0) {
+		conn_fail(c, -ENOMEM, "TLS read");
+		return;
+	}
+	if (!c->tls->done && tls_step(c) <= 0)
+		return;
+	for (;;) {
+		uint8_t *dst;
+		size_t cap;
+		int r = mig__reader_space(&c->rd, MIG_TLS_RECORD_MAX, &dst, &cap);
+
+		if (r < 0) {
+			conn_fail(c, r, "read buffer");
+			return;
+		}
+		k = mig__tls_recv(c->tls, dst, cap, &out, &e);
+		if (out.len)
+			(void)conn_write_raw(c, &out);
+		mig__buf_free(&out);
+		if (k < 0) {
+			conn_fail_msg(c, (int)k, e.msg);
+			return;
+		}
+		if (k == 0 || (mig__reader_commit(&c->rd, (size_t)k), on_frames(c) < 0))
+			return;
+	}
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct src_conn *c = st->data;
+	int r;
+
+	if (nread < 0) {
+		free(buf->base);
+		if (c->tls && !c->tls->done)
+			conn_fail_msg(c, MIG_E_TLS, "connection closed during the "
+				      "TLS handshake (does the destination speak TLS?)");
+		else
+			conn_fail(c, nread == UV_EOF ? -ECONNRESET : (int)nread,
+				  nread == UV_EOF ? "connection closed by peer" : "read");
+		return;
+	}
+	if (!c->tls && !c->hello_acked && c->rd.len == c->rd.off &&
+	    mig__tls_looks_like((const uint8_t *)buf->base, (size_t)nread)) {
+		free(buf->base);
+		conn_fail_msg(c, MIG_E_TLS, "the destination answered with TLS; "
+			      "this source has no TLS credentials");
+		return;
+	}
+	if (c->tls) {
+		on_tls_bytes(c, buf->base, (size_t)nread);
+		free(buf->base);
+		return;
+	}
+	r = nread ? mig__reader_append(&c->rd, buf->base, (size_t)nread) : 0;
+	free(buf->base);
+	if (r < 0) {
+		conn_fail(c, r, "read buffer");
+		return;
+	}
+	on_frames(c);
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -494,11 +673,11 @@ static void on_connect(uv_connect_t *req, int status)
 	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0)
 		fd = -1;
 	c->fd = fd;
-	c->connected = 1;
-	c->connected_us = mig__now_us();
-	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
-	pump(c);
+	if (c->tls)
+		(void)tls_step(c); /* the ClientHello; up once it is done */
+	else
+		conn_up(c);
 }
 
 static void on_async(uv_async_t *a)
@@ -554,6 +733,17 @@ int mig__src_conn_start(mig_source *s, uint32_t i,
 	c->addr = *ss;
 	c->rd.limit = MIG_PREAUTH_FRAME_MAX;
 	c->head = c->tail = it; /* freed by mig__src_close_conns() */
+	if (s->tls) {
+		mig_error e = { 0 };
+
+		if (!(c->tls = malloc(sizeof(*c->tls))))
+			return mig__err(&s->result, -ENOMEM, "out of memory");
+		if ((r = mig__tls_conn_init(c->tls, s->tls, 0, &e)) < 0) {
+			free(c->tls);
+			c->tls = NULL;
+			return mig__err(&s->result, r, "connection %u: %s", i, e.msg);
+		}
+	}
 	r = mig__enc_create(&c->enc, s->params.compress,
 			    s->params.compress_level);
 	if (r < 0)
@@ -685,13 +875,30 @@ void mig__src_give_back_locked(mig_source *s, struct src_conn *c)
  * the bytes written (0 once the connection is down: its thread has seen
  * why, or will). Called with s->lock held. */
 size_t mig__src_borrowed_write_locked(mig_source *s, struct src_conn *c,
-				      const mig_buf *b)
+				      mig_buf *b, int *raw)
 {
+	mig_error e = { 0 };
 	size_t done = 0;
 	uv_os_fd_t fd;
 
+	*raw = 0;
 	if (!open_locked(c, &fd))
 		return 0;
+	if (c->tls) {
+		*raw = 1;
+		int r = seal(c, b, &e);
+
+		if (r < 0) { /* the connection is done: its thread stops */
+			c->tls->failed = 1;
+			if (!c->error) {
+				c->error = r;
+				c->error_us = mig__now_us();
+				snprintf(c->errmsg, sizeof(c->errmsg), "%s", e.msg);
+			}
+			pthread_cond_broadcast(&s->cond);
+			return 0;
+		}
+	}
 	while (done < b->len) {
 		ssize_t n = send(fd, b->data + done, b->len - done,
 				 MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -714,14 +921,15 @@ size_t mig__src_borrowed_write_locked(mig_source *s, struct src_conn *c,
  * downtime). Returns the bytes written; the caller queues the rest (a full
  * socket buffer, an error that the connection's thread will then see).
  */
-static size_t write_now(mig_source *s, uint32_t conn, const mig_buf *b)
+static size_t write_now(mig_source *s, uint32_t conn, mig_buf *b, int *raw)
 {
 	struct src_conn *c = &s->conns[conn];
 	size_t done = 0;
 
+	*raw = 0;
 	pthread_mutex_lock(&s->lock);
 	if (mig__src_borrow_locked(c)) {
-		done = mig__src_borrowed_write_locked(s, c, b);
+		done = mig__src_borrowed_write_locked(s, c, b, raw);
 		mig__src_give_back_locked(s, c);
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -730,7 +938,8 @@ static size_t write_now(mig_source *s, uint32_t conn, const mig_buf *b)
 
 /* Queue what write_now() left of `b` (from byte `done` on) on connection
  * `conn`, as one item. Takes b's memory. */
-int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done)
+int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done,
+			int raw)
 {
 	if (done == b->len) {
 		mig__buf_free(b);
@@ -747,7 +956,8 @@ int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done)
 		return -ENOMEM;
 	}
 	it->frame = *b;
-	it->remainder = done != 0;
+	it->remainder = done != 0 || raw; /* sealed records are never dropped */
+	it->raw = raw;
 	memset(b, 0, sizeof(*b));
 	return mig__src_queue(s, conn, it);
 }
@@ -757,7 +967,10 @@ int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done)
  * first try to write them from this thread (write_now()). */
 int mig__src_send_frames(mig_source *s, uint32_t conn, mig_buf *b, int now)
 {
-	return mig__src_queue_rest(s, conn, b, now ? write_now(s, conn, b) : 0);
+	int raw = 0;
+	size_t done = now ? write_now(s, conn, b, &raw) : 0;
+
+	return mig__src_queue_rest(s, conn, b, done, raw);
 }
 
 int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg)
@@ -836,5 +1049,10 @@ void mig__src_close_conns(mig_source *s)
 		mig__enc_destroy(c->enc);
 		c->enc = NULL;
 		mig__reader_free(&c->rd);
+		if (c->tls) {
+			mig__tls_conn_free(c->tls);
+			free(c->tls);
+			c->tls = NULL;
+		}
 	}
 }

@@ -29,7 +29,8 @@ static void test_unknown_errors(void **state)
 static void test_mig_codes_distinct(void **state)
 {
 	int codes[] = { MIG_E_PROTOCOL, MIG_E_VERSION, MIG_E_AUTH, MIG_E_INCOMPAT,
-			MIG_E_CANCELED, MIG_E_PEER, MIG_E_NOCONVERGE };
+			MIG_E_CANCELED, MIG_E_PEER, MIG_E_NOCONVERGE,
+			MIG_E_TLS };
 	(void)state;
 	for (size_t i = 0; i < MIG_ARRAY_SIZE(codes); i++) {
 		assert_string_not_equal(mig_strerror(codes[i]), "unknown error");

@@ -40,44 +40,8 @@
 #define XXH3 MIG__WIRE__FEATURE__FEATURE_XXH3
 #define IN_MAX (4u << 20)
 
-/* ---- the dirty log: pages guest_write() wrote since the last sync ---- */
-
-static pthread_mutex_t dirty_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t dirty_bits[PAGES / 64];
-
-static int td_probe(int vm_fd, bool explicit_mode, mig_error *err)
-{
-	(void)vm_fd; (void)explicit_mode; (void)err;
-	return 0;
-}
-
-static int td_init(mig_dirty *d, const int *fds, uint32_t n, mig_error *err)
-{
-	(void)d; (void)fds; (void)n; (void)err;
-	return 0;
-}
-
-static long td_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
-		    mig_error *err)
-{
-	long n;
-
-	(void)d; (void)final; (void)err;
-	pthread_mutex_lock(&dirty_lock);
-	n = (long)mig__bitmap_or(bitmaps[0], dirty_bits, PAGES / 64);
-	memset(dirty_bits, 0, sizeof(dirty_bits));
-	pthread_mutex_unlock(&dirty_lock);
-	return n;
-}
-
-static const struct mig__dirty_ops test_dirty = {
-	.name = "test",
-	.mode = MIG_DIRTY_LOG_BITMAP,
-	.no_slots = true,
-	.probe = td_probe,
-	.init = td_init,
-	.sync = td_sync,
-};
+/* the dirty log: test_dirty_log.h */
+#include "test_dirty_log.h"
 
 /* ---- the VM ---- */
 
@@ -151,9 +115,7 @@ struct rig {
 static void guest_write(struct rig *g, uint32_t p, uint8_t v)
 {
 	memset(g->mem + (size_t)p * MIG_PAGE_SIZE, v, MIG_PAGE_SIZE);
-	pthread_mutex_lock(&dirty_lock);
-	dirty_bits[p / 64] |= UINT64_C(1) << (p % 64);
-	pthread_mutex_unlock(&dirty_lock);
+	test_dirty_mark(p);
 }
 
 /* A source with `verify` (a memory hash at pause) or without. */
@@ -171,7 +133,7 @@ static void rig_up_verify(struct rig *g, int verify)
 	memset(g, 0, sizeof(*g));
 	pthread_mutex_init(&g->vm.lock, NULL);
 	pthread_cond_init(&g->vm.cond, NULL);
-	memset(dirty_bits, 0, sizeof(dirty_bits));
+	test_dirty_reset();
 	g->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	g->peer_mem = calloc(1, MEM_SIZE);

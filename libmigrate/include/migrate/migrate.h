@@ -56,6 +56,7 @@ MIG_API const char *mig_version_string(void);
 #define MIG_E_CANCELED   (-4005) /* canceled by the caller */
 #define MIG_E_PEER       (-4006) /* the peer aborted the migration */
 #define MIG_E_NOCONVERGE (-4007) /* pre-copy did not converge in limits */
+#define MIG_E_TLS        (-4008) /* TLS handshake or record layer failed */
 
 #define MIG_ERROR_MSG_MAX 256
 
@@ -302,6 +303,43 @@ typedef struct mig_callbacks {
 	mig_log_cb log;              /* optional */
 } mig_callbacks;
 
+/* ---- TLS ------------------------------------------------------------- */
+
+/*
+ * Credentials for TLS 1.3 on every connection of a migration (GnuTLS).
+ * Without them (the default) the library speaks plain TCP: pages, state
+ * and token cross the network readable and changeable by anyone on the
+ * path, which is only acceptable on a network the user trusts.
+ *
+ * Both sides must hold the same kind. A handle is reference counted: the
+ * source or destination that takes it keeps its own reference, so the
+ * caller may mig_tls_free() it at once. Thread-safe to share.
+ */
+typedef struct mig_tls mig_tls;
+
+/*
+ * Pre-shared key: `key_len` bytes (16..256; refused otherwise, never cut)
+ * under the name `identity` (1..255 printable ASCII bytes, no space, the
+ * same on both sides). Key exchange is ECDHE-PSK, so a key learned later does not
+ * reveal past migrations. Returns 0 or -EINVAL / -ENOMEM with err filled.
+ */
+MIG_API int mig_tls_psk(mig_tls **out, const char *identity, const void *key,
+			size_t key_len, mig_error *err);
+/*
+ * X.509 with mutual authentication. `ca_pem`: the CA certificate(s) that
+ * sign the peer's certificate; `cert_pem`/`key_pem`: this side's chain and
+ * private key (PEM text in memory, NUL-terminated). `peer_name`: on the
+ * source, the host name the destination's certificate must carry; on the
+ * destination, the name the source's certificate must carry (NULL: any
+ * certificate the CA signed). Returns 0 or a negative error with err filled
+ * (e.g. "key does not match certificate").
+ */
+MIG_API int mig_tls_x509(mig_tls **out, const char *ca_pem,
+			 const char *cert_pem, const char *key_pem,
+			 const char *peer_name, mig_error *err);
+/* Drop the caller's reference; accepts NULL. */
+MIG_API void mig_tls_free(mig_tls *tls);
+
 /* Source side. */
 typedef struct mig_source mig_source;
 
@@ -351,6 +389,13 @@ MIG_API int mig_source_stats(mig_source *src, mig_stats *out);
 MIG_API int mig_mark_dirty(mig_source *src, uint64_t gpa, uint64_t len);
 /* Waits for the migration thread if needed; accepts NULL. */
 MIG_API void mig_source_destroy(mig_source *src);
+/*
+ * Speak TLS with these credentials on every connection (NULL: plain TCP
+ * again). Before mig_source_start(); then -EBUSY. A handshake that fails
+ * (wrong key, expired certificate, wrong host name) fails the migration
+ * with MIG_E_TLS or MIG_E_AUTH and the VM runs on here.
+ */
+MIG_API int mig_source_set_tls(mig_source *src, mig_tls *tls, mig_error *err);
 
 /* Destination side. */
 typedef struct mig_dest mig_dest;
@@ -391,6 +436,13 @@ MIG_API int mig_dest_wait(mig_dest *dst, mig_error *err);
 MIG_API int mig_dest_cancel(mig_dest *dst);
 MIG_API int mig_dest_stats(mig_dest *dst, mig_stats *out);
 MIG_API void mig_dest_destroy(mig_dest *dst);
+/*
+ * Accept only TLS connections made with these credentials (NULL: plain
+ * TCP again). Before mig_dest_start(); then -EBUSY. A stranger whose
+ * handshake fails is closed and counted like any other stranger: it never
+ * fails the migration.
+ */
+MIG_API int mig_dest_set_tls(mig_dest *dst, mig_tls *tls, mig_error *err);
 
 /*
  * Write `st` as one JSON object into buf (NUL-terminated). Returns the

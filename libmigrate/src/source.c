@@ -14,37 +14,6 @@
 
 #define HELLO_TIMEOUT_MS 10000u
 
-/* What the source asks for in its hello. verify compares guest memory as
- * it was at the pause, so the destination must hash it before the VMM
- * loads the state: loading may write guest memory (KVM writes a Linux
- * guest's kvmclock wall clock as MSR_KVM_WALL_CLOCK_NEW is set). Without
- * early state the destination loads it after the check. */
-static uint64_t wanted_features(const mig_source *s)
-{
-	uint64_t f = MIG_FEATURES_SUPPORTED;
-	if (s->params.verify)
-		f &= ~(uint64_t)MIG__WIRE__FEATURE__FEATURE_EARLY_STATE;
-	return f;
-}
-
-int mig__src_pack_hello(mig_source *s, uint32_t i, const uint8_t *proof,
-			mig_buf *out)
-{
-	Mig__Wire__Hello h = MIG__WIRE__HELLO__INIT;
-
-	h.version_major = MIG_PROTOCOL_VERSION;
-	h.version_minor = 0;
-	h.features = wanted_features(s);
-	/* under TLS the session's proof of the token, never the token */
-	h.token.data = proof ? (uint8_t *)proof : s->token;
-	h.token.len = proof ? MIG_TLS_PROOF_LEN : s->token_len;
-	h.connection_index = i;
-	h.connection_count = s->nconns;
-	h.session_id.data = s->session_id;
-	h.session_id.len = sizeof(s->session_id);
-	return mig__src_pack_simple(out, MIG__WIRE__ENVELOPE__MSG_HELLO, &h);
-}
-
 /* Start connection i: its thread connects and sends the hello first (under
  * TLS it packs it anew once the session exists: see conn_up()). */
 static int open_conn(mig_source *s, uint32_t i, const struct sockaddr_storage *ss)
@@ -75,7 +44,7 @@ static int await_hello(mig_source *s, uint32_t i)
 		pthread_mutex_lock(&s->lock);
 		s->rtt_us = mig__now_us() - s->conns[0].connected_us;
 		pthread_mutex_unlock(&s->lock);
-		s->features = env->hello_ack->features & wanted_features(s);
+		s->features = env->hello_ack->features & mig__src_wanted_features(s);
 	}
 	if (!env->hello_ack->ok) {
 		int code = env->hello_ack->error;

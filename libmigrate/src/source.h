@@ -7,8 +7,12 @@
  *
  *   source_pages.c   the send bitmaps: dirty-log syncs, the VMM's marks,
  *                    chunks of marked pages, encoding a chunk
- *   source_conn.c    a connection: its thread, queue, writes and reads,
- *                    the mailbox of messages read, the answer to Commit
+ *   source_queue.c   the hello, protocol steps of what is sent, TLS sealing, the
+ *                    connections' queues, the stop-and-copy's borrowed
+ *                    writes from the engine's thread
+ *   source_conn.c    a connection: its thread, writes and reads (TLS
+ *                    handshake and records), the mailbox of messages
+ *                    read, the answer to Commit
  *   source_wait.c    waiting for a message or a drained queue, and which
  *                    error a failure reports (grace for the peer's reason)
  *   source_round.c   pre-copy: rounds, their stats, the policy's decision
@@ -203,6 +207,9 @@ void mig__src_free_bitmaps(mig_source *s, uint64_t **bms);
  * writes `first` (the hello; its memory is taken) before anything else. */
 int mig__src_conn_start(mig_source *s, uint32_t i,
 			const struct sockaddr_storage *ss, mig_buf *first);
+/* Seal b in place into TLS records (nothing to do in the clear). A
+ * failure leaves the session unusable: the connection fails. */
+int mig__src_seal(struct src_conn *c, mig_buf *b, mig_error *e);
 /* Append `it` to connection conn's queue (takes it) and wake its thread. */
 int mig__src_queue(mig_source *s, uint32_t conn, struct item *it);
 int mig__src_send_msg(mig_source *s, uint32_t conn, Mig__Wire__Envelope *env);
@@ -218,6 +225,8 @@ int mig__src_queue_rest(mig_source *s, uint32_t conn, mig_buf *b, size_t done,
 			int raw);
 /* Append one message of kind `kind` to `b`. */
 int mig__src_pack_simple(mig_buf *b, Mig__Wire__Envelope__MsgCase kind, void *msg);
+/* The features the source asks for in its hellos. */
+uint64_t mig__src_wanted_features(const mig_source *s);
 /* Connection i's hello; `proof`: under TLS, the token bound to the
  * connection's session (MIG_TLS_PROOF_LEN bytes), else NULL. */
 int mig__src_pack_hello(mig_source *s, uint32_t i, const uint8_t *proof,

@@ -192,6 +192,8 @@ static int start_migration(struct control *c, const Mig__Ctl__Migrate *m,
 			   mig_error *e)
 {
 	mig_params params;
+	mig_tls *tls = NULL;
+	bool over_tls;
 	int r;
 
 	if (!m || !m->uri || !m->uri[0] || !m->token || !m->token[0])
@@ -211,12 +213,24 @@ static int start_migration(struct control *c, const Mig__Ctl__Migrate *m,
 	if (m->hold_result_ms > 30000)
 		return vmm_err(e, -EINVAL, "migrate: hold_result_ms %u: at "
 			       "most 30000", m->hold_result_ms);
-	r = migrate_out_start(c->vm, m->uri, m->token, &params, e);
+	if (m->tls_psk.len) {
+		r = mig_tls_psk(&tls, m->tls_identity && m->tls_identity[0]
+					      ? m->tls_identity : "migrate",
+				m->tls_psk.data, m->tls_psk.len, e);
+		if (r < 0) {
+			vmm_err_prefix(e, "migrate: tls_psk: ");
+			return r;
+		}
+	}
+	over_tls = tls || c->vm->tls;
+	r = migrate_out_start(c->vm, m->uri, m->token, &params,
+			      tls ? tls : c->vm->tls, e);
+	mig_tls_free(tls); /* the migration holds its own reference */
 	if (r == 0)
 		c->vm->hold_result_ms = m->hold_result_ms;
 	if (r == 0)
-		fprintf(stderr, "migvm: migrating to %s (control channel)\n",
-			m->uri);
+		fprintf(stderr, "migvm: migrating to %s (control channel, %s)\n",
+			m->uri, over_tls ? "over TLS 1.3" : "in clear");
 	return r;
 }
 

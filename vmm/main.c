@@ -41,6 +41,7 @@ struct options {
 	uint32_t incoming_timeout_ms;
 	bool incoming_huge_pages;
 	mig_params params;
+	struct tls_opts tls;
 };
 
 static void usage(FILE *f)
@@ -87,6 +88,19 @@ static void usage(FILE *f)
 "  --token-fd N           read the token from descriptor N (to its end)\n"
 "  --events-fd N          write events (VmEvent frames, control.proto) to\n"
 "                         descriptor N: for the program that started migvm\n"
+"  --tls-psk-file FILE    TLS 1.3 on every connection with the pre-shared\n"
+"                         key in FILE (16..256 raw bytes; /dev/fd/N reads\n"
+"                         a pipe); both sides the same key and identity\n"
+"  --tls-identity NAME    the key's identity (default migrate)\n"
+"  --tls-x509-dir DIR     TLS 1.3 with certificates, both sides checked: DIR\n"
+"                         holds ca-cert.pem and server-cert.pem and\n"
+"                         server-key.pem (--incoming) or client-cert.pem\n"
+"                         and client-key.pem (migrating out)\n"
+"  --tls-hostname NAME    the name the peer's certificate must carry (the\n"
+"                         destination's host name; on --incoming, the\n"
+"                         source's; default: any the CA signed)\n"
+"                         Without --tls-*: plain TCP, readable and\n"
+"                         changeable on the path (trusted networks only)\n"
 "  --downtime-ms N        target downtime (default 300)\n"
 "  --max-bandwidth BYTES  cap in bytes/s, K/M/G suffixes (default none)\n"
 "  --compress off|on|auto zstd for pages (default auto)\n"
@@ -181,7 +195,8 @@ enum { OPT_MEM = 256, OPT_CPUS, OPT_PREALLOC, OPT_BACKEND, OPT_KERNEL, OPT_CMDLI
        OPT_CONSOLE, OPT_CONTROL, OPT_RESTORE, OPT_CORRUPT, OPT_PAUSED,
        OPT_INCOMING, OPT_INCOMING_TIMEOUT, OPT_MIGRATE_TO, OPT_MIGRATE_AFTER,
        OPT_TOKEN, OPT_TOKEN_FD, OPT_VERIFY, OPT_MIG_PARAM, OPT_INCOMING_HUGE, OPT_INITRD,
-       OPT_STRICT_TSC, OPT_EVENTS_FD };
+       OPT_STRICT_TSC, OPT_EVENTS_FD, OPT_TLS_PSK_FILE, OPT_TLS_IDENTITY,
+       OPT_TLS_X509_DIR, OPT_TLS_HOSTNAME };
 
 /* libmigrate takes tokens of 1-256 bytes. */
 #define TOKEN_MAX 256
@@ -252,6 +267,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "incoming-huge-pages", no_argument, NULL, OPT_INCOMING_HUGE },
 		{ "strict-tsc", no_argument, NULL, OPT_STRICT_TSC },
 		{ "events-fd", required_argument, NULL, OPT_EVENTS_FD },
+		{ "tls-psk-file", required_argument, NULL, OPT_TLS_PSK_FILE },
+		{ "tls-identity", required_argument, NULL, OPT_TLS_IDENTITY },
+		{ "tls-x509-dir", required_argument, NULL, OPT_TLS_X509_DIR },
+		{ "tls-hostname", required_argument, NULL, OPT_TLS_HOSTNAME },
 		{ "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
 		{ "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
 		{ "token", required_argument, NULL, OPT_TOKEN },
@@ -401,6 +420,18 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case OPT_EVENTS_FD:
 			if (events_init(optarg) < 0)
 				return -1;
+			break;
+		case OPT_TLS_PSK_FILE:
+			o->tls.psk_file = optarg;
+			break;
+		case OPT_TLS_IDENTITY:
+			o->tls.identity = optarg;
+			break;
+		case OPT_TLS_X509_DIR:
+			o->tls.x509_dir = optarg;
+			break;
+		case OPT_TLS_HOSTNAME:
+			o->tls.peer_name = optarg;
 			break;
 		case OPT_VERIFY:
 			o->params.verify = 1;
@@ -570,7 +601,7 @@ static void migration_start(struct vm *vm, const struct options *o)
 {
 	mig_error err = { 0 };
 
-	if (migrate_out_start(vm, o->migrate_to, o->token, &o->params,
+	if (migrate_out_start(vm, o->migrate_to, o->token, &o->params, vm->tls,
 			      &err) < 0) {
 		/* The same object as a finished migration, for scripts. */
 		char json[1024];
@@ -655,6 +686,7 @@ static int run_vm(struct options *o)
 	struct control *ctl = NULL;
 	struct console_stats cs;
 	mig_error err = { 0 };
+	mig_tls *tls = NULL;
 	sigset_t sigs;
 	int console_fd = STDOUT_FILENO, sigfd = -1, code, r;
 
@@ -664,6 +696,10 @@ static int run_vm(struct options *o)
 		return MIGVM_EXIT_ERROR;
 	}
 	vm->kvm_fd = -1;
+	/* The credentials first: a wrong key fails before any VM exists. */
+	if ((r = migrate_tls_load(&o->tls, o->incoming != NULL, &tls,
+				  &err)) < 0)
+		goto fail;
 	/* Signals: SIGINT/SIGTERM through a signalfd, blocked everywhere. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
@@ -708,6 +744,7 @@ static int run_vm(struct options *o)
 		}
 	}
 	r = vm_create(vm, &cfg, console_fd, &err);
+	vm->tls = tls; /* vm_create() cleared the struct */
 	if (r < 0)
 		goto fail;
 	if (sf) {
@@ -742,7 +779,7 @@ static int run_vm(struct options *o)
 		goto fail_vm;
 	if (o->incoming &&
 	    (r = migrate_in_start(vm, o->incoming, o->token,
-				  o->incoming_timeout_ms, &err)) < 0)
+				  o->incoming_timeout_ms, vm->tls, &err)) < 0)
 		goto fail_vm;
 
 	main_loop(vm, ctl, sigfd, o);
@@ -764,6 +801,7 @@ static int run_vm(struct options *o)
 	}
 	control_close(ctl);
 	vm_destroy(vm);
+	mig_tls_free(tls);
 	free(vm);
 	vm_config_free(&cfg);
 	if (console_fd != STDOUT_FILENO)
@@ -782,6 +820,7 @@ fail:
 	snapfile_close(sf);
 	pvh_close(img);
 	vm_config_free(&cfg);
+	mig_tls_free(tls);
 	free(vm);
 	if (console_fd >= 0 && console_fd != STDOUT_FILENO)
 		close(console_fd);

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,8 +118,114 @@ static void migration_free(struct migration *m)
 	free(m);
 }
 
+/* A small file whole (a key, PEM text), NUL-terminated: at most `max`
+ * bytes, or -EFBIG. */
+static int slurp(const char *path, size_t max, char **out, size_t *len,
+		 mig_error *e)
+{
+	char *buf = malloc(max + 2);
+	size_t n = 0;
+	int fd, r = 0;
+
+	if (!buf)
+		return vmm_err(e, -ENOMEM, "%s: out of memory", path);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		free(buf);
+		return vmm_err(e, r, "%s: %s", path, strerror(-r));
+	}
+	while (n <= max) {
+		ssize_t k = read(fd, buf + n, max + 1 - n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			r = vmm_err(e, -errno, "%s: %s", path, strerror(errno));
+			break;
+		}
+		if (k == 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+	if (!r && n > max)
+		r = vmm_err(e, -EFBIG, "%s: longer than %zu bytes", path, max);
+	if (r) {
+		explicit_bzero(buf, max + 2);
+		free(buf);
+		return r;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+static int x509_load(const struct tls_opts *o, bool incoming, mig_tls **out,
+		     mig_error *e)
+{
+	static const char *const names[2][2] = {
+		{ "client-cert.pem", "client-key.pem" },
+		{ "server-cert.pem", "server-key.pem" },
+	};
+	const char *want[3] = { "ca-cert.pem", names[incoming][0],
+				names[incoming][1] };
+	char *pem[3] = { NULL, NULL, NULL };
+	char path[4096];
+	size_t len;
+	int r = 0;
+
+	for (int i = 0; i < 3 && r == 0; i++) {
+		snprintf(path, sizeof(path), "%s/%s", o->x509_dir, want[i]);
+		if ((r = slurp(path, 1u << 20, &pem[i], &len, e)) < 0)
+			vmm_err_prefix(e, "--tls-x509-dir: ");
+	}
+	if (r == 0 &&
+	    (r = mig_tls_x509(out, pem[0], pem[1], pem[2], o->peer_name, e)) < 0)
+		vmm_err_prefix(e, "--tls-x509-dir %s: ", o->x509_dir);
+	for (int i = 0; i < 3; i++) {
+		if (pem[i])
+			explicit_bzero(pem[i], strlen(pem[i]));
+		free(pem[i]);
+	}
+	return r;
+}
+
+int migrate_tls_load(const struct tls_opts *o, bool incoming, mig_tls **out,
+		     mig_error *e)
+{
+	char *key;
+	size_t len;
+	int r;
+
+	*out = NULL;
+	if (o->psk_file && o->x509_dir)
+		return vmm_err(e, -EINVAL, "--tls-psk-file and --tls-x509-dir: "
+			       "one kind of credentials, not both");
+	if (o->x509_dir)
+		return x509_load(o, incoming, out, e);
+	if ((o->identity || o->peer_name) && !o->psk_file)
+		return vmm_err(e, -EINVAL, o->identity
+			       ? "--tls-identity goes with --tls-psk-file"
+			       : "--tls-hostname goes with --tls-x509-dir");
+	if (!o->psk_file)
+		return 0;
+	/* raw bytes, cut at nothing: a key over the limit is refused */
+	if ((r = slurp(o->psk_file, 256, &key, &len, e)) < 0) {
+		vmm_err_prefix(e, "--tls-psk-file: ");
+		return r;
+	}
+	r = mig_tls_psk(out, o->identity ? o->identity : "migrate", key, len, e);
+	explicit_bzero(key, len);
+	free(key);
+	if (r < 0)
+		vmm_err_prefix(e, "--tls-psk-file %s: ", o->psk_file);
+	return r;
+}
+
 int migrate_out_start(struct vm *vm, const char *uri, const char *token,
-		      const mig_params *params, mig_error *err)
+		      const mig_params *params, mig_tls *tls, mig_error *err)
 {
 	mig_source_config cfg = { 0 };
 	struct migration *m = migration_new(vm, false, err);
@@ -134,6 +241,8 @@ int migrate_out_start(struct vm *vm, const char *uri, const char *token,
 	cfg.cb.log = on_log;
 	r = mig_source_create(&m->src, &cfg, err);
 	if (r == 0)
+		r = mig_source_set_tls(m->src, tls, err);
+	if (r == 0)
 		r = mig_source_start(m->src, err);
 	if (r < 0)
 		migration_free(m);
@@ -141,7 +250,7 @@ int migrate_out_start(struct vm *vm, const char *uri, const char *token,
 }
 
 int migrate_in_start(struct vm *vm, const char *uri, const char *token,
-		     uint32_t timeout_ms, mig_error *err)
+		     uint32_t timeout_ms, mig_tls *tls, mig_error *err)
 {
 	mig_dest_config cfg = { 0 };
 	struct migration *m = migration_new(vm, true, err);
@@ -160,8 +269,13 @@ int migrate_in_start(struct vm *vm, const char *uri, const char *token,
 	cfg.cb.done = on_done;
 	cfg.cb.log = on_log;
 	r = mig_dest_create(&m->dst, &cfg, err);
+	if (r == 0)
+		r = mig_dest_set_tls(m->dst, tls, err);
 	if (r == 0) {
 		/* Scripts wait for this line to know the port (port 0 = any). */
+		fprintf(stderr, "migvm: incoming migration %s\n", tls
+			? "over TLS 1.3" : "in clear (no --tls-*: readable and "
+			  "changeable on the path)");
 		fprintf(stderr, "migvm: incoming migration on port %d\n",
 			mig_dest_port(m->dst));
 		events_incoming_port(mig_dest_port(m->dst));

@@ -252,6 +252,9 @@ struct vm {
 	 * committed, the time by which migvm exits even if no Status has
 	 * carried its result yet (0: none pending), and whether one has. */
 	uint32_t hold_result_ms;
+	/* --tls-*: credentials for migrations that bring none of their own
+	 * (the control channel's Migrate may carry a key); NULL: plain */
+	mig_tls *tls;
 	uint64_t exit_at_ns;
 	bool result_served;
 };
@@ -426,10 +429,26 @@ void control_dispatch(struct control *c, const struct pollfd *fds, int n);
  * the main loop then calls migrate_finish(), which prints the result as one
  * JSON object on stdout. */
 int migrate_out_start(struct vm *vm, const char *uri, const char *token,
-		      const mig_params *params, mig_error *err);
+		      const mig_params *params, mig_tls *tls, mig_error *err);
 /* The VM must exist, not run (paused), and match the source's layout. */
 int migrate_in_start(struct vm *vm, const char *uri, const char *token,
-		     uint32_t timeout_ms, mig_error *err);
+		     uint32_t timeout_ms, mig_tls *tls, mig_error *err);
+/*
+ * TLS on a migration's connections, as the --tls-* options name it: a
+ * pre-shared key (a file of 16..256 raw bytes, /dev/fd/N for a pipe, and
+ * an identity), or X.509 in QEMU's layout (a directory with ca-cert.pem
+ * and this side's server-cert.pem/server-key.pem (incoming) or
+ * client-cert.pem/client-key.pem (outgoing)) and the peer's name to check.
+ */
+struct tls_opts {
+	const char *psk_file;
+	const char *identity;     /* default "migrate" */
+	const char *x509_dir;
+	const char *peer_name;
+};
+/* *out: credentials, or NULL when no option asks for TLS. */
+int migrate_tls_load(const struct tls_opts *o, bool incoming, mig_tls **out,
+		     mig_error *err);
 int migrate_fd(struct vm *vm);
 /* Is the migration in progress the one that brings this VM here? */
 bool migrate_is_incoming(struct vm *vm);

@@ -71,3 +71,20 @@ expect 2 "input: a bad escape" ctl "$WORK/s" input 'a\q'
 expect 2 "input: a bad escape" ctl "$WORK/s" input '\x4'
 expect 2 "input: no bytes" ctl "$WORK/s" input ''
 expect 1 "cannot connect to $WORK/none.sock" ctl "$WORK/none.sock" status
+# --tls-*: credentials checked before any VM exists; a key is never cut.
+head -c 15 /dev/urandom >"$WORK/k15"
+head -c 257 /dev/urandom >"$WORK/k257"
+head -c 32 /dev/urandom >"$WORK/k32"
+mkdir -p "$WORK/x509"
+echo "not a certificate" >"$WORK/x509/ca-cert.pem"
+cp "$WORK/x509/ca-cert.pem" "$WORK/x509/server-cert.pem"
+cp "$WORK/x509/ca-cert.pem" "$WORK/x509/server-key.pem"
+expect 1 "--tls-psk-file: $WORK/none: No such file or directory" --tls-psk-file "$WORK/none"
+expect 1 "the key has 15 bytes, it must have 16..256" --tls-psk-file "$WORK/k15"
+expect 1 "--tls-psk-file: $WORK/k257: longer than 256 bytes" --tls-psk-file "$WORK/k257"
+expect 1 "one kind of credentials, not both" --tls-psk-file "$WORK/k32" --tls-x509-dir "$WORK/x509"
+expect 1 "--tls-identity goes with --tls-psk-file" --tls-identity me
+expect 1 "--tls-hostname goes with --tls-x509-dir" --tls-hostname hostb
+expect 1 "the identity must be 1..255 printable" --tls-psk-file "$WORK/k32" --tls-identity "a b"
+expect 1 "--tls-x509-dir: $WORK/none/ca-cert.pem: No such file" --tls-x509-dir "$WORK/none"
+expect 1 "no CA certificate in the CA PEM" --tls-x509-dir "$WORK/x509" --incoming tcp:127.0.0.1:0 --token t

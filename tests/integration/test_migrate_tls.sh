@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Live migration over TLS 1.3 between two migvm processes (--tls-*), with
+# X.509, both sides checked: a CA of the test's own signs the destination's
+# certificate (dest.test) and the source's (source.test). A source that
+# expects another host name (wrong.test) is refused with the name in its
+# error and keeps running its VM, and the destination, to which that
+# source was only a stranger, goes on waiting: the right source then
+# migrates to it (--verify: memory hashes equal), and the guest runs on
+# there with no mismatch.
+# (A pre-shared key: test_migd, where migd migrates over TLS by default,
+# its key on a pipe; a wrong key, tests/unit/test_tls_migrate.c.)
+# That no page, state or token can be read or changed on the path is shown
+# byte by byte by tests/unit/test_tls_migrate.c (a relay that reads and
+# tampers); here the real VMs, KVM and their pages over TLS.
+# ctest-timeout: 240
+here=$(dirname "$0")
+source "$here/migrate_common.sh"
+vm_init "$1" "$2"
+need_testguest
+command -v openssl >/dev/null || fail "openssl is needed to make the test's certificates"
+
+guest="touch=16M wss=8M rate=max hb=300"
+MEM=128
+
+# ---- a CA and two certificates (openssl; ECDSA P-256, valid for a day)
+pki=$WORK/pki
+mkdir -p "$pki/src" "$pki/dst" "$pki/ca"
+(
+	cd "$pki/ca" || exit 1
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout ca-key.pem -out ca-cert.pem -days 1 -subj "/CN=mig test CA" \
+		-addext basicConstraints=critical,CA:TRUE \
+		-addext keyUsage=critical,keyCertSign,cRLSign || exit 1
+	for who in dest source; do
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+			-keyout $who-key.pem -out $who.csr -subj "/CN=$who.test" || exit 1
+		printf 'subjectAltName=DNS:%s.test\nbasicConstraints=CA:FALSE\n' \
+			$who >$who.ext
+		openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem \
+			-CAcreateserial -days 1 -out $who-cert.pem -extfile $who.ext || exit 1
+	done
+) >"$WORK/pki.log" 2>&1 || fail "openssl: $(tail -n 5 "$WORK/pki.log")"
+cp "$pki/ca/ca-cert.pem" "$pki/src/"
+cp "$pki/ca/ca-cert.pem" "$pki/dst/"
+cp "$pki/ca/dest-cert.pem" "$pki/dst/server-cert.pem"
+cp "$pki/ca/dest-key.pem" "$pki/dst/server-key.pem"
+cp "$pki/ca/source-cert.pem" "$pki/src/client-cert.pem"
+cp "$pki/ca/source-key.pem" "$pki/src/client-key.pem"
+ok "a CA, the destination's certificate (dest.test) and the source's (source.test)"
+
+# A source refused: its JSON names the cause ($2), its VM still runs.
+refused() { # NAME PATTERN
+	local name=$1
+	migrate_source "$name"
+	[ "$RC" = 1 ] || fail "$name: migrated, or no result: $(cat "$WORK/$name.out")"
+	python3 - "$WORK/$name.out" "$2" <<'PY' || fail "$name: $(cat "$WORK/$name.out")"
+import json, re, sys
+j = json.loads(next(l for l in open(sys.argv[1]) if l.startswith('{')))
+assert j["status"] == "failed", j
+assert re.search(sys.argv[2], j["error"]), "error %r lacks %r" % (j["error"], sys.argv[2])
+print("refused as expected: " + j["error"])
+PY
+	status "$WORK/$name.sock"
+	[ "$(field run_state)" = running ] || fail "$name: the VM is $(field run_state) after the refusal"
+	local s1
+	s1=$(field hb_seq)
+	poll_until 120 eval "status '$WORK/$name.sock'; [ \"\$(field hb_seq)\" -gt $s1 ]" ||
+		fail "$name: the guest stopped beating after the refusal"
+	ctl "$WORK/$name.sock" quit >/dev/null
+	wait_exit "$SRC_PID" 60
+	ok "$name: refused, its VM ran on until told to quit"
+	pid_gone "$DEST_PID" && fail "the destination ended after a stranger's refusal: $(cat "$WORK/$DEST_NAME.err")"
+	ok "the destination still waits for its source"
+}
+
+# A source that moves: JSON checked, the guest runs on at the destination.
+moves() { # NAME
+	local name=$1
+	migrate_source "$name" verify=on
+	[ "$RC" = 0 ] || fail "$name: source exited $RC: $(cat "$WORK/$name.out") $(tail -n 5 "$WORK/$name.err")"
+	check_json "$WORK/$name.out"
+	poll_until 120 grep -q "incoming migration done" "$WORK/$DEST_NAME.err"
+	dest_runs "$DEST_NAME" 3
+	[ "$RC" = 0 ] || fail "$DEST_NAME: exited $RC (a mismatch, or an error)"
+	check_continues "$WORK/$name.con" "$WORK/$DEST_NAME.con"
+}
+
+# ---- 1. X.509
+DEST_NAME=dst-x509
+start_dest $DEST_NAME --mem $MEM --cpus 1 --control "$WORK/$DEST_NAME.sock" \
+	--tls-x509-dir "$pki/dst" --tls-hostname source.test
+start_source src-wrongname --mem $MEM --cpus 1 --cmdline "$guest" \
+	--tls-x509-dir "$pki/src" --tls-hostname wrong.test
+refused src-wrongname "expected name wrong.test"
+start_source src-x509 --mem $MEM --cpus 1 --cmdline "$guest" \
+	--tls-x509-dir "$pki/src" --tls-hostname dest.test
+moves src-x509
+ok "X.509: migrated over TLS after a source with the wrong host name was refused"

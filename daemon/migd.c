@@ -72,7 +72,11 @@ static void usage(FILE *f)
 "                         this daemon's user only)\n"
 "  --listen HOST:PORT     accept peer daemons there (port %d by default);\n"
 "                         needs --psk-file\n"
-"  --psk-file FILE        the pre-shared key peers authenticate with\n"
+"  --psk-file FILE        the pre-shared key peers authenticate with; it\n"
+"                         also keys TLS 1.3 on every migration connection\n"
+"  --no-tls               migrate in clear: guest memory, CPU state and\n"
+"                         tokens readable and changeable on the path (a\n"
+"                         trusted network only; both daemons alike)\n"
 "  --migvm PATH           the migvm binary (default: next to migd, then\n"
 "                         PATH)\n"
 "  --max-mem MIB          memory this daemon gives to VMs at most (default:\n"
@@ -136,6 +140,7 @@ int main(int argc, char **argv)
 		{ "control", required_argument, NULL, 'c' },
 		{ "listen", required_argument, NULL, 'l' },
 		{ "psk-file", required_argument, NULL, 'k' },
+		{ "no-tls", no_argument, NULL, 'N' },
 		{ "migvm", required_argument, NULL, 'm' },
 		{ "max-mem", required_argument, NULL, 'M' },
 		{ "metrics", required_argument, NULL, 'P' },
@@ -156,6 +161,7 @@ int main(int argc, char **argv)
 		case 'c': g.control_path = optarg; break;
 		case 'l': listen = optarg; break;
 		case 'k': psk_file = optarg; break;
+		case 'N': g.plain_data = true; break;
 		case 'm': g.migvm = strdup(optarg); break;
 		case 'P': g.metrics = optarg; break;
 		case 'M': {
@@ -275,6 +281,10 @@ int main(int argc, char **argv)
 	uv_signal_init(g.loop, &sig_int);
 	uv_signal_start(&sig_term, on_signal, SIGTERM);
 	uv_signal_start(&sig_int, on_signal, SIGINT);
+	if (g.plain_data)
+		mlog(LOG_WARN, NULL, "--no-tls: migrations cross the network in "
+		     "clear (guest memory, CPU state, tokens): readable and "
+		     "changeable on the path; a trusted network only");
 	mlog(LOG_INFO, NULL, "ready: control %s%s%s, state %s, migvm %s",
 	     g.control_path, listen ? ", peers on " : "", listen ? listen : "",
 	     g.state_dir, g.migvm);

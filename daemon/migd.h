@@ -30,6 +30,8 @@
 #define MIGD_FRAME_MAX (1u << 20)
 /* The least pre-shared key, in bytes (of the file, without its newline). */
 #define MIGD_PSK_MIN 16
+/* The identity of the PSK for the migrations' TLS sessions. */
+#define MIGD_TLS_IDENTITY "migd"
 #define MIGD_PREAUTH_MAX 4096u
 #define MIGD_DEFAULT_PORT 7400
 #define MIGD_NAME_MAX 63
@@ -103,6 +105,7 @@ struct migd {
 	char *migvm;
 	uint8_t psk[256];
 	size_t psk_len;
+	bool plain_data;                 /* --no-tls: migrations in clear */
 	uint64_t max_mem_mib;            /* 0: MemAvailable decides */
 	enum log_level log_level;
 	char *metrics;                   /* HOST:PORT or NULL */

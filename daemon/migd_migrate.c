@@ -119,6 +119,7 @@ static void *migrate_thread(void *arg)
 	cfg.cmdline = vm->cmdline;
 	cfg.initrd = vm->initrd;
 	res.migration_id = vm->mig_id;
+	res.tls = !g.plain_data;
 	pthread_mutex_unlock(&g.lock);
 	res.config = &cfg;
 	m.msg_case = MIG__D__PEER_MSG__MSG_RESERVE;
@@ -149,6 +150,11 @@ static void *migrate_thread(void *arg)
 	 * status poll to read the typed result before it exits. */
 	mreq.hold_result_ms = 10 * POLL_MS;
 	mreq.token = rep->token;
+	if (!g.plain_data) { /* TLS, keyed as the peer link is */
+		mreq.tls_psk.data = g.psk;
+		mreq.tls_psk.len = g.psk_len;
+		mreq.tls_identity = MIGD_TLS_IDENTITY;
+	}
 	mreq.n_params = params && pp ? a->n_params : 0;
 	mreq.params = pp;
 	req.req_case = MIG__CTL__REQUEST__REQ_MIGRATE;

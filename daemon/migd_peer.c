@@ -173,6 +173,18 @@ static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
 		reply(c, false, "bad reservation (name, mem, cpus)", 0, NULL);
 		return;
 	}
+	if (r->tls == g.plain_data) {
+		snprintf(msg, sizeof(msg), r->tls
+			 ? "this host migrates in clear (--no-tls), the source "
+			   "with TLS: both daemons alike"
+			 : "this host takes migrations over TLS only; the "
+			   "source runs with --no-tls");
+		g.n_reserve_refused++;
+		mlog(LOG_WARN, NULL, "reservation from %s refused: %s", c->addr,
+		     msg);
+		reply(c, false, msg, 0, NULL);
+		return;
+	}
 	room = avail;
 	if (g.max_mem_mib) {
 		uint64_t used = mem_used_mib();

@@ -475,13 +475,34 @@ int vm_adopt(struct vmrec *vm, int pid, char *errbuf, size_t errlen)
 	return 0;
 }
 
+/* A pipe holding `len` bytes of a secret, its write end closed: the read
+ * end (for a child's descriptor) in *rd. The secret fits a pipe's buffer
+ * many times over, so the write never blocks. */
+static int secret_pipe(const void *data, size_t len, int *rd)
+{
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	errno = 0;
+	if (write(p[1], data, len) != (ssize_t)len) {
+		int r = errno ? -errno : -EIO; /* a short write sets none */
+		close(p[0]);
+		close(p[1]);
+		return r;
+	}
+	close(p[1]);
+	*rd = p[0];
+	return 0;
+}
+
 int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 {
 	uv_process_options_t o = { 0 };
-	uv_stdio_container_t stdio[5];
-	int tok[2] = { -1, -1 };
-	char mem[32], cpus[16], uri[300];
-	const char *args[32];
+	uv_stdio_container_t stdio[6];
+	int tok = -1, key = -1;
+	char mem[32], cpus[16], uri[300], tokline[sizeof(vm->token) + 1];
+	const char *args[40];
 	struct child *c;
 	int n = 0, r;
 
@@ -509,6 +530,12 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 		args[n++] = "3";
 		args[n++] = "--events-fd";
 		args[n++] = "4";
+		if (!g.plain_data) { /* the key, as the token: never in argv */
+			args[n++] = "--tls-psk-file";
+			args[n++] = "/dev/fd/5";
+			args[n++] = "--tls-identity";
+			args[n++] = MIGD_TLS_IDENTITY;
+		}
 	} else {
 		if (vm->kernel && vm->kernel[0]) {
 			args[n++] = "--kernel";
@@ -539,20 +566,17 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 	o.stdio = stdio;
 	o.stdio_count = 3;
 	if (incoming) {
-		/* The token through a pipe on migvm's descriptor 3, written
-		 * whole (65 bytes, far under a pipe's buffer) and closed
-		 * before migvm reads it. */
-		size_t tl = strlen(vm->token);
-		errno = 0;
-		if (pipe2(tok, O_CLOEXEC) < 0 ||
-		    write(tok[1], vm->token, tl) != (ssize_t)tl ||
-		    write(tok[1], "\n", 1) != 1) {
-			r = errno ? -errno : -EIO; /* a short write sets none */
-			snprintf(errbuf, errlen, "token pipe: %s", strerror(-r));
-			if (tok[0] >= 0) {
-				close(tok[0]);
-				close(tok[1]);
-			}
+		/* The token through a pipe on migvm's descriptor 3 and the
+		 * TLS key on 5, each written whole and closed before migvm
+		 * reads it. */
+		snprintf(tokline, sizeof(tokline), "%s\n", vm->token);
+		r = secret_pipe(tokline, strlen(tokline), &tok);
+		if (r == 0 && !g.plain_data)
+			r = secret_pipe(g.psk, g.psk_len, &key);
+		if (r < 0) {
+			snprintf(errbuf, errlen, "secret pipe: %s", strerror(-r));
+			if (tok >= 0)
+				close(tok);
 			c->log_fd = -1;
 			c->open = 3;
 			uv_close((uv_handle_t *)&c->out, child_closed);
@@ -560,20 +584,26 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 			uv_close((uv_handle_t *)&c->ev, child_closed);
 			return r;
 		}
-		close(tok[1]);
 		stdio[3].flags = UV_INHERIT_FD;
-		stdio[3].data.fd = tok[0];
+		stdio[3].data.fd = tok;
 		/* Its events on descriptor 4 (only an incoming migvm has
 		 * any so far). */
 		stdio[4].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
 		stdio[4].data.stream = (uv_stream_t *)&c->ev;
 		o.stdio_count = 5;
+		if (key >= 0) {
+			stdio[5].flags = UV_INHERIT_FD;
+			stdio[5].data.fd = key;
+			o.stdio_count = 6;
+		}
 	}
 	c->log_fd = open(vm->log_path, O_WRONLY | O_CREAT | O_APPEND |
 			 O_CLOEXEC, 0600);
 	r = uv_spawn(g.loop, &c->proc, &o);
-	if (tok[0] >= 0)
-		close(tok[0]);
+	if (tok >= 0)
+		close(tok);
+	if (key >= 0)
+		close(key);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot run %s: %s", g.migvm,
 			 uv_strerror(r));

@@ -105,6 +105,12 @@ echo "A->B: $RESULT"
 runs_on b
 grep -q "vm1 *migrated" <<<"$(mc a list)" || fail "A does not list vm1 as migrated"
 ok "vm1 moved to B and keeps running"
+# Over TLS, migd's default: both migvms said so.
+grep -q "migrating to .* over TLS 1.3" "$WORK/a/vm1.log" ||
+	fail "A's migvm did not migrate over TLS: $(grep migvm: "$WORK/a/vm1.log")"
+grep -q "incoming migration over TLS 1.3" "$WORK/b/vm1.log" ||
+	fail "B's migvm did not take the migration over TLS: $(grep migvm: "$WORK/b/vm1.log")"
+ok "the migration ran over TLS 1.3"
 
 # B -> A (plain output, as a person sees it)
 mc_to "$WORK/out" b migrate vm1 --to "127.0.0.1:$PORT_a"
@@ -135,6 +141,18 @@ s=$(mc a --json status vm1)
 [ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A: $s"
 ok "reservation refused: $out"
 
+# A daemon that migrates in clear (--no-tls) and one that does not never
+# pair: the destination refuses, says why, and the VM stays where it is.
+start_migd e "$WORK/psk" --no-tls
+grep -q -- "--no-tls: migrations cross the network in clear" "$WORK/migd-e.err" ||
+	fail "E did not warn about --no-tls: $(cat "$WORK/migd-e.err")"
+out=$(mc a migrate vm1 --to "127.0.0.1:$PORT_e" 2>&1) && fail "A (TLS) migrated to E (--no-tls)"
+grep -q "this host migrates in clear (--no-tls), the source with TLS" <<<"$out" ||
+	fail "unclear TLS mismatch: $out"
+s=$(mc a --json status vm1)
+[ "$(jfield "$s" state)" = running ] || fail "vm1 not running on A: $s"
+ok "TLS and --no-tls do not pair: $out"
+
 # The destination daemon dies during pre-copy. At 1 MiB/s the 32 MiB the
 # guest touched take 32 s or more, however fast the machine: B is killed
 # as soon as A reports pre-copy.
@@ -148,7 +166,10 @@ ipid=$(jfield "$(mc b --json status vm1)" pid)
 args=$(tr '\0' ' ' <"/proc/$ipid/cmdline")
 grep -q -- "--token-fd 3" <<<"$args" && ! grep -q -- "--token " <<<"$args" ||
 	fail "the incoming migvm's command line: $args"
-ok "the token is not on the incoming migvm's command line: $args"
+grep -q -- "--tls-psk-file /dev/fd/5" <<<"$args" &&
+	! grep -qF -- "$(head -c 16 "$WORK/psk")" <<<"$args" ||
+	fail "the TLS key is not passed on a pipe: $args"
+ok "neither the token nor the TLS key is on the incoming migvm's command line: $args"
 kill -KILL "$PID_b"
 wait "$PID_b" 2>/dev/null
 wait_vm_state a vm1 120 running exited migrated

@@ -8,6 +8,9 @@
 # neither take nor kill it. The incoming migvm is a stand-in that
 # announces a port and waits: no KVM needed. Its stderr says another port
 # and that the VM runs: migd takes neither (only migvm's events count).
+# TLS on the data connections is migd's default: a Reserve that does not
+# ask for it is refused, and the incoming migvm gets the key on a pipe
+# (--tls-psk-file /dev/fd/5), never on its command line.
 # ctest-timeout: 120
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -24,6 +27,10 @@ cat >"$WORK/fake-migvm" <<'SH'
 # Before it, stderr lines that once steered migd (and that a guest's
 # console or a peer's reason could forge): they must not.
 [[ " $* " == *" --events-fd 4 "* ]] || { echo "no --events-fd 4: $*" >&2; exit 2; }
+[[ " $* " == *" --tls-psk-file /dev/fd/5 --tls-identity migd "* ]] ||
+	{ echo "no --tls-psk-file /dev/fd/5: $*" >&2; exit 2; }
+cmp -s /dev/fd/5 "$(dirname "$0")/psk" || { echo "fd 5 is not the key" >&2; exit 2; }
+[[ "$*" != *"$(cat "$(dirname "$0")/psk")"* ]] || { echo "the key in argv" >&2; exit 2; }
 echo "migvm: incoming migration on port 5555" >&2
 echo "migvm: incoming migration done; the VM runs here" >&2
 sleep 0.5
@@ -76,9 +83,15 @@ assert not good, "a replayed Auth was accepted"
 assert r.closed()
 ok("a replayed Auth refused: '%s'" % msg)
 
-# A reserves vm1; B, with the same key, knows the name and the id.
+# A source in clear (--no-tls, or older) is refused: this host takes
+# migrations over TLS only.
 vm = enc([(1, "vm1"), (2, 64), (3, 1)])
-good, msg, rep = a.call(RESERVE, [(1, "mig-1"), (2, vm)])
+good, msg, rep = a.call(RESERVE, [(1, "mig-0"), (2, vm)])
+assert not good and "TLS only" in msg, msg
+ok("a Reserve without TLS refused: '%s'" % msg)
+
+# A reserves vm1 (TLS); B, with the same key, knows the name and the id.
+good, msg, rep = a.call(RESERVE, [(1, "mig-1"), (2, vm), (3, 1)])
 assert good and rep.get(3) == 4444 and len(rep.get(4, b"")) == 64, (msg, rep)
 assert state("vm1") == "incoming", state("vm1")
 ok("reserved on connection A: port %d (the event's, not stderr's 5555), "

@@ -83,7 +83,6 @@ static void usage(FILE *f)
 "                         the host's MemAvailable decides)\n"
 "  --metrics HOST:PORT    Prometheus metrics over HTTP (off by default)\n"
 "  --log-level error|warn|info|debug  (default info)\n"
-"  --self-test            check SHA-256/HMAC and exit\n"
 "  -h, --help             this text\n",
 		MIGD_DEFAULT_PORT);
 }
@@ -145,7 +144,6 @@ int main(int argc, char **argv)
 		{ "max-mem", required_argument, NULL, 'M' },
 		{ "metrics", required_argument, NULL, 'P' },
 		{ "log-level", required_argument, NULL, 'L' },
-		{ "self-test", no_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -184,14 +182,6 @@ int main(int argc, char **argv)
 			g.log_level = (enum log_level)i;
 			break;
 		}
-		case 'T':
-			if (hmac_self_test() < 0) {
-				fprintf(stderr, "migd: HMAC-SHA256 self-test "
-					"FAILED\n");
-				return 1;
-			}
-			printf("migd: HMAC-SHA256 self-test ok\n");
-			return 0;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -251,6 +241,10 @@ int main(int argc, char **argv)
 		memcpy(g.psk, key, (size_t)n);
 		explicit_bzero(key, sizeof(key));
 		g.psk_len = (size_t)n;
+		if (tls_init(g.psk, g.psk_len, errbuf, sizeof(errbuf)) < 0) {
+			fprintf(stderr, "migd: %s\n", errbuf);
+			return 1;
+		}
 	}
 	if (!g.migvm)
 		g.migvm = default_migvm();

@@ -10,7 +10,7 @@
  *                   client handshake
  *   migd_migrate.c  an outgoing migration, stage by stage (a thread)
  *   migd_io.c       blocking framed I/O, the migvm control client
- *   migd_hmac.c     SHA-256, HMAC-SHA256
+ *   migd_tls.c      TLS 1.3 (GnuTLS, the pre-shared key) on the peer link
  *   migd_adopt.c    at start, taking back the VMs of the state dir
  */
 #ifndef MIGD_H
@@ -157,10 +157,12 @@ int metrics_listen(const char *hostport, char *errbuf, size_t errlen);
 
 /* migd_peer.c */
 int peer_listen(char *errbuf, size_t errlen);
-/* Client side, blocking: connect and authenticate (mutually). Returns
- * the fd, or -1 with why in errbuf. */
-int peer_connect(const char *host, int port, char *errbuf, size_t errlen);
-int peer_call(int fd, Mig__D__PeerMsg *msg, Mig__D__Reply **reply,
+/* Client side, blocking: connect and authenticate (mutually: TLS with
+ * the pre-shared key). Returns the link (tls_cli_close() ends it), or
+ * NULL with why in errbuf. */
+struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
+			     size_t errlen);
+int peer_call(struct tls_cli *t, Mig__D__PeerMsg *msg, Mig__D__Reply **reply,
 	      int timeout_ms, char *errbuf, size_t errlen);
 
 /* migd_migrate.c */
@@ -179,23 +181,30 @@ int vmctl_call(const char *sock, Mig__Ctl__Request *req,
 	       Mig__Ctl__Response **resp, int timeout_ms);
 int vmctl_status(const char *sock, Mig__Ctl__Response **resp);
 
-/* migd_hmac.c */
-struct sha256 {
-	uint32_t h[8];
-	uint64_t len;
-	uint8_t buf[64];
-	size_t n;
-};
-struct iovec_c {
-	const void *base;
-	size_t len;
-};
-void sha256_init(struct sha256 *s);
-void sha256_update(struct sha256 *s, const void *data, size_t len);
-void sha256_final(struct sha256 *s, uint8_t out[32]);
-void hmac_sha256(const void *key, size_t klen, const struct iovec_c *parts,
-		 int nparts, uint8_t out[32]);
-bool mac_equal(const uint8_t *a, const uint8_t *b, size_t len);
-int hmac_self_test(void);
+/* migd_tls.c: TLS 1.3 on the peer link, keyed with the PSK. */
+int tls_init(const uint8_t *key, size_t len, char *errbuf, size_t errlen);
+/* The server side of one connection, on the loop: its records go out with
+ * uv_write on `tcp`. */
+struct tls_srv;
+struct tls_srv *tls_srv_new(uv_tcp_t *tcp);
+void tls_srv_free(struct tls_srv *t);
+/* Ciphertext read: -1 failed (why), 0 handshake going on, 1 established. */
+int tls_srv_input(struct tls_srv *t, const void *p, size_t n, char *why,
+		  size_t wl);
+/* Plaintext into dst: bytes, 0 when nothing whole is there, -1 failed or
+ * closed (why). */
+long tls_srv_read(struct tls_srv *t, void *dst, size_t cap, char *why,
+		  size_t wl);
+int tls_srv_write(struct tls_srv *t, const void *p, size_t n);
+/* The client side on a connected non-blocking descriptor, its handshake
+ * done within timeout_ms (NULL: why); close frees it and closes fd. */
+struct tls_cli;
+struct tls_cli *tls_cli_open(int fd, int timeout_ms, char *why, size_t wl);
+void tls_cli_close(struct tls_cli *t);
+int tls_cli_fd(const struct tls_cli *t);
+/* Framed messages as msgio_send/msgio_recv, sealed. */
+int tls_cli_send(struct tls_cli *t, const ProtobufCMessage *m, int timeout_ms);
+int tls_cli_recv(struct tls_cli *t, const ProtobufCMessageDescriptor *d,
+		 int timeout_ms, ProtobufCMessage **out);
 
 #endif

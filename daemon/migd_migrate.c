@@ -102,12 +102,13 @@ static void *migrate_thread(void *arg)
 	bool ok = false, reserved = false, cancelled = false, committed = false;
 	bool result_ok = false, ended_unknown = false;
 	char *prev_json = NULL; /* an older migvm's last result (see below) */
-	int fd = -1, exit_status = 0;
+	struct tls_cli *link = NULL;
+	int exit_status = 0;
 
 	/* Stage 0: the destination daemon, authenticated both ways. */
 	set_phase(vm, "connect");
-	fd = peer_connect(a->host, a->port, err, sizeof(err));
-	if (fd < 0)
+	link = peer_connect(a->host, a->port, err, sizeof(err));
+	if (!link)
 		goto done;
 	/* Stage 1: reservation. */
 	set_phase(vm, "reserve");
@@ -124,7 +125,7 @@ static void *migrate_thread(void *arg)
 	res.config = &cfg;
 	m.msg_case = MIG__D__PEER_MSG__MSG_RESERVE;
 	m.reserve = &res;
-	if (peer_call(fd, &m, &rep, 60000, err, sizeof(err)) < 0)
+	if (peer_call(link, &m, &rep, 60000, err, sizeof(err)) < 0)
 		goto done;
 	if (!rep->ok) {
 		snprintf(err, sizeof(err), "peer refused the reservation: %s",
@@ -223,7 +224,7 @@ static void *migrate_thread(void *arg)
 			snprintf(err, sizeof(err), "cancelled");
 			vm_cancel(vm);
 		}
-		if (!cancelled && peer_gone(fd)) {
+		if (!cancelled && peer_gone(tls_cli_fd(link))) {
 			cancelled = true;
 			snprintf(err, sizeof(err), "the destination daemon "
 				 "went away during the migration");
@@ -299,7 +300,7 @@ static void *migrate_thread(void *arg)
 	}
 done:
 	/* Stage 4/5, or the release. */
-	if (fd >= 0 && reserved) {
+	if (link && reserved) {
 		Mig__D__PeerMsg cm = MIG__D__PEER_MSG__INIT;
 		Mig__D__Commit c = MIG__D__COMMIT__INIT;
 		Mig__D__Release rl = MIG__D__RELEASE__INIT;
@@ -318,7 +319,7 @@ done:
 			cm.msg_case = MIG__D__PEER_MSG__MSG_RELEASE;
 			cm.release = &rl;
 		}
-		if (peer_call(fd, &cm, &r2, 10000, err2, sizeof(err2)) < 0)
+		if (peer_call(link, &cm, &r2, 10000, err2, sizeof(err2)) < 0)
 			mlog(committed ? LOG_WARN : LOG_INFO, vm, "%s: %s",
 			     committed ? "commit not confirmed" : "release not "
 			     "confirmed", err2);
@@ -340,8 +341,7 @@ done:
 		if (r2)
 			mig__d__reply__free_unpacked(r2, NULL);
 	}
-	if (fd >= 0)
-		close(fd);
+	tls_cli_close(link);
 	pthread_mutex_lock(&g.lock);
 	if (ok) {
 		vm->state = VM_MIGRATED;

@@ -1,10 +1,10 @@
 /*
- * The peer protocol between daemons over TCP (daemon.proto PeerMsg, u32
- * length framing). The server challenges every connection; until the
- * client has proven it holds the pre-shared key (HMAC-SHA256 over both
- * nonces) nothing but Auth is accepted and frames are capped at 4 KiB.
- * The client checks the server's proof in turn, so a daemon never hands a
- * VM to an impostor either.
+ * The peer protocol between daemons (daemon.proto PeerMsg, u32 length
+ * framing) inside TLS 1.3 keyed with the pre-shared key (migd_tls.c):
+ * the handshake proves to each side that the other holds the key, so a
+ * daemon neither takes a VM from nor hands one to an impostor, and every
+ * message after it is sealed. Until the handshake is done nothing else is
+ * read, within the gate's deadline (migd_gate.h).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,38 +15,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "migd.h"
 #include "migd_gate.h"
 
-#define NONCE_LEN 32
-
-static const char CLIENT_TAG[] = "migd-auth-v1 client";
-static const char SERVER_TAG[] = "migd-auth-v1 server";
-
-static void mac_of(const char *tag, const uint8_t *n1, size_t l1,
-		   const uint8_t *n2, size_t l2, uint8_t out[32])
-{
-	struct iovec_c parts[3] = {
-		{ tag, strlen(tag) }, { n1, l1 }, { n2, l2 },
-	};
-	hmac_sha256(g.psk, g.psk_len, parts, 3, out);
-}
-
 /* ---- server --------------------------------------------------------- */
 
 struct peer_conn {
 	uv_tcp_t tcp;
 	struct gate_entry gate;     /* until it authenticates */
+	struct tls_srv *tls;
 	bool authed, closing;
-	uint8_t nonce[NONCE_LEN];
 	char addr[128];
-	uint8_t *buf;
+	uint8_t *buf;               /* plaintext, not yet whole frames */
 	size_t len, cap;
 };
+
+/* Ciphertext as libuv reads it, handed to the connection's TLS at once. */
+static uint8_t peer_rbuf[65536];
 
 static uv_tcp_t peer_server;
 /* Strangers on the peer port: 10 s to authenticate, 16 from one address,
@@ -59,6 +47,7 @@ static struct gate peer_gate = {
 static void conn_closed(uv_handle_t *h)
 {
 	struct peer_conn *c = h->data;
+	tls_srv_free(c->tls);
 	free(c->buf);
 	free(c);
 }
@@ -88,23 +77,13 @@ static void conn_close(struct peer_conn *c)
 	uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
-static void write_done(uv_write_t *w, int status)
-{
-	(void)status;
-	free(w->data);
-	free(w);
-}
-
 static void send_peer(struct peer_conn *c, Mig__D__PeerMsg *m)
 {
 	size_t n = mig__d__peer_msg__get_packed_size(m);
 	uint8_t *buf = malloc(n + 4);
-	uv_write_t *w = malloc(sizeof(*w));
-	uv_buf_t b;
 
-	if (!buf || !w || c->closing) {
+	if (!buf || c->closing) {
 		free(buf);
-		free(w);
 		return;
 	}
 	buf[0] = (uint8_t)n;
@@ -112,12 +91,10 @@ static void send_peer(struct peer_conn *c, Mig__D__PeerMsg *m)
 	buf[2] = (uint8_t)(n >> 16);
 	buf[3] = (uint8_t)(n >> 24);
 	mig__d__peer_msg__pack(m, buf + 4);
-	w->data = buf;
-	b = uv_buf_init((char *)buf, (unsigned int)(n + 4));
-	if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, write_done) < 0) {
-		free(buf);
-		free(w);
-	}
+	if (tls_srv_write(c->tls, buf, n + 4) < 0)
+		mlog(LOG_WARN, NULL, "peer %s: a reply could not be sent",
+		     c->addr);
+	free(buf);
 }
 
 static void reply_why(struct peer_conn *c, bool ok, Mig__D__Refusal why,
@@ -272,45 +249,6 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 		conn_close(c);
 		return;
 	}
-	if (!c->authed) {
-		Mig__D__PeerMsg out = MIG__D__PEER_MSG__INIT;
-		Mig__D__AuthResult ar = MIG__D__AUTH_RESULT__INIT;
-		uint8_t mac[32], smac[32];
-
-		out.msg_case = MIG__D__PEER_MSG__MSG_AUTH_RESULT;
-		out.auth_result = &ar;
-		if (m->msg_case != MIG__D__PEER_MSG__MSG_AUTH ||
-		    m->auth->nonce.len != NONCE_LEN ||
-		    m->auth->mac.len != 32) {
-			ar.message = (char *)"authenticate first";
-		} else {
-			mac_of(CLIENT_TAG, c->nonce, NONCE_LEN,
-			       m->auth->nonce.data, NONCE_LEN, mac);
-			if (mac_equal(mac, m->auth->mac.data, 32)) {
-				c->authed = true;
-				gate_leave(&c->gate);
-				ar.ok = true;
-				mac_of(SERVER_TAG, m->auth->nonce.data,
-				       NONCE_LEN, c->nonce, NONCE_LEN, smac);
-				ar.mac.data = smac;
-				ar.mac.len = 32;
-			} else {
-				ar.message = (char *)"authentication failed "
-					"(wrong pre-shared key?)";
-			}
-		}
-		send_peer(c, &out);
-		if (!c->authed) {
-			g.n_auth_failed++;
-			mlog(LOG_WARN, NULL, "peer %s: %s", c->addr,
-			     ar.message);
-			conn_close(c);
-		} else {
-			mlog(LOG_DEBUG, NULL, "peer %s authenticated", c->addr);
-		}
-		mig__d__peer_msg__free_unpacked(m, NULL);
-		return;
-	}
 	switch (m->msg_case) {
 	case MIG__D__PEER_MSG__MSG_RESERVE:
 		handle_reserve(c, m->reserve);
@@ -369,42 +307,26 @@ static void handle(struct peer_conn *c, const uint8_t *data, size_t len)
 
 static void peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-	struct peer_conn *c = h->data;
-	size_t limit = (c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX) + 4;
+	(void)h;
 	(void)hint;
-	if (c->cap - c->len < 4096 && c->cap < limit + 4096) {
-		size_t cap = c->cap ? c->cap * 2 : 8192;
-		uint8_t *p = realloc(c->buf, cap);
-		if (p) {
-			c->buf = p;
-			c->cap = cap;
-		}
-	}
-	*buf = uv_buf_init((char *)c->buf + c->len,
-			   (unsigned int)(c->cap - c->len));
+	*buf = uv_buf_init((char *)peer_rbuf, sizeof(peer_rbuf));
 }
 
-static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Handle the whole frames in c->buf; false once c is closing. */
+static bool frames(struct peer_conn *c)
 {
-	struct peer_conn *c = s->data;
 	size_t off = 0;
-	(void)buf;
 
-	if (nread < 0) {
-		conn_close(c);
-		return;
-	}
-	c->len += (size_t)nread;
 	while (!c->closing) {
-		size_t max = c->authed ? MIGD_FRAME_MAX : MIGD_PREAUTH_MAX, n;
 		const uint8_t *body;
-		long used = msgio_frame_next(c->buf + off, c->len - off, max,
-					     &body, &n);
+		size_t n;
+		long used = msgio_frame_next(c->buf + off, c->len - off,
+					     MIGD_FRAME_MAX, &body, &n);
 		if (used < 0) {
-			mlog(LOG_WARN, NULL, "peer %s: a frame over %zu bytes "
-			     "refused", c->addr, max);
+			mlog(LOG_WARN, NULL, "peer %s: a frame over %u bytes "
+			     "refused", c->addr, MIGD_FRAME_MAX);
 			conn_close(c);
-			return;
+			return false;
 		}
 		if (used == 0)
 			break;
@@ -412,9 +334,71 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		off += (size_t)used;
 	}
 	if (c->closing)
-		return;
+		return false;
 	memmove(c->buf, c->buf + off, c->len - off);
 	c->len -= off;
+	return true;
+}
+
+static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct peer_conn *c = s->data;
+	char why[256];
+	int r;
+
+	if (nread < 0) {
+		conn_close(c);
+		return;
+	}
+	r = tls_srv_input(c->tls, buf->base, (size_t)nread, why, sizeof(why));
+	if (r < 0) {
+		if (!c->authed) {
+			g.n_auth_failed++;
+			mlog(LOG_WARN, NULL, "peer %s: authentication failed: %s",
+			     c->addr, why);
+		} else {
+			mlog(LOG_WARN, NULL, "peer %s: %s", c->addr, why);
+		}
+		conn_close(c);
+		return;
+	}
+	if (r == 0)
+		return;
+	if (!c->authed) {
+		c->authed = true;
+		gate_leave(&c->gate);
+		mlog(LOG_DEBUG, NULL, "peer %s authenticated (TLS 1.3, "
+		     "pre-shared key)", c->addr);
+	}
+	for (;;) {
+		long k;
+
+		if (c->cap - c->len < 16384) {
+			size_t cap = c->cap ? c->cap * 2 : 65536;
+			uint8_t *p = cap <= 2 * ((size_t)MIGD_FRAME_MAX + 65536)
+					     ? realloc(c->buf, cap) : NULL;
+			if (!p) {
+				mlog(LOG_WARN, NULL, "peer %s: out of buffer",
+				     c->addr);
+				conn_close(c);
+				return;
+			}
+			c->buf = p;
+			c->cap = cap;
+		}
+		k = tls_srv_read(c->tls, c->buf + c->len, c->cap - c->len, why,
+				 sizeof(why));
+		if (k < 0) {
+			mlog(LOG_DEBUG, NULL, "peer %s: %s", c->addr, why);
+			conn_close(c);
+			return;
+		}
+		if (k == 0)
+			return;
+		c->len += (size_t)k;
+		if (!frames(c))
+			return;
+	}
 }
 
 static void peer_turned_away(struct gate_entry *e, const char *why)
@@ -432,8 +416,6 @@ static void peer_turned_away(struct gate_entry *e, const char *why)
 
 static void peer_connection(uv_stream_t *server, int status)
 {
-	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
-	Mig__D__Challenge ch = MIG__D__CHALLENGE__INIT;
 	struct sockaddr_storage sa;
 	int salen = sizeof(sa);
 	struct peer_conn *c;
@@ -442,7 +424,8 @@ static void peer_connection(uv_stream_t *server, int status)
 		return;
 	uv_tcp_init(g.loop, &c->tcp);
 	c->tcp.data = c;
-	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 ||
+	    !(c->tls = tls_srv_new(&c->tcp))) {
 		c->closing = true;
 		uv_close((uv_handle_t *)&c->tcp, conn_closed);
 		return;
@@ -456,16 +439,6 @@ static void peer_connection(uv_stream_t *server, int status)
 		uv_ip_name((struct sockaddr *)&sa, c->addr, sizeof(c->addr));
 	c->gate.turn_away = peer_turned_away;
 	gate_enter(&peer_gate, &c->gate, c->addr);
-	if (getrandom(c->nonce, NONCE_LEN, 0) != NONCE_LEN) {
-		conn_close(c);
-		return;
-	}
-	ch.version = 1;
-	ch.nonce.data = c->nonce;
-	ch.nonce.len = NONCE_LEN;
-	m.msg_case = MIG__D__PEER_MSG__MSG_CHALLENGE;
-	m.challenge = &ch;
-	send_peer(c, &m);
 	uv_read_start((uv_stream_t *)&c->tcp, peer_alloc, peer_read);
 }
 
@@ -495,40 +468,32 @@ int peer_listen(char *errbuf, size_t errlen)
 
 /* ---- client (blocking, from a migration thread) --------------------- */
 
-static int send_peer_fd(int fd, Mig__D__PeerMsg *m)
-{
-	return msgio_send(fd, &m->base, 10000);
-}
-
-static Mig__D__PeerMsg *recv_peer_fd(int fd, int timeout_ms, int *err)
+static Mig__D__PeerMsg *recv_peer(struct tls_cli *t, int timeout_ms, int *err)
 {
 	Mig__D__PeerMsg *m;
 
-	*err = msgio_recv(fd, &mig__d__peer_msg__descriptor, MIGD_FRAME_MAX,
-			  timeout_ms, (ProtobufCMessage **)&m);
+	*err = tls_cli_recv(t, &mig__d__peer_msg__descriptor, timeout_ms,
+			    (ProtobufCMessage **)&m);
 	/* A peer's words reach our log, a VM's last_error and migctl's
 	 * terminal. */
 	if (m && m->msg_case == MIG__D__PEER_MSG__MSG_REPLY)
 		text_printable(m->reply->message);
-	if (m && m->msg_case == MIG__D__PEER_MSG__MSG_AUTH_RESULT)
-		text_printable(m->auth_result->message);
 	return m;
 }
 
-int peer_connect(const char *host, int port, char *errbuf, size_t errlen)
+struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
+			     size_t errlen)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
-	Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT, *in;
-	Mig__D__Auth auth = MIG__D__AUTH__INIT;
-	uint8_t nonce[NONCE_LEN], mac[32];
-	char portstr[16];
+	struct tls_cli *t;
+	char portstr[16], why[256];
 	int fd = -1, r;
 
 	snprintf(portstr, sizeof(portstr), "%d", port);
 	r = getaddrinfo(host, portstr, &hints, &ai);
 	if (r) {
 		snprintf(errbuf, errlen, "peer %s: %s", host, gai_strerror(r));
-		return -1;
+		return NULL;
 	}
 	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
 		    0);
@@ -553,72 +518,23 @@ int peer_connect(const char *host, int port, char *errbuf, size_t errlen)
 			 "%s:%d: %s", host, port, strerror(errno));
 		if (fd >= 0)
 			close(fd);
-		return -1;
+		return NULL;
 	}
 	peer_keepalive(fd);
-	in = recv_peer_fd(fd, 10000, &r);
-	if (!in || in->msg_case != MIG__D__PEER_MSG__MSG_CHALLENGE ||
-	    in->challenge->nonce.len != NONCE_LEN) {
-		snprintf(errbuf, errlen, "peer %s:%d is not a migd (no "
-			 "challenge: %s)", host, port,
-			 in ? "unexpected message" : strerror(-r));
-		goto fail;
+	t = tls_cli_open(fd, 10000, why, sizeof(why));
+	if (!t) {
+		snprintf(errbuf, errlen, "peer %s:%d: authentication failed: %s",
+			 host, port, why);
+		close(fd);
 	}
-	if (getrandom(nonce, NONCE_LEN, 0) != NONCE_LEN)
-		goto fail;
-	mac_of(CLIENT_TAG, in->challenge->nonce.data, NONCE_LEN, nonce,
-	       NONCE_LEN, mac);
-	auth.nonce.data = nonce;
-	auth.nonce.len = NONCE_LEN;
-	auth.mac.data = mac;
-	auth.mac.len = 32;
-	m.msg_case = MIG__D__PEER_MSG__MSG_AUTH;
-	m.auth = &auth;
-	/* Keep the server nonce for checking its proof. */
-	{
-		uint8_t snonce[NONCE_LEN];
-		memcpy(snonce, in->challenge->nonce.data, NONCE_LEN);
-		mig__d__peer_msg__free_unpacked(in, NULL);
-		in = NULL;
-		if (send_peer_fd(fd, &m) < 0) {
-			snprintf(errbuf, errlen, "peer %s:%d closed the "
-				 "connection", host, port);
-			goto fail;
-		}
-		in = recv_peer_fd(fd, 10000, &r);
-		if (!in || in->msg_case != MIG__D__PEER_MSG__MSG_AUTH_RESULT) {
-			snprintf(errbuf, errlen, "peer refused: no answer to "
-				 "the authentication (%s)",
-				 in ? "unexpected message" : strerror(-r));
-			goto fail;
-		}
-		if (!in->auth_result->ok) {
-			snprintf(errbuf, errlen, "peer refused: %s",
-				 in->auth_result->message);
-			goto fail;
-		}
-		mac_of(SERVER_TAG, nonce, NONCE_LEN, snonce, NONCE_LEN, mac);
-		if (in->auth_result->mac.len != 32 ||
-		    !mac_equal(mac, in->auth_result->mac.data, 32)) {
-			snprintf(errbuf, errlen, "peer %s:%d could not prove it "
-				 "holds the pre-shared key", host, port);
-			goto fail;
-		}
-	}
-	mig__d__peer_msg__free_unpacked(in, NULL);
-	return fd;
-fail:
-	if (in)
-		mig__d__peer_msg__free_unpacked(in, NULL);
-	close(fd);
-	return -1;
+	return t;
 }
 
-int peer_call(int fd, Mig__D__PeerMsg *msg, Mig__D__Reply **out,
+int peer_call(struct tls_cli *t, Mig__D__PeerMsg *msg, Mig__D__Reply **out,
 	      int timeout_ms, char *errbuf, size_t errlen)
 {
 	Mig__D__PeerMsg *in;
-	int r = send_peer_fd(fd, msg);
+	int r = tls_cli_send(t, &msg->base, 10000);
 
 	*out = NULL;
 	if (r < 0) {
@@ -626,7 +542,7 @@ int peer_call(int fd, Mig__D__PeerMsg *msg, Mig__D__Reply **out,
 			 strerror(-r));
 		return r;
 	}
-	in = recv_peer_fd(fd, timeout_ms, &r);
+	in = recv_peer(t, timeout_ms, &r);
 	if (!in) {
 		snprintf(errbuf, errlen, "no answer from the peer daemon (%s)",
 			 strerror(-r));

@@ -1,17 +1,18 @@
 """A client of migd's peer protocol for the tests (daemon.proto PeerMsg in
-u32 little-endian length frames, HMAC-SHA256 proofs over both nonces as
-daemon/migd_peer.c makes them). Protobuf is encoded by hand: the few
-messages here are flat, and the tests need nothing installed."""
-import hashlib
-import hmac
+u32 little-endian length frames) inside TLS 1.3 with the pre-shared key,
+as daemon/migd_tls.c speaks it: through tls_psk_pipe (tests/integration/
+tls_psk_pipe.c), as Python's ssl has no PSK. Protobuf is encoded by hand:
+the few messages here are flat, and the tests need nothing installed."""
 import os
+import select
 import socket
 import struct
+import subprocess
+import time
 
-CLIENT_TAG = b"migd-auth-v1 client"
-SERVER_TAG = b"migd-auth-v1 server"
-# PeerMsg's oneof fields
-CHALLENGE, AUTH, AUTH_RESULT, RESERVE, COMMIT, RELEASE, REPLY = range(1, 8)
+# PeerMsg's oneof fields (1-3 were the HMAC exchange TLS replaced)
+RESERVE, COMMIT, RELEASE, REPLY = range(4, 8)
+IDENTITY = "migd-peer"
 
 
 def varint(n):
@@ -66,18 +67,30 @@ def _varint_at(buf, i):
 
 
 class Peer:
-    def __init__(self, port, host="127.0.0.1", timeout=20):
-        self.s = socket.create_connection((host, port), timeout=timeout)
+    """A TLS connection to migd's peer port (PIPE: the tls_psk_pipe
+    binary; KEYFILE: the pre-shared key, read as migd reads it)."""
+
+    def __init__(self, pipe, port, keyfile, host="127.0.0.1",
+                 identity=IDENTITY):
+        self.p = subprocess.Popen([pipe, host, str(port), identity, keyfile],
+                                  stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, bufsize=0)
         self.buf = b""
 
     def send_raw(self, body):
-        self.s.sendall(struct.pack("<I", len(body)) + body)
+        self.p.stdin.write(struct.pack("<I", len(body)) + body)
 
     def send(self, case, fields):
         self.send_raw(enc([(case, enc(fields))]))
 
-    def recv(self):
+    def _read(self, secs):
+        r, _, _ = select.select([self.p.stdout], [], [], secs)
+        return os.read(self.p.stdout.fileno(), 65536) if r else None
+
+    def recv(self, secs=20):
         """(case, {field: value}) of the next PeerMsg; None at EOF."""
+        end = time.time() + secs
         while True:
             if len(self.buf) >= 4:
                 n = struct.unpack("<I", self.buf[:4])[0]
@@ -85,36 +98,21 @@ class Peer:
                     body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
                     (case, inner), = dec(body).items()
                     return case, dec(inner)
-            b = self.s.recv(65536)
+            b = self._read(max(0.0, end - time.time()))
+            if b is None:
+                raise TimeoutError("no message from migd in %d s" % secs)
             if not b:
                 return None
             self.buf += b
 
-    def auth(self, psk, replay=None):
-        """Answer the challenge; replay: an Auth body to send as it is.
-        Returns (ok, message, the Auth body sent); raises if migd's own
-        proof is wrong."""
-        case, ch = self.recv()
-        assert case == CHALLENGE, case
-        sn = ch[2]
-        cn = os.urandom(32)
-        if replay is None:
-            mac = hmac.new(psk, CLIENT_TAG + sn + cn, hashlib.sha256).digest()
-            body = enc([(1, cn), (2, mac)])
-        else:
-            body = replay
-            cn = dec(body)[1]
-        self.send_raw(enc([(AUTH, body)]))
-        r = self.recv()
-        if r is None:
-            return False, "closed", body
-        case, ar = r
-        assert case == AUTH_RESULT, case
-        ok = bool(ar.get(1, 0))
-        if ok:
-            want = hmac.new(psk, SERVER_TAG + cn + sn, hashlib.sha256).digest()
-            assert ar.get(3) == want, "migd's proof is wrong"
-        return ok, ar.get(2, b"").decode(), body
+    def refused(self, secs=10):
+        """The handshake failed: (True, the client's reason) once
+        tls_psk_pipe ended with status 3 within secs."""
+        try:
+            rc = self.p.wait(secs)
+        except subprocess.TimeoutExpired:
+            return False, "still connected"
+        return rc == 3, self.p.stderr.read().decode(errors="replace")
 
     def call(self, case, fields):
         """Send a request; (ok, message, reply fields) of its Reply."""
@@ -125,14 +123,27 @@ class Peer:
         assert rc == REPLY, rc
         return bool(rep.get(1, 0)), rep.get(2, b"").decode(), rep
 
-    def closed(self, secs=5):
-        """True if migd closes the connection within secs."""
-        self.s.settimeout(secs)
+    def close(self):
+        self.p.stdin.close()
         try:
-            while self.s.recv(65536):
-                pass
-            return True
-        except socket.timeout:
-            return False
-        except ConnectionResetError:
-            return True
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+def raw_closed(port, data, secs=10, host="127.0.0.1"):
+    """Send DATA in the clear (no TLS) to migd's peer port: True if migd
+    closes the connection within secs."""
+    s = socket.create_connection((host, port), timeout=secs)
+    s.sendall(data)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        s.close()

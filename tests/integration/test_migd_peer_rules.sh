@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# migd's peer port, spoken to directly (tests/integration/migd_peer.py):
-# a wrong key is refused and the connection closed; nothing but Auth is
-# heard before it; an Auth recorded from one session and replayed in
-# another is refused (each side's nonce is fresh); and a reservation is
+# migd's peer port, spoken to directly (tests/integration/migd_peer.py,
+# TLS 1.3 with the pre-shared key through tls_psk_pipe): a wrong key or
+# identity fails the handshake and migd says so; a peer message in the
+# clear is never heard (the connection closes); and a reservation is
 # committed or released only on the connection that made it: another
 # peer holding the same key, the VM's name and the migration id can
 # neither take nor kill it. The incoming migvm is a stand-in that
@@ -41,48 +41,44 @@ chmod +x "$WORK/fake-migvm"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/psk"
 start_migd a "$WORK/psk" --migvm "$WORK/fake-migvm"
 
-timeout -s KILL 90 python3 - "$here" "$PORT_a" "$WORK/psk" "$MIGCTL" "$WORK/a.sock" <<'PY' ||
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/wrong"
+timeout -s KILL 90 python3 - "$here" "$PORT_a" "$WORK/psk" "$MIGCTL" "$WORK/a.sock" \
+	"$BUILD/tests/tls_psk_pipe" "$WORK/wrong" <<'PY' ||
 import json, subprocess, sys
 sys.path.insert(0, sys.argv[1])
-from migd_peer import Peer, enc, RESERVE, COMMIT, RELEASE
-port, psk = int(sys.argv[2]), open(sys.argv[3], "rb").read().strip()
-migctl, sock = sys.argv[4], sys.argv[5]
+from migd_peer import Peer, enc, raw_closed, RESERVE, COMMIT, RELEASE
+port, keyfile = int(sys.argv[2]), sys.argv[3]
+migctl, sock, pipe, wrong = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 
 def ok(msg):
     print("ok: " + msg, flush=True)
 
 def state(name):
+    """vm NAME's state on A, None if A has no such VM."""
     out = subprocess.run([migctl, "--socket", sock, "--json", "status", name],
                          capture_output=True, text=True, timeout=60).stdout
-    return json.loads(out)["state"]
+    try:
+        return json.loads(out).get("state")
+    except ValueError:
+        return None
 
-# A wrong key: refused, told why, closed.
-p = Peer(port)
-good, msg, _ = p.auth(b"not the key, but long enough to be one")
-assert not good and "wrong pre-shared key" in msg, msg
-assert p.closed(), "the connection stayed open after a failed Auth"
-ok("wrong key: '%s', connection closed" % msg)
+# A wrong key, and the right key under another identity: the handshake
+# fails, the client is told (an alert), migd closes.
+for kf, ident in ((wrong, "migd-peer"), (keyfile, "someone")):
+    p = Peer(pipe, port, kf, identity=ident)
+    refused, why = p.refused()
+    assert refused, "a TLS handshake with %s/%s: %s" % (kf, ident, why)
+    ok("wrong key or identity (%s): %s" % (ident, why.strip()))
 
-# Before Auth nothing else is heard.
-p = Peer(port)
-p.recv()  # the challenge
-p.send(RESERVE, [(1, "m-0"), (2, enc([(1, "vm0"), (2, 64), (3, 1)]))])
-case, ar = p.recv()
-assert case == 3 and not ar.get(1) and b"authenticate first" in ar.get(2, b""), ar
-assert p.closed()
-ok("a Reserve before Auth: '%s', connection closed" % ar[2].decode())
+# A peer message in the clear (a Reserve frame, as before TLS): never
+# heard, the connection closed.
+frame = enc([(RESERVE, enc([(1, "m-0"), (2, enc([(1, "vm0"), (2, 64), (3, 1)])), (3, 1)]))])
+assert raw_closed(port, len(frame).to_bytes(4, "little") + frame), \
+    "a Reserve in the clear left the connection open"
+assert state("vm0") is None, "a Reserve in the clear was taken"
+ok("a Reserve in the clear: connection closed, nothing reserved")
 
-# A recorded Auth replayed on another connection: the server's nonce
-# differs, the proof does not hold.
-a = Peer(port)
-good, msg, recorded = a.auth(psk)
-assert good, msg
-r = Peer(port)
-good, msg, _ = r.auth(psk, replay=recorded)
-assert not good, "a replayed Auth was accepted"
-assert r.closed()
-ok("a replayed Auth refused: '%s'" % msg)
-
+a = Peer(pipe, port, keyfile)
 # A source in clear (--no-tls, or older) is refused: this host takes
 # migrations over TLS only.
 vm = enc([(1, "vm1"), (2, 64), (3, 1)])
@@ -96,9 +92,7 @@ assert good and rep.get(3) == 4444 and len(rep.get(4, b"")) == 64, (msg, rep)
 assert state("vm1") == "incoming", state("vm1")
 ok("reserved on connection A: port %d (the event's, not stderr's 5555), "
    "still incoming after stderr said it runs" % rep[3])
-b = Peer(port)
-good, msg, _ = b.auth(psk)
-assert good, msg
+b = Peer(pipe, port, keyfile)
 good, msg, _ = b.call(COMMIT, [(1, "mig-1"), (2, "vm1")])
 assert not good and "another connection" in msg, msg
 good, msg, _ = b.call(RELEASE, [(1, "mig-1"), (2, "vm1"), (3, "stolen")])
@@ -118,4 +112,6 @@ PY
 	fail "the peer protocol checks failed: $(tail -n 20 "$WORK/migd-a.err")"
 grep -q "commit from 127.0.0.1 refused: the reservation was made on another connection" \
 	"$WORK/migd-a.err" || fail "migd did not log the refused commit"
+[ "$(grep -c "peer 127.0.0.1: authentication failed" "$WORK/migd-a.err")" -ge 3 ] ||
+	fail "migd did not log the three failed handshakes: $(grep peer "$WORK/migd-a.err")"
 ok "migd logged the refusals"

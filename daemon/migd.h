@@ -32,7 +32,6 @@
 #define MIGD_PSK_MIN 16
 /* The identity of the PSK for the migrations' TLS sessions. */
 #define MIGD_TLS_IDENTITY "migd"
-#define MIGD_PREAUTH_MAX 4096u
 #define MIGD_DEFAULT_PORT 7400
 #define MIGD_NAME_MAX 63
 

@@ -191,10 +191,12 @@ int tls_srv_input(struct tls_srv *t, const void *p, size_t n, char *why,
 		t->in_off = 0;
 	}
 	if (t->in_len + n > t->in_cap) {
-		/* ciphertext is taken as it comes: a record's worth waits */
+		/* GnuTLS takes ciphertext as it comes: what waits is a
+		 * record's worth, 64 KiB at most before the handshake (a
+		 * stranger holds no more) */
 		size_t cap = t->in_len + n + 4096;
-		uint8_t *b = cap <= MIGD_FRAME_MAX + 65536 ? realloc(t->in, cap)
-							    : NULL;
+		uint8_t *b = cap <= (t->done ? MIGD_FRAME_MAX + 65536u : 65536u)
+				     ? realloc(t->in, cap) : NULL;
 		if (!b) {
 			snprintf(why, wl, "TLS: too much unread input");
 			t->failed = true;

@@ -222,10 +222,17 @@ static int start_migration(struct control *c, const Mig__Ctl__Migrate *m,
 			return r;
 		}
 	}
+	if (!tls && c->vm->tls_in_only)
+		return vmm_err(e, -EINVAL, "migrate: this VM's --tls-x509-dir "
+			       "credentials took it in (a server certificate, "
+			       "the source's name): the request must bring its "
+			       "own (tls_psk)");
 	over_tls = tls || c->vm->tls;
 	r = migrate_out_start(c->vm, m->uri, m->token, &params,
 			      tls ? tls : c->vm->tls, e);
 	mig_tls_free(tls); /* the migration holds its own reference */
+	if (m->tls_psk.len) /* the request's copy of the key goes now */
+		explicit_bzero(m->tls_psk.data, m->tls_psk.len);
 	if (r == 0)
 		c->vm->hold_result_ms = m->hold_result_ms;
 	if (r == 0)

@@ -745,6 +745,7 @@ static int run_vm(struct options *o)
 	}
 	r = vm_create(vm, &cfg, console_fd, &err);
 	vm->tls = tls; /* vm_create() cleared the struct */
+	vm->tls_in_only = o->incoming && o->tls.x509_dir;
 	if (r < 0)
 		goto fail;
 	if (sf) {

@@ -203,8 +203,13 @@ int migrate_tls_load(const struct tls_opts *o, bool incoming, mig_tls **out,
 	if (o->psk_file && o->x509_dir)
 		return vmm_err(e, -EINVAL, "--tls-psk-file and --tls-x509-dir: "
 			       "one kind of credentials, not both");
-	if (o->x509_dir)
+	if (o->x509_dir) {
+		if (!incoming && !o->peer_name)
+			fprintf(stderr, "migvm: warning: --tls-x509-dir without "
+				"--tls-hostname: any certificate the CA signed "
+				"is taken for the destination\n");
 		return x509_load(o, incoming, out, e);
+	}
 	if ((o->identity || o->peer_name) && !o->psk_file)
 		return vmm_err(e, -EINVAL, o->identity
 			       ? "--tls-identity goes with --tls-psk-file"

@@ -255,6 +255,7 @@ struct vm {
 	/* --tls-*: credentials for migrations that bring none of their own
 	 * (the control channel's Migrate may carry a key); NULL: plain */
 	mig_tls *tls;
+	bool tls_in_only;        /* X.509 loaded for --incoming: not for out */
 	uint64_t exit_at_ns;
 	bool result_served;
 };

@@ -364,7 +364,10 @@ static void make_room(mig_dest *d, const char *addr)
 	uint32_t all = 0, here = 0;
 
 	for (c = d->conns; c; c = c->next) {
-		if (c->authed)
+		/* A connection past its TLS handshake holds our credentials:
+		 * the source's, waiting for its hello's answer; a flood of
+		 * strangers never evicts it (the hello deadline still holds). */
+		if (c->authed || (c->tls && c->tls->done))
 			continue;
 		all++;
 		oldest = c;

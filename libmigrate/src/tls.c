@@ -217,16 +217,34 @@ int mig_tls_x509(mig_tls **out, const char *ca_pem, const char *cert_pem,
 	return 0;
 }
 
+/*
+ * Where GnuTLS's output goes during a call of ours: per thread, as the
+ * source's connection thread may read (open/recv) on a session while the
+ * engine's thread seals on it (GnuTLS allows one sender and one receiver
+ * at a time), and each call must keep what it produced.
+ */
+static __thread mig_buf *tls_out;
+static __thread int tls_out_err;
+
+mig_buf *mig__tls_sink(mig_buf *out)
+{
+	mig_buf *old = tls_out;
+
+	tls_out = out;
+	tls_out_err = 0;
+	return old;
+}
+
 static ssize_t push(gnutls_transport_ptr_t p, const void *data, size_t n)
 {
 	mig_tls_conn *c = p;
 
-	if (!c->out) { /* outside a call of ours: nothing may be written */
+	if (!tls_out) { /* outside a call of ours: nothing may be written */
 		gnutls_transport_set_errno(c->session, EAGAIN);
 		return -1;
 	}
-	if (mig__buf_append(c->out, data, n) < 0) {
-		c->out_err = -ENOMEM;
+	if (mig__buf_append(tls_out, data, n) < 0) {
+		tls_out_err = -ENOMEM;
 		gnutls_transport_set_errno(c->session, ENOMEM);
 		return -1;
 	}
@@ -428,29 +446,29 @@ int mig__tls_handshake(mig_tls_conn *c, mig_buf *out, mig_error *err)
 		return mig__err(err, MIG_E_TLS, "TLS: the session has failed");
 	if (c->done)
 		return 1;
-	c->out = out;
-	c->out_err = 0;
+	tls_out = out;
+	tls_out_err = 0;
 	do {
 		g = gnutls_handshake(c->session);
 	} while ((g == GNUTLS_E_INTERRUPTED ||
 		  (g < 0 && g != GNUTLS_E_AGAIN && !gnutls_error_is_fatal(g))) &&
-		 !c->out_err && ++soft < TLS_SOFT_MAX);
-	if (c->out_err) {
-		c->out = NULL;
+		 !tls_out_err && ++soft < TLS_SOFT_MAX);
+	if (tls_out_err) {
+		tls_out = NULL;
 		c->failed = 1;
-		return mig__err(err, c->out_err, "TLS handshake: out of memory");
+		return mig__err(err, tls_out_err, "TLS handshake: out of memory");
 	}
 	if (g == 0) {
 		c->done = 1;
-		c->out = NULL;
+		tls_out = NULL;
 		return 1;
 	}
 	if (g == GNUTLS_E_AGAIN) {
-		c->out = NULL;
+		tls_out = NULL;
 		return 0;
 	}
 	g = handshake_error(c, g, err);
-	c->out = NULL;
+	tls_out = NULL;
 	return g;
 }
 
@@ -465,23 +483,23 @@ int mig__tls_seal(mig_tls_conn *c, const void *p, size_t n, mig_buf *out,
 	/* a record per 16 KiB, each with its header and tag */
 	if (mig__buf_reserve(out, n + (n / 16384 + 1) * 64) < 0)
 		return mig__err(err, -ENOMEM, "TLS: out of memory");
-	c->out = out;
-	c->out_err = 0;
+	tls_out = out;
+	tls_out_err = 0;
 	while (n) {
 		ssize_t g = gnutls_record_send(c->session, b, n);
 
 		if (g == GNUTLS_E_INTERRUPTED)
 			continue;
-		if (g <= 0 || c->out_err) {
+		if (g <= 0 || tls_out_err) {
 			c->failed = 1;
-			r = c->out_err ? mig__err(err, c->out_err, "TLS: out of memory")
+			r = tls_out_err ? mig__err(err, tls_out_err, "TLS: out of memory")
 				       : tls_fail(err, MIG_E_TLS, "TLS write", (int)g);
 			break;
 		}
 		b += g;
 		n -= (size_t)g;
 	}
-	c->out = NULL;
+	tls_out = NULL;
 	return r;
 }
 
@@ -493,8 +511,8 @@ long mig__tls_recv(mig_tls_conn *c, void *dst, size_t cap, mig_buf *out,
 
 	if (!c->done || c->failed)
 		return mig__err(err, MIG_E_TLS, "TLS: no session to read on");
-	c->out = out;
-	c->out_err = 0;
+	tls_out = out;
+	tls_out_err = 0;
 	for (;;) {
 		ssize_t g;
 
@@ -517,9 +535,11 @@ long mig__tls_recv(mig_tls_conn *c, void *dst, size_t cap, mig_buf *out,
 		    ++soft < TLS_SOFT_MAX)
 			continue;
 		c->failed = 1;
-		/* Tell the peer (bad_record_mac for a record that fails its
-		 * check), so that it knows tampering from a cut link. */
-		if (g != GNUTLS_E_FATAL_ALERT_RECEIVED)
+		/* Tell the source (bad_record_mac for a record that fails
+		 * its check), so that it knows tampering from a cut link. The
+		 * source itself sends nothing here: its engine may be sealing
+		 * on this session from another thread (one sender only). */
+		if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && c->server)
 			(void)gnutls_alert_send_appropriate(c->session, (int)g);
 		if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
 			/* TLS 1.3: a client hears that its certificate was
@@ -535,11 +555,11 @@ long mig__tls_recv(mig_tls_conn *c, void *dst, size_t cap, mig_buf *out,
 			r = tls_fail(err, MIG_E_TLS, "TLS read", (int)g);
 		break;
 	}
-	if (r >= 0 && c->out_err) {
+	if (r >= 0 && tls_out_err) {
 		c->failed = 1;
-		r = mig__err(err, c->out_err, "TLS: out of memory");
+		r = mig__err(err, tls_out_err, "TLS: out of memory");
 	}
-	c->out = NULL;
+	tls_out = NULL;
 	return r;
 }
 

@@ -5,6 +5,10 @@
  * (and libuv's loop its descriptor) and this file is testable with two
  * sessions talking through memory (tests/unit/test_tls.c).
  *
+ * Threads: as GnuTLS allows, one thread may seal on a session while
+ * another opens (the source's engine and its connection's thread); no two
+ * seal, nor two open, at once.
+ *
  * Credentials (struct mig_tls, the public mig_tls of migrate.h) are
  * reference counted: a session and every connection hold one, so the
  * embedder may free its handle as soon as it has handed it over.
@@ -32,10 +36,12 @@ typedef struct mig_tls_conn {
 	/* ciphertext fed and not yet consumed by GnuTLS */
 	mig_buf in;
 	size_t in_off;
-	/* where GnuTLS's output goes during a call, NULL between calls */
-	mig_buf *out;
-	int out_err;
 } mig_tls_conn;
+
+/* Where GnuTLS writes in this thread until the next call here (the calls
+ * below set it themselves; for tests that call GnuTLS directly). Returns
+ * the previous one. */
+mig_buf *mig__tls_sink(mig_buf *out);
 
 /* Take / drop a reference on credentials (NULL is accepted by both). */
 mig_tls *mig__tls_ref(mig_tls *t);

@@ -719,10 +719,10 @@ static void test_key_update(void **state)
 	pair_init(&c, psk("source-1", key_a, 32), &s,
 		  psk("source-1", key_a, 32));
 	pump_ok(&c, &s);
-	c.conn.out = &ku;
+	mig__tls_sink(&ku);
 	assert_int_equal(gnutls_session_key_update(c.conn.session,
 						   GNUTLS_KU_PEER), 0);
-	c.conn.out = NULL;
+	mig__tls_sink(NULL);
 	assert_true(ku.len > 0);
 	assert_int_equal(mig__tls_feed(&s.conn, ku.data, ku.len), 0);
 	assert_int_equal(mig__tls_open(&s.conn, &plain, &back, &s.err), 0);
@@ -758,9 +758,9 @@ static void test_peer_closed(void **state)
 	pump_ok(&c, &s);
 	assert_int_equal(mig__tls_seal(&c.conn, "last words", 10, &out,
 				       &c.err), 0);
-	c.conn.out = &out;
+	mig__tls_sink(&out);
 	assert_int_equal(gnutls_bye(c.conn.session, GNUTLS_SHUT_WR), 0);
-	c.conn.out = NULL;
+	mig__tls_sink(NULL);
 	assert_false(mig__tls_peer_closed(&s.conn));
 	assert_int_equal(mig__tls_feed(&s.conn, out.data, out.len), 0);
 	assert_int_equal(mig__tls_open(&s.conn, &plain, &back, &s.err), 0);

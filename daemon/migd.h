@@ -30,8 +30,10 @@
 #define MIGD_FRAME_MAX (1u << 20)
 /* The least pre-shared key, in bytes (of the file, without its newline). */
 #define MIGD_PSK_MIN 16
-/* The identity of the PSK for the migrations' TLS sessions. */
+/* The identity and length of the key of a migration's TLS sessions (made
+ * by the destination daemon for each reservation). */
 #define MIGD_TLS_IDENTITY "migd"
+#define MIGD_DATA_KEY_LEN 32
 #define MIGD_DEFAULT_PORT 7400
 #define MIGD_NAME_MAX 63
 
@@ -81,6 +83,8 @@ struct vmrec {
 	bool thread_running, cancel_req;
 	/* incoming (destination side) */
 	char token[65];
+	/* the key of its TLS sessions, until the reservation's reply */
+	uint8_t data_key[MIGD_DATA_KEY_LEN];
 	int incoming_port;
 	bool activated;                  /* migvm said the VM runs here */
 	bool committed;                  /* the source daemon said commit */
@@ -124,6 +128,8 @@ void mlog(enum log_level lvl, const struct vmrec *vm, const char *fmt, ...)
 int log_level_parse(const char *name);
 bool name_valid(const char *name);
 void random_hex(char *out, size_t nbytes);
+/* n (<= 256) random bytes from the kernel. */
+void random_bytes(uint8_t *out, size_t n);
 uint64_t mem_available_mib(void);
 
 /* migd_vm.c */

@@ -63,6 +63,13 @@ bool name_valid(const char *name)
 	return true;
 }
 
+void random_bytes(uint8_t *out, size_t n)
+{
+	/* getrandom does not fail for <= 256 bytes once seeded. */
+	if (n > 256 || getrandom(out, n, 0) != (ssize_t)n)
+		abort();
+}
+
 void random_hex(char *out, size_t nbytes)
 {
 	uint8_t b[64];

@@ -46,15 +46,16 @@ static void set_phase(struct vmrec *vm, const char *phase)
 	pthread_mutex_unlock(&g.lock);
 }
 
-/* Has the peer closed its end? (It only speaks when spoken to.) */
+/* Has the peer closed its end? (It only speaks when spoken to; a TLS
+ * alert it sent before closing may wait unread, so the hang-up itself is
+ * what counts.) */
 static bool peer_gone(int fd)
 {
-	struct pollfd p = { fd, POLLIN, 0 };
-	char c;
+	struct pollfd p = { fd, POLLRDHUP, 0 };
 
 	if (poll(&p, 1, 0) <= 0)
 		return false;
-	return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+	return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 static int vm_request(struct vmrec *vm, Mig__Ctl__Request *req, char *err,
@@ -103,7 +104,7 @@ static void *migrate_thread(void *arg)
 	bool result_ok = false, ended_unknown = false;
 	char *prev_json = NULL; /* an older migvm's last result (see below) */
 	struct tls_cli *link = NULL;
-	int exit_status = 0;
+	int exit_status = 0, r;
 
 	/* Stage 0: the destination daemon, authenticated both ways. */
 	set_phase(vm, "connect");
@@ -151,9 +152,13 @@ static void *migrate_thread(void *arg)
 	 * status poll to read the typed result before it exits. */
 	mreq.hold_result_ms = 10 * POLL_MS;
 	mreq.token = rep->token;
-	if (!g.plain_data) { /* TLS, keyed as the peer link is */
-		mreq.tls_psk.data = g.psk;
-		mreq.tls_psk.len = g.psk_len;
+	if (!g.plain_data) { /* TLS, with the key made for this migration */
+		if (rep->tls_key.len != MIGD_DATA_KEY_LEN) {
+			snprintf(err, sizeof(err), "the peer daemon sent no key "
+				 "for the migration's TLS sessions");
+			goto done;
+		}
+		mreq.tls_psk = rep->tls_key;
 		mreq.tls_identity = MIGD_TLS_IDENTITY;
 	}
 	mreq.n_params = params && pp ? a->n_params : 0;
@@ -178,7 +183,10 @@ static void *migrate_thread(void *arg)
 		snprintf(err, sizeof(err), "cancelled before the copy began");
 		goto done;
 	}
-	if (vm_request(vm, &req, err, sizeof(err)) < 0) {
+	r = vm_request(vm, &req, err, sizeof(err));
+	if (rep->tls_key.len) /* our migvm has it: our copy goes at once */
+		explicit_bzero(rep->tls_key.data, rep->tls_key.len);
+	if (r < 0) {
 		char tmp[sizeof(err)];
 		memcpy(tmp, err, sizeof(tmp));
 		snprintf(err, sizeof(err), "migvm refused to migrate: %.900s",
@@ -365,6 +373,8 @@ done:
 		mlog(LOG_ERR, vm, "%s; the VM %s here", vm->last_error,
 		     vm->child ? "keeps running" : "is gone");
 	}
+	if (rep && rep->tls_key.len) /* the migration's key: our copy goes */
+		explicit_bzero(rep->tls_key.data, rep->tls_key.len);
 	if (rep)
 		mig__d__reply__free_unpacked(rep, NULL);
 	free(params);

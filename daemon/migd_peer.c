@@ -133,7 +133,24 @@ static void reserve_done(struct vmrec *vm, const char *error)
 	}
 	mlog(LOG_INFO, vm, "reserved for %s: incoming migvm on port %d",
 	     vm->peer, vm->incoming_port);
-	reply(c, true, NULL, vm->incoming_port, vm->token);
+	{
+		Mig__D__PeerMsg m = MIG__D__PEER_MSG__INIT;
+		Mig__D__Reply r = MIG__D__REPLY__INIT;
+
+		r.ok = true;
+		r.message = (char *)"";
+		r.port = (uint32_t)vm->incoming_port;
+		r.token = vm->token;
+		if (!g.plain_data) {
+			r.tls_key.data = vm->data_key;
+			r.tls_key.len = sizeof(vm->data_key);
+		}
+		m.msg_case = MIG__D__PEER_MSG__MSG_REPLY;
+		m.reply = &r;
+		send_peer(c, &m);
+	}
+	/* the incoming migvm and the source have it: no one else needs it */
+	explicit_bzero(vm->data_key, sizeof(vm->data_key));
 }
 
 static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
@@ -202,6 +219,7 @@ static void handle_reserve(struct peer_conn *c, Mig__D__Reserve *r)
 	snprintf(vm->mig_id, sizeof(vm->mig_id), "%s", r->migration_id);
 	snprintf(vm->peer, sizeof(vm->peer), "%s", c->addr);
 	random_hex(vm->token, 32);
+	random_bytes(vm->data_key, sizeof(vm->data_key));
 	vm->reserver = c;
 	vm->reserve_done = reserve_done;
 	vm->owner = c;

@@ -572,7 +572,7 @@ int vm_spawn(struct vmrec *vm, bool incoming, char *errbuf, size_t errlen)
 		snprintf(tokline, sizeof(tokline), "%s\n", vm->token);
 		r = secret_pipe(tokline, strlen(tokline), &tok);
 		if (r == 0 && !g.plain_data)
-			r = secret_pipe(g.psk, g.psk_len, &key);
+			r = secret_pipe(vm->data_key, sizeof(vm->data_key), &key);
 		if (r < 0) {
 			snprintf(errbuf, errlen, "secret pipe: %s", strerror(-r));
 			if (tok >= 0)

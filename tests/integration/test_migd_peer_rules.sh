@@ -9,8 +9,9 @@
 # announces a port and waits: no KVM needed. Its stderr says another port
 # and that the VM runs: migd takes neither (only migvm's events count).
 # TLS on the data connections is migd's default: a Reserve that does not
-# ask for it is refused, and the incoming migvm gets the key on a pipe
-# (--tls-psk-file /dev/fd/5), never on its command line.
+# ask for it is refused; each reservation gets a key of its own (in the
+# Reply, sealed on the peer link), which the incoming migvm gets on a
+# pipe (--tls-psk-file /dev/fd/5): never the daemons' own key.
 # ctest-timeout: 120
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
@@ -29,8 +30,8 @@ cat >"$WORK/fake-migvm" <<'SH'
 [[ " $* " == *" --events-fd 4 "* ]] || { echo "no --events-fd 4: $*" >&2; exit 2; }
 [[ " $* " == *" --tls-psk-file /dev/fd/5 --tls-identity migd "* ]] ||
 	{ echo "no --tls-psk-file /dev/fd/5: $*" >&2; exit 2; }
-cmp -s /dev/fd/5 "$(dirname "$0")/psk" || { echo "fd 5 is not the key" >&2; exit 2; }
-[[ "$*" != *"$(cat "$(dirname "$0")/psk")"* ]] || { echo "the key in argv" >&2; exit 2; }
+# the migration's own key: kept for the test to compare with the Reply's
+head -c 1000 /dev/fd/5 >"$(dirname "$0")/key.got"
 echo "migvm: incoming migration on port 5555" >&2
 echo "migvm: incoming migration done; the VM runs here" >&2
 sleep 0.5
@@ -44,7 +45,7 @@ start_migd a "$WORK/psk" --migvm "$WORK/fake-migvm"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/wrong"
 timeout -s KILL 90 python3 - "$here" "$PORT_a" "$WORK/psk" "$MIGCTL" "$WORK/a.sock" \
 	"$BUILD/tests/tls_psk_pipe" "$WORK/wrong" <<'PY' ||
-import json, subprocess, sys
+import json, os, subprocess, sys
 sys.path.insert(0, sys.argv[1])
 from migd_peer import Peer, enc, raw_closed, RESERVE, COMMIT, RELEASE
 port, keyfile = int(sys.argv[2]), sys.argv[3]
@@ -89,6 +90,12 @@ ok("a Reserve without TLS refused: '%s'" % msg)
 # A reserves vm1 (TLS); B, with the same key, knows the name and the id.
 good, msg, rep = a.call(RESERVE, [(1, "mig-1"), (2, vm), (3, 1)])
 assert good and rep.get(3) == 4444 and len(rep.get(4, b"")) == 64, (msg, rep)
+got = open(os.path.join(os.path.dirname(keyfile), "key.got"), "rb").read()
+psk = open(keyfile, "rb").read().strip()
+assert len(rep.get(6, b"")) == 32 and rep[6] == got, (rep.get(6), got)
+assert got != psk[:32] and psk not in got, "the incoming migvm got the daemons' key"
+ok("the migration's own TLS key: in the Reply and on the incoming migvm's fd 5, "
+   "not the daemons' key")
 assert state("vm1") == "incoming", state("vm1")
 ok("reserved on connection A: port %d (the event's, not stderr's 5555), "
    "still incoming after stderr said it runs" % rep[3])

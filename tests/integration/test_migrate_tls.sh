@@ -6,7 +6,8 @@
 # error and keeps running its VM, and the destination, to which that
 # source was only a stranger, goes on waiting: the right source then
 # migrates to it (--verify: memory hashes equal), and the guest runs on
-# there with no mismatch.
+# there with no mismatch (and is not migrated on with the credentials
+# that took it in).
 # (A pre-shared key: test_migd, where migd migrates over TLS by default,
 # its key on a pipe; a wrong key, tests/unit/test_tls_migrate.c.)
 # That no page, state or token can be read or changed on the path is shown
@@ -80,6 +81,13 @@ moves() { # NAME
 	[ "$RC" = 0 ] || fail "$name: source exited $RC: $(cat "$WORK/$name.out") $(tail -n 5 "$WORK/$name.err")"
 	check_json "$WORK/$name.out"
 	poll_until 120 grep -q "incoming migration done" "$WORK/$DEST_NAME.err"
+	# Its X.509 credentials took the VM in (a server certificate, the
+	# source's name): migrating it on needs credentials of its own.
+	local out
+	out=$(ctl "$WORK/$DEST_NAME.sock" migrate tcp:127.0.0.1:9 "$TOKEN" 2>&1) &&
+		fail "$DEST_NAME: migrating on with the incoming side's certificate was accepted"
+	grep -q "credentials took it in" <<<"$out" || fail "$DEST_NAME: unclear refusal: $out"
+	ok "migrating on with the incoming side's X.509 credentials refused: $out"
 	dest_runs "$DEST_NAME" 3
 	[ "$RC" = 0 ] || fail "$DEST_NAME: exited $RC (a mismatch, or an error)"
 	check_continues "$WORK/$name.con" "$WORK/$DEST_NAME.con"

@@ -76,10 +76,7 @@ void random_hex(char *out, size_t nbytes)
 
 	if (nbytes > sizeof(b))
 		nbytes = sizeof(b);
-	if (getrandom(b, nbytes, 0) != (ssize_t)nbytes) {
-		/* getrandom does not fail for <= 256 bytes once seeded. */
-		abort();
-	}
+	random_bytes(b, nbytes);
 	for (size_t i = 0; i < nbytes; i++)
 		sprintf(out + 2 * i, "%02x", b[i]);
 }

@@ -563,22 +563,6 @@ long mig__tls_recv(mig_tls_conn *c, void *dst, size_t cap, mig_buf *out,
 	return r;
 }
 
-int mig__tls_open(mig_tls_conn *c, mig_buf *plain, mig_buf *out,
-		  mig_error *err)
-{
-	long n;
-
-	do {
-		if (mig__buf_reserve(plain, MIG_TLS_RECORD_MAX) < 0)
-			return mig__err(err, -ENOMEM, "TLS: out of memory");
-		n = mig__tls_recv(c, plain->data + plain->len,
-				  plain->cap - plain->len, out, err);
-		if (n > 0)
-			plain->len += (size_t)n;
-	} while (n > 0);
-	return n < 0 ? (int)n : 0;
-}
-
 int mig__tls_token_proof(mig_tls_conn *c, const uint8_t *token, size_t len,
 			 uint8_t proof[MIG_TLS_PROOF_LEN], mig_error *err)
 {

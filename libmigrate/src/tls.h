@@ -73,20 +73,14 @@ int mig__tls_seal(mig_tls_conn *c, const void *p, size_t n, mig_buf *out,
 		  mig_error *err);
 
 /*
- * Decrypt every whole record fed so far, appending the plaintext to
- * `plain` (`out` takes whatever GnuTLS writes meanwhile: it may be
- * nothing, as GnuTLS sends a key update's answer with the next seal).
- * Returns 0, or MIG_E_TLS when a record fails its integrity check or the
- * peer sent a fatal alert (MIG_E_AUTH when the alert refuses our
- * credentials: under TLS 1.3 the client learns so only here): the
- * connection cannot continue.
- */
-int mig__tls_open(mig_tls_conn *c, mig_buf *plain, mig_buf *out,
-		  mig_error *err);
-
-/*
- * Decrypt into dst[0..cap) (cap >= MIG_TLS_RECORD_MAX: a record fits): > 0 the
- * bytes written, 0 when no whole record is left, or MIG_E_TLS as open.
+ * Decrypt the next whole record fed so far into dst[0..cap) (cap >=
+ * MIG_TLS_RECORD_MAX: a record fits): > 0 the bytes written, 0 when no
+ * whole record is left. `out` takes whatever GnuTLS writes meanwhile (it
+ * may be nothing, as GnuTLS sends a key update's answer with the next
+ * seal). MIG_E_TLS when a record fails its integrity check or the peer
+ * sent a fatal alert (MIG_E_AUTH when the alert refuses our credentials:
+ * under TLS 1.3 the client learns so only here): the connection cannot
+ * continue.
  */
 long mig__tls_recv(mig_tls_conn *c, void *dst, size_t cap, mig_buf *out,
 		   mig_error *err);

@@ -71,9 +71,18 @@ static void usage(FILE *f)
 "  --control SOCK         the unix socket for migctl (mode 0600; root or\n"
 "                         this daemon's user only)\n"
 "  --listen HOST:PORT     accept peer daemons there (port %d by default);\n"
-"                         needs --psk-file\n"
-"  --psk-file FILE        the pre-shared key peers authenticate with; it\n"
-"                         also keys TLS 1.3 on every migration connection\n"
+"                         needs --psk-file or --tls-x509-dir\n"
+"  --psk-file FILE        the pre-shared key peers authenticate with (TLS\n"
+"                         1.3 on the peer link)\n"
+"  --tls-x509-dir DIR     peers authenticate with certificates instead (TLS\n"
+"                         1.3, QEMU's layout): DIR/ca-cert.pem checks them,\n"
+"                         DIR/client-{cert,key}.pem are shown to the peers\n"
+"                         we migrate to (whose certificate must name the\n"
+"                         host of --to), DIR/server-{cert,key}.pem to those\n"
+"                         that connect to --listen (which must show one\n"
+"                         the CA signed)\n"
+"  Either way, each migration's own data connections run TLS 1.3 with a\n"
+"  key made for it and sent over the peer link.\n"
 "  --no-tls               migrate in clear: guest memory, CPU state and\n"
 "                         tokens readable and changeable on the path (a\n"
 "                         trusted network only; both daemons alike)\n"
@@ -139,6 +148,7 @@ int main(int argc, char **argv)
 		{ "control", required_argument, NULL, 'c' },
 		{ "listen", required_argument, NULL, 'l' },
 		{ "psk-file", required_argument, NULL, 'k' },
+		{ "tls-x509-dir", required_argument, NULL, 'X' },
 		{ "no-tls", no_argument, NULL, 'N' },
 		{ "migvm", required_argument, NULL, 'm' },
 		{ "max-mem", required_argument, NULL, 'M' },
@@ -147,7 +157,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *listen = NULL, *psk_file = NULL;
+	const char *listen = NULL, *psk_file = NULL, *x509_dir = NULL;
 	char errbuf[512];
 	int c;
 
@@ -159,6 +169,7 @@ int main(int argc, char **argv)
 		case 'c': g.control_path = optarg; break;
 		case 'l': listen = optarg; break;
 		case 'k': psk_file = optarg; break;
+		case 'X': x509_dir = optarg; break;
 		case 'N': g.plain_data = true; break;
 		case 'm': g.migvm = strdup(optarg); break;
 		case 'P': g.metrics = optarg; break;
@@ -201,9 +212,15 @@ int main(int argc, char **argv)
 			optind < argc ? " (and no other arguments)" : "");
 		return 2;
 	}
-	if (listen && !psk_file) {
-		fprintf(stderr, "migd: --listen needs --psk-file: peers must "
-			"authenticate\n");
+	if (listen && !psk_file && !x509_dir) {
+		fprintf(stderr, "migd: --listen needs --psk-file or "
+			"--tls-x509-dir: peers must authenticate\n");
+		return 2;
+	}
+	if (psk_file && x509_dir) {
+		fprintf(stderr, "migd: --psk-file and --tls-x509-dir: one or "
+			"the other (all daemons that migrate to each other "
+			"alike)\n");
 		return 2;
 	}
 	if (listen && parse_hostport(listen, &g.listen_host,
@@ -241,10 +258,18 @@ int main(int argc, char **argv)
 		memcpy(g.psk, key, (size_t)n);
 		explicit_bzero(key, sizeof(key));
 		g.psk_len = (size_t)n;
-		if (tls_init(g.psk, g.psk_len, errbuf, sizeof(errbuf)) < 0) {
+		if (tls_init_psk(g.psk, g.psk_len, errbuf, sizeof(errbuf)) < 0) {
 			fprintf(stderr, "migd: %s\n", errbuf);
 			return 1;
 		}
+	}
+	if (x509_dir) {
+		if (tls_init_x509(x509_dir, listen != NULL, errbuf,
+				  sizeof(errbuf)) < 0) {
+			fprintf(stderr, "migd: %s\n", errbuf);
+			return 1;
+		}
+		g.x509 = true;
 	}
 	if (!g.migvm)
 		g.migvm = default_migvm();
@@ -279,8 +304,10 @@ int main(int argc, char **argv)
 		mlog(LOG_WARN, NULL, "--no-tls: migrations cross the network in "
 		     "clear (guest memory, CPU state, tokens): readable and "
 		     "changeable on the path; a trusted network only");
-	mlog(LOG_INFO, NULL, "ready: control %s%s%s, state %s, migvm %s",
+	mlog(LOG_INFO, NULL, "ready: control %s%s%s%s, state %s, migvm %s",
 	     g.control_path, listen ? ", peers on " : "", listen ? listen : "",
+	     g.x509 ? ", peer link TLS 1.3 with certificates"
+	     : g.psk_len ? ", peer link TLS 1.3 with the pre-shared key" : "",
 	     g.state_dir, g.migvm);
 	uv_run(g.loop, UV_RUN_DEFAULT);
 	return 0;

@@ -10,7 +10,8 @@
  *                   client handshake
  *   migd_migrate.c  an outgoing migration, stage by stage (a thread)
  *   migd_io.c       blocking framed I/O, the migvm control client
- *   migd_tls.c      TLS 1.3 (GnuTLS, the pre-shared key) on the peer link
+ *   migd_tls.c      TLS 1.3 (GnuTLS: the pre-shared key or X.509) on the
+ *                   peer link
  *   migd_adopt.c    at start, taking back the VMs of the state dir
  */
 #ifndef MIGD_H
@@ -108,6 +109,8 @@ struct migd {
 	char *migvm;
 	uint8_t psk[256];
 	size_t psk_len;
+	bool x509;                       /* --tls-x509-dir: peers show
+					  * certificates instead of the PSK */
 	bool plain_data;                 /* --no-tls: migrations in clear */
 	uint64_t max_mem_mib;            /* 0: MemAvailable decides */
 	enum log_level log_level;
@@ -163,7 +166,7 @@ int metrics_listen(const char *hostport, char *errbuf, size_t errlen);
 /* migd_peer.c */
 int peer_listen(char *errbuf, size_t errlen);
 /* Client side, blocking: connect and authenticate (mutually: TLS with
- * the pre-shared key). Returns the link (tls_cli_close() ends it), or
+ * the pre-shared key or certificates). Returns the link (tls_cli_close() ends it), or
  * NULL with why in errbuf. */
 struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
 			     size_t errlen);
@@ -186,8 +189,12 @@ int vmctl_call(const char *sock, Mig__Ctl__Request *req,
 	       Mig__Ctl__Response **resp, int timeout_ms);
 int vmctl_status(const char *sock, Mig__Ctl__Response **resp);
 
-/* migd_tls.c: TLS 1.3 on the peer link, keyed with the PSK. */
-int tls_init(const uint8_t *key, size_t len, char *errbuf, size_t errlen);
+/* migd_tls.c: TLS 1.3 on the peer link, keyed with the PSK, or with the
+ * certificates in DIR (QEMU's names: ca-cert.pem, client-cert.pem and
+ * client-key.pem, and with `server` server-cert.pem and server-key.pem).
+ * One of the two, once, before any connection. */
+int tls_init_psk(const uint8_t *key, size_t len, char *errbuf, size_t errlen);
+int tls_init_x509(const char *dir, bool server, char *errbuf, size_t errlen);
 /* The server side of one connection, on the loop: its records go out with
  * uv_write on `tcp`. */
 struct tls_srv;
@@ -196,15 +203,20 @@ void tls_srv_free(struct tls_srv *t);
 /* Ciphertext read: -1 failed (why), 0 handshake going on, 1 established. */
 int tls_srv_input(struct tls_srv *t, const void *p, size_t n, char *why,
 		  size_t wl);
+/* Who the established peer is, for the log: "the pre-shared key" or
+ * "certificate CN=..." (its subject, as GnuTLS prints it). */
+void tls_srv_who(struct tls_srv *t, char *out, size_t n);
 /* Plaintext into dst: bytes, 0 when nothing whole is there, -1 failed or
  * closed (why). */
 long tls_srv_read(struct tls_srv *t, void *dst, size_t cap, char *why,
 		  size_t wl);
 int tls_srv_write(struct tls_srv *t, const void *p, size_t n);
 /* The client side on a connected non-blocking descriptor, its handshake
- * done within timeout_ms (NULL: why); close frees it and closes fd. */
+ * done within timeout_ms (NULL: why); close frees it and closes fd. Under
+ * X.509 the server's certificate must name `host`. */
 struct tls_cli;
-struct tls_cli *tls_cli_open(int fd, int timeout_ms, char *why, size_t wl);
+struct tls_cli *tls_cli_open(int fd, const char *host, int timeout_ms,
+			     char *why, size_t wl);
 void tls_cli_close(struct tls_cli *t);
 int tls_cli_fd(const struct tls_cli *t);
 /* Framed messages as msgio_send/msgio_recv, sealed. */

@@ -214,10 +214,10 @@ static void handle(struct api_conn *c, const uint8_t *data, size_t len)
 				 "of %s is still ending", vm->name);
 			break;
 		}
-		if (!g.psk_len) {
+		if (!g.psk_len && !g.x509) {
 			err_resp(&resp, msg, sizeof(msg), -EPERM, "this migd has "
-				 "no --psk-file: it cannot authenticate to a "
-				 "peer");
+				 "neither --psk-file nor --tls-x509-dir: it "
+				 "cannot authenticate to a peer");
 			break;
 		}
 		if (!to || !to[0]) {

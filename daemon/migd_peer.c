@@ -27,6 +27,7 @@ struct peer_conn {
 	uv_tcp_t tcp;
 	struct gate_entry gate;     /* until it authenticates */
 	struct tls_srv *tls;
+	bool heard;                 /* something came: a handshake began */
 	bool authed, closing;
 	char addr[128];
 	uint8_t *buf;               /* plaintext, not yet whole frames */
@@ -365,9 +366,19 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	int r;
 
 	if (nread < 0) {
+		if (!c->authed && c->heard) {
+			/* e.g. a client that did not like what it was offered:
+			 * a daemon with the other kind of key */
+			g.n_auth_failed++;
+			mlog(LOG_WARN, NULL, "peer %s: authentication failed: it "
+			     "left during the TLS handshake (%s)", c->addr,
+			     g.x509 ? "no certificate to show?"
+				    : "no pre-shared key?");
+		}
 		conn_close(c);
 		return;
 	}
+	c->heard = true;
 	r = tls_srv_input(c->tls, buf->base, (size_t)nread, why, sizeof(why));
 	if (r < 0) {
 		if (!c->authed) {
@@ -383,10 +394,14 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (r == 0)
 		return;
 	if (!c->authed) {
+		char who[300];
+
 		c->authed = true;
 		gate_leave(&c->gate);
-		mlog(LOG_DEBUG, NULL, "peer %s authenticated (TLS 1.3, "
-		     "pre-shared key)", c->addr);
+		tls_srv_who(c->tls, who, sizeof(who));
+		text_printable(who); /* a DN may hold any byte */
+		mlog(LOG_INFO, NULL, "peer %s authenticated (TLS 1.3, %s)",
+		     c->addr, who);
 	}
 	for (;;) {
 		long k;
@@ -539,7 +554,7 @@ struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
 		return NULL;
 	}
 	peer_keepalive(fd);
-	t = tls_cli_open(fd, 10000, why, sizeof(why));
+	t = tls_cli_open(fd, host, 10000, why, sizeof(why));
 	if (!t) {
 		snprintf(errbuf, errlen, "peer %s:%d: authentication failed: %s",
 			 host, port, why);

@@ -1,7 +1,9 @@
 /*
  * TLS 1.3 on the daemons' peer link, keyed with their pre-shared key
- * (identity "migd-peer", ECDHE-PSK): the handshake proves to each side
- * that the other holds the key, and every message after it is sealed.
+ * (identity "migd-peer", ECDHE-PSK) or with X.509 certificates (QEMU's
+ * file layout; both sides show one the CA signed, and the client checks
+ * the server's against the host it dialled): the handshake proves to each
+ * side who the other is, and every message after it is sealed.
  * The server side runs on migd's loop (ciphertext fed in as libuv reads
  * it, records handed to uv_write); the client side on the non-blocking
  * descriptor of a migration thread, with a deadline per call. GnuTLS does
@@ -15,16 +17,21 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 
 #include "migd.h"
 
 #define PEER_IDENTITY "migd-peer"
-#define PRIO "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+ECDHE-PSK:+DHE-PSK"
+#define PRIO_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+ECDHE-PSK:+DHE-PSK"
+#define PRIO_X509 "NORMAL:-VERS-ALL:+VERS-TLS1.3"
 
 static gnutls_psk_client_credentials_t cli_creds;
 static gnutls_psk_server_credentials_t srv_creds;
 static gnutls_datum_t psk;
+/* X.509 instead: the client's pair and the server's, one CA for both */
+static gnutls_certificate_credentials_t cli_x509, srv_x509;
 
 static int psk_lookup(gnutls_session_t s, const char *user, gnutls_datum_t *key)
 {
@@ -39,7 +46,8 @@ static int psk_lookup(gnutls_session_t s, const char *user, gnutls_datum_t *key)
 	return 0;
 }
 
-int tls_init(const uint8_t *key, size_t len, char *errbuf, size_t errlen)
+int tls_init_psk(const uint8_t *key, size_t len, char *errbuf,
+		 size_t errlen)
 {
 	int e;
 
@@ -61,17 +69,101 @@ int tls_init(const uint8_t *key, size_t len, char *errbuf, size_t errlen)
 	return 0;
 }
 
-static int session_new(gnutls_session_t *s, bool server)
+/* One side's credentials: DIR/ca-cert.pem to check the other side with,
+ * DIR/<side>-cert.pem and DIR/<side>-key.pem to show. */
+static int x509_load(gnutls_certificate_credentials_t *c, const char *dir,
+		     const char *side, char *errbuf, size_t errlen)
 {
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+	const char *f = ca;
+	int e;
+
+	if (snprintf(ca, sizeof(ca), "%s/ca-cert.pem", dir) >= (int)sizeof(ca) ||
+	    snprintf(cert, sizeof(cert), "%s/%s-cert.pem", dir, side) >=
+		    (int)sizeof(cert) ||
+	    snprintf(key, sizeof(key), "%s/%s-key.pem", dir, side) >=
+		    (int)sizeof(key)) {
+		snprintf(errbuf, errlen, "--tls-x509-dir %s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	for (int i = 0; i < 3; i++) {
+		f = i == 0 ? ca : i == 1 ? cert : key;
+		if (access(f, R_OK) < 0) {
+			snprintf(errbuf, errlen, "--tls-x509-dir: %s: %s", f,
+				 strerror(errno));
+			return -errno;
+		}
+	}
+	if ((e = gnutls_certificate_allocate_credentials(c)) < 0) {
+		snprintf(errbuf, errlen, "TLS credentials: %s",
+			 gnutls_strerror(e));
+		return -ENOMEM;
+	}
+	e = gnutls_certificate_set_x509_trust_file(*c, ca, GNUTLS_X509_FMT_PEM);
+	if (e <= 0) {
+		snprintf(errbuf, errlen, "--tls-x509-dir: %s: %s", ca,
+			 e == 0 ? "no CA certificate in it" : gnutls_strerror(e));
+		return -EINVAL;
+	}
+	e = gnutls_certificate_set_x509_key_file2(*c, cert, key,
+						  GNUTLS_X509_FMT_PEM, NULL, 0);
+	if (e < 0) {
+		snprintf(errbuf, errlen, "--tls-x509-dir: %s with %s: %s", cert,
+			 key, e == GNUTLS_E_CERTIFICATE_KEY_MISMATCH
+				      ? "the key does not match the certificate"
+				      : gnutls_strerror(e));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int tls_init_x509(const char *dir, bool server, char *errbuf, size_t errlen)
+{
+	int r = x509_load(&cli_x509, dir, "client", errbuf, errlen);
+
+	if (r == 0 && server)
+		r = x509_load(&srv_x509, dir, "server", errbuf, errlen);
+	return r;
+}
+
+static bool is_ip_literal(const char *host)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, host, a) == 1 ||
+	       inet_pton(AF_INET6, host, a) == 1;
+}
+
+/* A session, server or client (then `host` is the name the server's
+ * certificate must carry, under X.509). */
+static int session_new(gnutls_session_t *s, bool server, const char *host)
+{
+	bool x509 = server ? srv_x509 != NULL : cli_x509 != NULL;
 	int e = gnutls_init(s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) |
 			       GNUTLS_NO_TICKETS | GNUTLS_NONBLOCK);
 
 	if (e < 0)
 		return e;
-	e = gnutls_priority_set_direct(*s, PRIO, NULL);
-	if (e >= 0)
-		e = server ? gnutls_credentials_set(*s, GNUTLS_CRD_PSK, srv_creds)
-			   : gnutls_credentials_set(*s, GNUTLS_CRD_PSK, cli_creds);
+	e = gnutls_priority_set_direct(*s, x509 ? PRIO_X509 : PRIO_PSK, NULL);
+	if (e >= 0 && x509) {
+		e = gnutls_credentials_set(*s, GNUTLS_CRD_CERTIFICATE,
+					   server ? srv_x509 : cli_x509);
+		if (server)
+			gnutls_certificate_server_set_request(*s,
+							      GNUTLS_CERT_REQUIRE);
+		/* SNI carries a DNS name, never an address (RFC 6066) */
+		if (e >= 0 && !server && !is_ip_literal(host))
+			e = gnutls_server_name_set(*s, GNUTLS_NAME_DNS, host,
+						   strlen(host));
+		/* the chain against the CA; on the client, the name too */
+		if (e >= 0)
+			gnutls_session_set_verify_cert(*s, server ? NULL : host,
+						       0);
+	} else if (e >= 0) {
+		e = gnutls_credentials_set(*s, GNUTLS_CRD_PSK,
+					   server ? (void *)srv_creds
+						  : (void *)cli_creds);
+	}
 	gnutls_handshake_set_timeout(*s, 0); /* the callers have deadlines */
 	if (e < 0)
 		gnutls_deinit(*s);
@@ -79,17 +171,42 @@ static int session_new(gnutls_session_t *s, bool server)
 }
 
 /* Why a handshake failed, for a log line or an error (a wrong key shows
- * as a refused binder on the server and as its alert on the client). */
-static void handshake_why(gnutls_session_t s, int e, char *why, size_t wl)
+ * as a refused binder on the server and as its alert on the client; a
+ * certificate refused here names what was wrong with it). */
+static void handshake_why(gnutls_session_t s, int e, const char *host,
+			  char *why, size_t wl)
 {
-	if (e == GNUTLS_E_FATAL_ALERT_RECEIVED)
-		snprintf(why, wl, "TLS refused by the peer: %s (wrong pre-shared "
-			 "key?)", gnutls_alert_get_name(gnutls_alert_get(s)));
+	bool x509 = cli_x509 != NULL;
+	const char *hint = x509 ? "" : " (wrong pre-shared key?)";
+	gnutls_datum_t txt = { NULL, 0 };
+
+	if (e == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+		snprintf(why, wl, "TLS refused by the peer: %s%s",
+			 gnutls_alert_get_name(gnutls_alert_get(s)), hint);
+		return;
+	}
+	if (e == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR &&
+	    gnutls_certificate_verification_status_print(
+		    gnutls_session_get_verify_cert_status(s), GNUTLS_CRT_X509,
+		    &txt, 0) >= 0 && txt.data) {
+		size_t k = strlen((char *)txt.data);
+
+		while (k && (txt.data[k - 1] == ' ' || txt.data[k - 1] == '.'))
+			txt.data[--k] = '\0';
+		snprintf(why, wl, "the peer's certificate was refused%s%s%s: %s",
+			 host ? " (expected name " : "", host ? host : "",
+			 host ? ")" : "", (char *)txt.data);
+	}
+	else if (e == GNUTLS_E_NO_CERTIFICATE_FOUND ||
+		 e == GNUTLS_E_CERTIFICATE_REQUIRED)
+		snprintf(why, wl, "TLS handshake failed: the peer showed no "
+			 "certificate");
 	else
-		snprintf(why, wl, "TLS handshake failed: %s (wrong pre-shared "
-			 "key, or not a migd?)", gnutls_strerror(e));
-	if (e != GNUTLS_E_FATAL_ALERT_RECEIVED)
-		(void)gnutls_alert_send_appropriate(s, e);
+		snprintf(why, wl, "TLS handshake failed: %s%s", gnutls_strerror(e),
+			 x509 ? " (not a migd with certificates?)"
+			      : " (wrong pre-shared key, or not a migd?)");
+	gnutls_free(txt.data);
+	(void)gnutls_alert_send_appropriate(s, e);
 }
 
 /* ---- server, on the loop -------------------------------------------- */
@@ -158,7 +275,7 @@ struct tls_srv *tls_srv_new(uv_tcp_t *tcp)
 
 	if (!t)
 		return NULL;
-	if (session_new(&t->s, true) < 0) {
+	if (session_new(&t->s, true, NULL) < 0) {
 		free(t);
 		return NULL;
 	}
@@ -215,12 +332,34 @@ int tls_srv_input(struct tls_srv *t, const void *p, size_t n, char *why,
 	if (e == GNUTLS_E_AGAIN)
 		return 0;
 	if (e < 0) {
-		handshake_why(t->s, e, why, wl);
+		handshake_why(t->s, e, NULL, why, wl);
 		t->failed = true;
 		return -1;
 	}
 	t->done = true;
 	return 1;
+}
+
+void tls_srv_who(struct tls_srv *t, char *out, size_t n)
+{
+	const gnutls_datum_t *der;
+	gnutls_x509_crt_t crt;
+	gnutls_datum_t dn = { NULL, 0 };
+	unsigned cnt = 0;
+
+	snprintf(out, n, "the pre-shared key");
+	if (!srv_x509)
+		return;
+	snprintf(out, n, "a certificate");
+	der = gnutls_certificate_get_peers(t->s, &cnt);
+	if (!der || !cnt || gnutls_x509_crt_init(&crt) < 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &der[0], GNUTLS_X509_FMT_DER) >= 0 &&
+	    gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0 && dn.data)
+		snprintf(out, n, "certificate %.*s", (int)dn.size,
+			 (const char *)dn.data);
+	gnutls_free(dn.data);
+	gnutls_x509_crt_deinit(crt);
 }
 
 long tls_srv_read(struct tls_srv *t, void *dst, size_t cap, char *why,
@@ -311,13 +450,14 @@ static int cli_wait(struct tls_cli *t, uint64_t deadline)
 }
 
 /* On failure the descriptor is the caller's still. */
-struct tls_cli *tls_cli_open(int fd, int timeout_ms, char *why, size_t wl)
+struct tls_cli *tls_cli_open(int fd, const char *host, int timeout_ms,
+			     char *why, size_t wl)
 {
 	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
 	struct tls_cli *t = calloc(1, sizeof(*t));
 	int e, r;
 
-	if (!t || session_new(&t->s, false) < 0) {
+	if (!t || session_new(&t->s, false, host) < 0) {
 		snprintf(why, wl, "TLS: cannot start a session");
 		free(t);
 		return NULL;
@@ -329,7 +469,7 @@ struct tls_cli *tls_cli_open(int fd, int timeout_ms, char *why, size_t wl)
 		if (e == 0)
 			return t;
 		if (e != GNUTLS_E_AGAIN && e != GNUTLS_E_INTERRUPTED) {
-			handshake_why(t->s, e, why, wl);
+			handshake_why(t->s, e, host, why, wl);
 			break;
 		}
 		if ((r = cli_wait(t, deadline)) < 0) {

@@ -376,6 +376,10 @@ static int handshake_error(mig_tls_conn *c, int g, mig_error *err)
 			    gnutls_session_get_verify_cert_status(s),
 			    GNUTLS_CRT_X509, &txt, 0) < 0)
 			txt.data = NULL;
+		/* GnuTLS ends each sentence with ". " */
+		for (size_t k = txt.data ? strlen((char *)txt.data) : 0;
+		     k && (txt.data[k - 1] == ' ' || txt.data[k - 1] == '.');)
+			txt.data[--k] = '\0';
 		if (c->creds->peer_name)
 			r = mig__err(err, MIG_E_AUTH,
 				     "TLS: the %s's certificate was refused "

@@ -19,7 +19,15 @@
 #                             after all fails to start: try again)
 #   start_migd NAME PSK [ARGS...]  start migd NAME on loopback with its state
 #                             dir, socket and logs in $WORK; PORT_NAME and
-#                             PID_NAME
+#                             PID_NAME (PSK "": no --psk-file, ARGS say how
+#                             peers authenticate)
+#   migd_pki DIR CADIR WHO SAN  a --tls-x509-dir DIR whose one certificate
+#                             (WHO, for SAN, signed by CADIR's CA: pki_ca)
+#                             is shown as server and as client
+#   fake_migvm FILE           a stand-in for migvm, no KVM needed: a VM
+#                             started runs (sleeps); an incoming one
+#                             announces port 4444 (its event) and waits,
+#                             its TLS key kept in key.got beside FILE
 #   check_result JSON         a committed migration with consistent figures
 #                             (summary in $RESULT)
 #   migd_init                 MIGD and MIGCTL of $BUILD (after vm_init),
@@ -163,7 +171,8 @@ end_daemons() {
 
 # start_migd NAME PSKFILE [ARGS...]: sets PORT_<NAME> and PID_<NAME>
 start_migd() {
-	local name=$1 psk=$2 port pid
+	local name=$1 port pid auth=()
+	[ -n "$2" ] && auth=(--psk-file "$2")
 	shift 2
 	for _ in 1 2 3 4 5; do
 		pick_port
@@ -175,7 +184,7 @@ start_migd() {
 		# Not under timeout(1): $! must be migd itself (the test kills it).
 		"$MIGD" --state-dir "$WORK/$name" \
 			--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \
-			--psk-file "$psk" --log-level debug "$@" \
+			"${auth[@]}" --log-level debug "$@" \
 			>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &
 		pid=$!
 		D_PIDS+=("$pid")
@@ -201,4 +210,38 @@ check_result() {
 		awk -v d="$dt" -v t="$tt" 'BEGIN { exit !(d > 0 && d < t) }' ||
 		fail "bad result: $1"
 	RESULT="downtime $dt ms, total $tt ms, $rounds rounds"
+}
+
+fake_migvm() { # FILE
+	cat >"$1" <<'SH'
+#!/bin/bash
+# A VM started here (no --incoming): it just runs, as far as migd sees.
+[[ " $* " == *" --incoming "* ]] || exec sleep 200
+# An incoming migvm as far as a reservation goes: its port as an event
+# (VmEvent{incoming_port: 4444}, framed, on --events-fd 4), then waiting.
+# Before it, stderr lines that once steered migd (and that a guest's
+# console or a peer's reason could forge): they must not.
+[[ " $* " == *" --events-fd 4 "* ]] || { echo "no --events-fd 4: $*" >&2; exit 2; }
+[[ " $* " == *" --tls-psk-file /dev/fd/5 --tls-identity migd "* ]] ||
+	{ echo "no --tls-psk-file /dev/fd/5: $*" >&2; exit 2; }
+# the migration's own key: kept for the test to compare with the Reply's
+head -c 1000 /dev/fd/5 >"$(dirname "$0")/key.got"
+echo "migvm: incoming migration on port 5555" >&2
+echo "migvm: incoming migration done; the VM runs here" >&2
+sleep 0.5
+printf '\x03\x00\x00\x00\x08\xdc\x22' >&4
+exec sleep 200
+SH
+	chmod +x "$1"
+}
+
+migd_pki() { # DIR CADIR WHO SAN
+	local d=$1 ca=$2 side
+	pki_cert "$ca" "$3" "$4"
+	mkdir -p "$d"
+	cp "$ca/ca-cert.pem" "$d/"
+	for side in server client; do
+		cp "$ca/$3-cert.pem" "$d/$side-cert.pem"
+		cp "$ca/$3-key.pem" "$d/$side-key.pem"
+	done
 }

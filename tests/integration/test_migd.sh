@@ -6,7 +6,9 @@
 # of memory, the destination daemon killed during pre-copy. In each the VM
 # keeps running on A and `migctl status` says why. Last, migd restarts: a
 # running VM is taken back (and migrates), one that ended meanwhile is
-# reported.
+# reported. The restarted daemons authenticate with certificates
+# (--tls-x509-dir) instead of the key: the adopted VM moves over that
+# link. (Refusals of certificates: test_migd_x509, without KVM.)
 here=$(dirname "$0")
 source "$here/test_vm_common.sh"
 # shellcheck source=migd_common.sh
@@ -188,7 +190,10 @@ grep -q "another migd (pid $PID_a) uses --state-dir" <<<"$out" || fail "unclear 
 kill -KILL "$PID_a"
 wait "$PID_a" 2>/dev/null
 rm -f "$WORK/a.sock"
-start_migd a "$WORK/psk"
+pki_ca "$WORK/ca"
+migd_pki "$WORK/x-a" "$WORK/ca" a IP:127.0.0.1
+migd_pki "$WORK/x-b" "$WORK/ca" b IP:127.0.0.1
+start_migd a "" --tls-x509-dir "$WORK/x-a"
 ! pid_gone "$vpid" || fail "vm1's migvm died with its daemon"
 s=$(mc a --json status vm1) || fail "restarted A does not know vm1: $s"
 [ "$(jfield "$s" state)" = running ] && [ "$(jfield "$s" pid)" = "$vpid" ] ||
@@ -196,7 +201,7 @@ s=$(mc a --json status vm1) || fail "restarted A does not know vm1: $s"
 grep -q "taken back after a migd restart: migvm pid $vpid" "$WORK/migd-a.err" ||
 	fail "A did not log the take-back"
 runs_on a
-start_migd b "$WORK/psk"
+start_migd b "" --tls-x509-dir "$WORK/x-b"
 mc_to "$WORK/res" a --json migrate vm1 --to "127.0.0.1:$PORT_b"
 res=$(<"$WORK/res")
 [ "$MC_RC" = 0 ] || fail "migrate an adopted VM: $res"
@@ -208,7 +213,9 @@ if [ -n "$(jfield "$res" last_result)" ]; then
 	echo "A->B (adopted): $RESULT"
 fi
 runs_on b
-ok "migd restarted: vm1 (pid $vpid) taken back, then migrated to B"
+grep -q "peer 127.0.0.1 authenticated (TLS 1.3, certificate CN=a)" "$WORK/migd-b.err" ||
+	fail "B did not take A by its certificate: $(grep peer "$WORK/migd-b.err")"
+ok "migd restarted: vm1 (pid $vpid) taken back, then migrated to B (the daemons authenticated with certificates)"
 # B is killed: its VM's migvm dies while B is down; restarted, B says so.
 vpid=$(cat "$WORK/b/vm1.pid")
 kill -KILL "$PID_b"
@@ -216,7 +223,7 @@ kill -KILL "$vpid"
 wait "$PID_b" 2>/dev/null
 poll_until 60 pid_gone "$vpid" || fail "migvm $vpid survived SIGKILL"
 rm -f "$WORK/b.sock"
-start_migd b "$WORK/psk"
+start_migd b "" --tls-x509-dir "$WORK/x-b"
 s=$(mc b --json status vm1) || fail "restarted B does not know vm1: $s"
 [ "$(jfield "$s" state)" = exited ] || fail "restarted B: $s"
 grep -q "ended while migd was not running" <<<"$(jfield "$s" last_error)" || fail "B does not say why: $s"

@@ -21,24 +21,7 @@ vm_init "$1" "$2" nokvm
 migd_init
 test_deadline 100
 
-cat >"$WORK/fake-migvm" <<'SH'
-#!/bin/bash
-# An incoming migvm as far as a reservation goes: its port as an event
-# (VmEvent{incoming_port: 4444}, framed, on --events-fd 4), then waiting.
-# Before it, stderr lines that once steered migd (and that a guest's
-# console or a peer's reason could forge): they must not.
-[[ " $* " == *" --events-fd 4 "* ]] || { echo "no --events-fd 4: $*" >&2; exit 2; }
-[[ " $* " == *" --tls-psk-file /dev/fd/5 --tls-identity migd "* ]] ||
-	{ echo "no --tls-psk-file /dev/fd/5: $*" >&2; exit 2; }
-# the migration's own key: kept for the test to compare with the Reply's
-head -c 1000 /dev/fd/5 >"$(dirname "$0")/key.got"
-echo "migvm: incoming migration on port 5555" >&2
-echo "migvm: incoming migration done; the VM runs here" >&2
-sleep 0.5
-printf '\x03\x00\x00\x00\x08\xdc\x22' >&4
-exec sleep 200
-SH
-chmod +x "$WORK/fake-migvm"
+fake_migvm "$WORK/fake-migvm"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/psk"
 start_migd a "$WORK/psk" --migvm "$WORK/fake-migvm"
 

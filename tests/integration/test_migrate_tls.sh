@@ -18,29 +18,16 @@ here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
 need_testguest
-command -v openssl >/dev/null || fail "openssl is needed to make the test's certificates"
 
 guest="touch=16M wss=8M rate=max hb=300"
 MEM=128
 
 # ---- a CA and two certificates (openssl; ECDSA P-256, valid for a day)
 pki=$WORK/pki
-mkdir -p "$pki/src" "$pki/dst" "$pki/ca"
-(
-	cd "$pki/ca" || exit 1
-	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-		-keyout ca-key.pem -out ca-cert.pem -days 1 -subj "/CN=mig test CA" \
-		-addext basicConstraints=critical,CA:TRUE \
-		-addext keyUsage=critical,keyCertSign,cRLSign || exit 1
-	for who in dest source; do
-		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-			-keyout $who-key.pem -out $who.csr -subj "/CN=$who.test" || exit 1
-		printf 'subjectAltName=DNS:%s.test\nbasicConstraints=CA:FALSE\n' \
-			$who >$who.ext
-		openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem \
-			-CAcreateserial -days 1 -out $who-cert.pem -extfile $who.ext || exit 1
-	done
-) >"$WORK/pki.log" 2>&1 || fail "openssl: $(tail -n 5 "$WORK/pki.log")"
+mkdir -p "$pki/src" "$pki/dst"
+pki_ca "$pki/ca"
+pki_cert "$pki/ca" dest DNS:dest.test
+pki_cert "$pki/ca" source DNS:source.test
 cp "$pki/ca/ca-cert.pem" "$pki/src/"
 cp "$pki/ca/ca-cert.pem" "$pki/dst/"
 cp "$pki/ca/dest-cert.pem" "$pki/dst/server-cert.pem"

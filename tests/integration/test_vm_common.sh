@@ -38,6 +38,10 @@
 #                               AnonHugePages in KiB in RAM_HUGE_KB
 #   thp_mode                    the host's THP mode (always, madvise, never),
 #                               or nothing on a kernel without THP
+#   pki_ca DIR                  a CA of the test's own: DIR/ca-cert.pem and
+#                               DIR/ca-key.pem (openssl, ECDSA P-256, a day)
+#   pki_cert DIR WHO SAN        DIR/WHO-cert.pem and DIR/WHO-key.pem, signed
+#                               by DIR's CA, for SAN (DNS:a.test,IP:127.0.0.1)
 #   fail MSG / ok MSG           end the test / report progress
 #
 # The machine's speed is not known (the tests also run in a nested KVM host
@@ -291,6 +295,32 @@ field() { # KEY: its value in $STATUS (a flat JSON object), not empty
 # SIGCHLD blocked for good, and bash then reaps a child only when it waits
 # for it, so a loop of builtins sees its ended child "alive" for as long as
 # it loops (test_vm_boot's 64-vCPU wait did, for all of its 230 s).
+pki_ca() { # DIR
+	command -v openssl >/dev/null ||
+		fail "openssl is needed to make the test's certificates"
+	mkdir -p "$1"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout "$1/ca-key.pem" -out "$1/ca-cert.pem" -days 1 \
+		-subj "/CN=mig test CA $RANDOM" \
+		-addext basicConstraints=critical,CA:TRUE \
+		-addext keyUsage=critical,keyCertSign,cRLSign \
+		>>"$WORK/pki.log" 2>&1 || fail "openssl: $(tail -n 5 "$WORK/pki.log")"
+}
+
+pki_cert() { # DIR WHO SAN
+	local d=$1 who=$2
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout "$d/$who-key.pem" -out "$d/$who.csr" -subj "/CN=$who" \
+		>>"$WORK/pki.log" 2>&1 &&
+		printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$3" \
+			>"$d/$who.ext" &&
+		openssl x509 -req -in "$d/$who.csr" -CA "$d/ca-cert.pem" \
+			-CAkey "$d/ca-key.pem" -CAcreateserial -days 1 \
+			-out "$d/$who-cert.pem" -extfile "$d/$who.ext" \
+			>>"$WORK/pki.log" 2>&1 ||
+		fail "openssl: $(tail -n 5 "$WORK/pki.log")"
+}
+
 pid_gone() { # PID
 	local st
 	[[ $1 =~ ^[0-9]+$ ]] || return 0

@@ -16,6 +16,7 @@
 #include <linux/kvm.h>
 
 #include "control.pb-c.h"
+#include "delta.h"
 #include "fuzz_common.h"
 #include "kvm_x86_int.h"
 
@@ -392,6 +393,31 @@ static void protocol_seeds(void)
 	put("fuzz_protocol", "late", late, sizeof(late));
 }
 
+/* Deltas the encoder made (op 0) and recipes of edits (op 1). */
+static void delta_seeds(void)
+{
+	static uint8_t old[MIG_PAGE_SIZE], cur[MIG_PAGE_SIZE], txt[MIG_PAGE_SIZE];
+	static uint8_t out[1 + 2 * MIG_PAGE_SIZE];
+	static const uint8_t recipe[] = { 1, 0x00, 0x20, 0x10, 0x00, 8, 0xab,
+					  0xf0, 0x0f, 64, 0x00, 0, 0, 1, 7 };
+	long n;
+
+	fill(old, 1);
+	memcpy(cur, old, sizeof(cur));
+	fill(txt, 2);
+	memcpy(cur + 100, txt, 200); /* some text over part of it */
+	cur[4095] ^= 1;
+	out[0] = 0;
+	n = mig__delta_encode(old, cur, out + 1, sizeof(out) - 1);
+	FUZZ_CHECK(n > 0);
+	put("fuzz_delta", "runs", out, (size_t)n + 1);
+	fill(cur, 1);         /* another random page: one long run */
+	n = mig__delta_encode(old, cur, out + 1, sizeof(out) - 1);
+	FUZZ_CHECK(n > 0);
+	put("fuzz_delta", "whole", out, (size_t)n + 1);
+	put("fuzz_delta", "recipe", recipe, sizeof(recipe));
+}
+
 int main(int argc, char **argv)
 {
 	char path[4096];
@@ -412,11 +438,14 @@ int main(int argc, char **argv)
 	mkdir(path, 0777);
 	snprintf(path, sizeof(path), "%s/fuzz_state", outdir);
 	mkdir(path, 0777);
+	snprintf(path, sizeof(path), "%s/fuzz_delta", outdir);
+	mkdir(path, 0777);
 	frame_seeds();
 	codec_seeds();
 	vmm_seeds();
 	protocol_seeds();
 	state_vm_seeds();
 	state_vcpu_seeds();
+	delta_seeds();
 	return 0;
 }

@@ -12,7 +12,7 @@ set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-30}
 build=${2:-$src/build-fuzz}
-targets=${FUZZ_TARGETS:-fuzz_frame fuzz_codec fuzz_protocol fuzz_vmm fuzz_state}
+targets=${FUZZ_TARGETS:-fuzz_frame fuzz_codec fuzz_delta fuzz_protocol fuzz_vmm fuzz_state}
 jobs=$(nproc 2>/dev/null || echo 2)
 
 if ! command -v clang >/dev/null; then

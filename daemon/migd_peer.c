@@ -514,13 +514,49 @@ static Mig__D__PeerMsg *recv_peer(struct tls_cli *t, int timeout_ms, int *err)
 	return m;
 }
 
+/* A TCP connection to one address within timeout_ms: the descriptor
+ * (non-blocking), or -errno. */
+static int dial(const struct addrinfo *a, int timeout_ms)
+{
+	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			0), r = 0, so = 0;
+	socklen_t sl = sizeof(so);
+
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+		struct pollfd p = { fd, POLLOUT, 0 };
+
+		if (errno != EINPROGRESS) {
+			r = -errno;
+		} else {
+			do {
+				r = poll(&p, 1, timeout_ms);
+			} while (r < 0 && errno == EINTR);
+			if (r < 0)
+				r = -errno;
+			else if (r == 0)
+				r = -ETIMEDOUT;
+			else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) < 0)
+				r = -errno;
+			else
+				r = -so;
+		}
+	}
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
 struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
 			     size_t errlen)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL, *a;
 	struct tls_cli *t;
 	char portstr[16], why[256];
-	int fd = -1, r;
+	int fd = -1, r, n = 0;
 
 	snprintf(portstr, sizeof(portstr), "%d", port);
 	r = getaddrinfo(host, portstr, &hints, &ai);
@@ -528,29 +564,16 @@ struct tls_cli *peer_connect(const char *host, int port, char *errbuf,
 		snprintf(errbuf, errlen, "peer %s: %s", host, gai_strerror(r));
 		return NULL;
 	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
-		    0);
-	if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
-	    errno == EINPROGRESS) {
-		struct pollfd p = { fd, POLLOUT, 0 };
-		int so = 0;
-		socklen_t sl = sizeof(so);
-		r = poll(&p, 1, 5000);
-		if (r == 0)
-			errno = ETIMEDOUT;
-		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) == 0)
-			errno = so;
-		if (r > 0 && so == 0)
-			errno = 0;
-	} else if (fd >= 0) {
-		errno = 0;
-	}
+	/* A name may have several addresses (IPv6 and IPv4): the first that
+	 * takes a connection, in getaddrinfo's order. */
+	for (a = ai; a && fd < 0; a = a->ai_next, n++)
+		fd = dial(a, 5000);
 	freeaddrinfo(ai);
-	if (fd < 0 || errno) {
+	if (fd < 0) {
 		snprintf(errbuf, errlen, "cannot reach the peer daemon at "
-			 "%s:%d: %s", host, port, strerror(errno));
-		if (fd >= 0)
-			close(fd);
+			 "%s:%d%s: %s", host, port,
+			 n > 1 ? " (at any of its addresses)" : "",
+			 strerror(-fd));
 		return NULL;
 	}
 	peer_keepalive(fd);

@@ -1,9 +1,12 @@
 /* URI parsing, name resolution, frame reassembly, memory hash. */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xxh_x86dispatch.h> /* XXH3 with the widest vectors this CPU has */
@@ -55,10 +58,10 @@ int mig__parse_uri(const char *uri, char *host, size_t hostlen, int *port,
 	return 0;
 }
 
-int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
-		 mig_error *err)
+static int lookup(const char *host, int port, struct addrinfo **res,
+		  mig_error *err)
 {
-	struct addrinfo hints, *res = NULL;
+	struct addrinfo hints;
 	char ports[16];
 	int r;
 
@@ -66,13 +69,93 @@ int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	snprintf(ports, sizeof(ports), "%d", port);
-	r = getaddrinfo(host, ports, &hints, &res);
-	if (r != 0 || !res)
+	*res = NULL;
+	r = getaddrinfo(host, ports, &hints, res);
+	if (r != 0 || !*res)
 		return mig__err(err, -EHOSTUNREACH, "cannot resolve '%s': %s",
 				host, gai_strerror(r));
+	return 0;
+}
+
+int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
+		 mig_error *err)
+{
+	struct addrinfo *res;
+	int r = lookup(host, port, &res, err);
+
+	if (r < 0)
+		return r;
 	memcpy(ss, res->ai_addr, res->ai_addrlen);
 	freeaddrinfo(res);
 	return 0;
+}
+
+/* Connect to one address within timeout_ms: 0, or a negative errno. */
+static int try_connect(const struct addrinfo *a, int timeout_ms)
+{
+	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			0), r = 0, so = 0;
+	socklen_t sl = sizeof(so);
+	struct pollfd p;
+
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+		if (errno != EINPROGRESS) {
+			r = -errno;
+		} else {
+			p.fd = fd;
+			p.events = POLLOUT;
+			do {
+				r = poll(&p, 1, timeout_ms);
+			} while (r < 0 && errno == EINTR);
+			if (r < 0)
+				r = -errno;
+			else if (r == 0)
+				r = -ETIMEDOUT;
+			else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) < 0)
+				r = -errno;
+			else
+				r = -so;
+		}
+	}
+	close(fd);
+	return r;
+}
+
+int mig__resolve_reachable(const char *host, int port,
+			   struct sockaddr_storage *ss, int timeout_ms,
+			   mig_error *err)
+{
+	struct addrinfo *res, *a;
+	int r = lookup(host, port, &res, err), n = 0, last = 0;
+
+	if (r < 0)
+		return r;
+	/* One address: the connection itself tells whether it is there. */
+	if (!res->ai_next) {
+		memcpy(ss, res->ai_addr, res->ai_addrlen);
+		freeaddrinfo(res);
+		return 0;
+	}
+	/* Several (a name with IPv6 and IPv4 addresses, say, where the
+	 * destination listens on one family): the first that takes a
+	 * connection, in getaddrinfo's order of preference. The probe is
+	 * closed at once; to the destination it is a stranger, which never
+	 * fails a migration. */
+	for (a = res; a; a = a->ai_next) {
+		n++;
+		last = try_connect(a, timeout_ms);
+		if (last == 0) {
+			memcpy(ss, a->ai_addr, a->ai_addrlen);
+			freeaddrinfo(res);
+			return 0;
+		}
+	}
+	freeaddrinfo(res);
+	return mig__err(err, last, "cannot reach %s:%d at any of its %d "
+			"addresses: the last said %s", host, port, n,
+			mig_strerror(last));
 }
 
 int mig__reader_space(mig_reader *r, size_t want, uint8_t **p, size_t *n)

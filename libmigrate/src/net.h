@@ -12,9 +12,17 @@
 /* "tcp:HOST:PORT" (HOST may be a name, an IPv4 or a [bracketed] IPv6). */
 int mig__parse_uri(const char *uri, char *host, size_t hostlen, int *port,
 		   mig_error *err);
-/* Resolve host:port (blocking, getaddrinfo) into *ss. */
+/* Resolve host:port (blocking, getaddrinfo) into *ss: its first address. */
 int mig__resolve(const char *host, int port, struct sockaddr_storage *ss,
 		 mig_error *err);
+/* The address of host:port to connect to: the only one, or, when a name
+ * has several, the first that takes a TCP connection within timeout_ms
+ * (tried one by one; the probe closed at once). -EHOSTUNREACH when the
+ * name does not resolve; when none answers, the last one's errno, with
+ * err naming the host and how many addresses were tried. */
+int mig__resolve_reachable(const char *host, int port,
+			   struct sockaddr_storage *ss, int timeout_ms,
+			   mig_error *err);
 
 /*
  * Accumulates bytes read from a stream and hands out whole frames. `limit`

@@ -13,6 +13,8 @@
 #include "source.h"
 
 #define HELLO_TIMEOUT_MS 10000u
+/* Per address, when a name has several (mig__resolve_reachable). */
+#define PROBE_TIMEOUT_MS 5000
 
 /* Start connection i: its thread connects and sends the hello first (under
  * TLS it packs it anew once the session exists: see conn_up()). */
@@ -82,7 +84,8 @@ static int connect_all(mig_source *s)
 	struct sockaddr_storage ss;
 	int r;
 
-	r = mig__resolve(s->host, s->port, &ss, &s->result);
+	r = mig__resolve_reachable(s->host, s->port, &ss, PROBE_TIMEOUT_MS,
+				   &s->result);
 	if (r < 0)
 		return r;
 	/* The control connection first: the destination opens the session on

@@ -20,7 +20,8 @@
 #   start_migd NAME PSK [ARGS...]  start migd NAME on loopback with its state
 #                             dir, socket and logs in $WORK; PORT_NAME and
 #                             PID_NAME (PSK "": no --psk-file, ARGS say how
-#                             peers authenticate)
+#                             peers authenticate; the array MIGD_WRAP, if
+#                             set, prefixes migd's command: it must exec it)
 #   migd_pki DIR CADIR WHO SAN  a --tls-x509-dir DIR whose one certificate
 #                             (WHO, for SAN, signed by CADIR's CA: pki_ca)
 #                             is shown as server and as client
@@ -156,6 +157,7 @@ migd_init() {
 }
 
 D_PIDS=()
+MIGD_WRAP=()
 end_daemons() {
 	local p f pids=()
 	for p in "${D_PIDS[@]}"; do pids+=("$p"); done
@@ -182,7 +184,9 @@ start_migd() {
 		# the child, maybe after wait_migd_ready has read the old one.
 		: >"$WORK/migd-$name.err"
 		# Not under timeout(1): $! must be migd itself (the test kills it).
-		"$MIGD" --state-dir "$WORK/$name" \
+		# MIGD_WRAP: a command that ends in exec'ing its arguments (a
+		# namespace, say), so $! is still migd.
+		"${MIGD_WRAP[@]}" "$MIGD" --state-dir "$WORK/$name" \
 			--control "$WORK/$name.sock" --listen "127.0.0.1:$port" \
 			"${auth[@]}" --log-level debug "$@" \
 			>"$WORK/migd-$name.out" 2>"$WORK/migd-$name.err" &

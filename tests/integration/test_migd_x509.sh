@@ -51,9 +51,18 @@ bad_start "$WORK/x-bad/ca-cert.pem: " --tls-x509-dir "$WORK/x-bad"
 ok "a key with another certificate, a missing file, a CA file with no CA, both kinds of key: refused at the start"
 
 fake_migvm "$WORK/fake-migvm"
+# B sees a.test as ::1 first, then 127.0.0.1 (an /etc/hosts of its own, in
+# a mount namespace): A listens on 127.0.0.1 only, as a daemon on an IPv4
+# address whose name also has an IPv6 one.
+printf '127.0.0.1 localhost\n::1 a.test\n127.0.0.1 a.test\n' >"$WORK/hosts"
 for d in a b d r; do
+	MIGD_WRAP=()
+	# (not root: a user namespace of its own lets it mount)
+	[ "$d" = b ] && MIGD_WRAP=(unshare $([ "$(id -u)" = 0 ] || echo -r) -m sh -c \
+		'mount --bind "$0" /etc/hosts && exec "$@"' "$WORK/hosts")
 	start_migd "$d" "" --tls-x509-dir "$WORK/x-$d" --migvm "$WORK/fake-migvm"
 done
+MIGD_WRAP=()
 grep -q "peer link TLS 1.3 with certificates" "$WORK/migd-a.err" ||
 	fail "A does not say how peers authenticate: $(cat "$WORK/migd-a.err")"
 
@@ -132,6 +141,18 @@ grep -q "vm1.*reserved for 127.0.0.1" "$WORK/migd-a.err" ||
 	fail "A did not log the reservation: $(tail -n 5 "$WORK/migd-a.err")"
 wait_vm_state b vm1 60 running
 ok "B reached A with its certificate, checked A's, and reserved"
+
+# By name: a.test is ::1 first for B, where nothing listens; B goes on to
+# 127.0.0.1, and A's certificate names a.test.
+n0=$(grep -c "reserved for 127.0.0.1" "$WORK/migd-a.err")
+mc_to "$WORK/out" b migrate vm1 --to "a.test:$PORT_a"
+out=$(<"$WORK/out")
+grep -q "reserved on a.test:$PORT_a" "$WORK/migd-b.err" ||
+	fail "B did not reach A as a.test: $out; $(tail -n 5 "$WORK/migd-b.err")"
+[ "$(grep -c "reserved for 127.0.0.1" "$WORK/migd-a.err")" -gt "$n0" ] ||
+	fail "A did not log a second reservation"
+wait_vm_state b vm1 60 running
+ok "B reached A as a.test (::1 refused, then 127.0.0.1), its certificate checked for that name"
 
 # D's certificate names d.test, not 127.0.0.1; R's CA is not B's.
 for t in "d:expected name 127.0.0.1" "r:issuer is unknown"; do

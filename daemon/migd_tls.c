@@ -89,9 +89,11 @@ static int x509_load(gnutls_certificate_credentials_t *c, const char *dir,
 	for (int i = 0; i < 3; i++) {
 		f = i == 0 ? ca : i == 1 ? cert : key;
 		if (access(f, R_OK) < 0) {
+			int e2 = errno;
+
 			snprintf(errbuf, errlen, "--tls-x509-dir: %s: %s", f,
-				 strerror(errno));
-			return -errno;
+				 strerror(e2));
+			return -e2;
 		}
 	}
 	if ((e = gnutls_certificate_allocate_credentials(c)) < 0) {
@@ -135,8 +137,10 @@ static bool is_ip_literal(const char *host)
 }
 
 /* A session, server or client (then `host` is the name the server's
- * certificate must carry, under X.509). */
-static int session_new(gnutls_session_t *s, bool server, const char *host)
+ * certificate must carry, under X.509; it and v[2], where what the peer's
+ * certificate must be goes, live as long as the session). */
+static int session_new(gnutls_session_t *s, bool server, const char *host,
+		       gnutls_typed_vdata_st *v)
 {
 	bool x509 = server ? srv_x509 != NULL : cli_x509 != NULL;
 	int e = gnutls_init(s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) |
@@ -155,10 +159,18 @@ static int session_new(gnutls_session_t *s, bool server, const char *host)
 		if (e >= 0 && !server && !is_ip_literal(host))
 			e = gnutls_server_name_set(*s, GNUTLS_NAME_DNS, host,
 						   strlen(host));
-		/* the chain against the CA; on the client, the name too */
-		if (e >= 0)
-			gnutls_session_set_verify_cert(*s, server ? NULL : host,
-						       0);
+		/* the chain against the CA; its purpose (a client's
+		 * certificate on the server, a server's on the client: one
+		 * without the extension may serve either); on the client,
+		 * the name too. GnuTLS reads v during the handshake. */
+		if (e >= 0) {
+			v[0].type = GNUTLS_DT_KEY_PURPOSE_OID;
+			v[0].data = (unsigned char *)(server
+				? GNUTLS_KP_TLS_WWW_CLIENT : GNUTLS_KP_TLS_WWW_SERVER);
+			v[1].type = GNUTLS_DT_DNS_HOSTNAME;
+			v[1].data = (unsigned char *)host;
+			gnutls_session_set_verify_cert2(*s, v, server ? 1 : 2, 0);
+		}
 	} else if (e >= 0) {
 		e = gnutls_credentials_set(*s, GNUTLS_CRD_PSK,
 					   server ? (void *)srv_creds
@@ -213,6 +225,7 @@ static void handshake_why(gnutls_session_t s, int e, const char *host,
 
 struct tls_srv {
 	gnutls_session_t s;
+	gnutls_typed_vdata_st verify[2];
 	uv_tcp_t *tcp;
 	uint8_t *in;            /* ciphertext read, not yet taken */
 	size_t in_len, in_off, in_cap;
@@ -275,7 +288,7 @@ struct tls_srv *tls_srv_new(uv_tcp_t *tcp)
 
 	if (!t)
 		return NULL;
-	if (session_new(&t->s, true, NULL) < 0) {
+	if (session_new(&t->s, true, NULL, t->verify) < 0) {
 		free(t);
 		return NULL;
 	}
@@ -417,6 +430,8 @@ int tls_srv_write(struct tls_srv *t, const void *p, size_t n)
 
 struct tls_cli {
 	gnutls_session_t s;
+	gnutls_typed_vdata_st verify[2];
+	char host[256];         /* the name its certificate must carry */
 	int fd;
 	uint8_t *buf;           /* plaintext read, not yet a whole frame */
 	size_t len, cap;
@@ -457,7 +472,9 @@ struct tls_cli *tls_cli_open(int fd, const char *host, int timeout_ms,
 	struct tls_cli *t = calloc(1, sizeof(*t));
 	int e, r;
 
-	if (!t || session_new(&t->s, false, host) < 0) {
+	if (t)
+		snprintf(t->host, sizeof(t->host), "%s", host);
+	if (!t || session_new(&t->s, false, t->host, t->verify) < 0) {
 		snprintf(why, wl, "TLS: cannot start a session");
 		free(t);
 		return NULL;

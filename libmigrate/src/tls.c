@@ -308,9 +308,26 @@ int mig__tls_conn_init(mig_tls_conn *c, const mig_tls *creds, int server,
 			g = gnutls_server_name_set(s, GNUTLS_NAME_DNS,
 						   creds->peer_name,
 						   strlen(creds->peer_name));
-		/* the peer's chain against the CA, and its name if given */
-		if (g >= 0)
-			gnutls_session_set_verify_cert(s, creds->peer_name, 0);
+		/* the peer's chain against the CA, its name if given, and
+		 * its purpose: a server's certificate from the source's
+		 * point of view, a client's from the destination's (one
+		 * without the extension may serve either) */
+		if (g >= 0) {
+			gnutls_typed_vdata_st *v = calloc(2, sizeof(*v));
+
+			c->verify = v;
+			if (!v) {
+				mig__tls_conn_free(c);
+				return mig__err(err, -ENOMEM, "TLS: out of memory");
+			}
+			v[0].type = GNUTLS_DT_KEY_PURPOSE_OID;
+			v[0].data = (unsigned char *)(server
+				? GNUTLS_KP_TLS_WWW_CLIENT : GNUTLS_KP_TLS_WWW_SERVER);
+			v[1].type = GNUTLS_DT_DNS_HOSTNAME;
+			v[1].data = (unsigned char *)creds->peer_name;
+			gnutls_session_set_verify_cert2(s, v,
+							creds->peer_name ? 2 : 1, 0);
+		}
 	}
 	if (g < 0) {
 		mig__tls_conn_free(c);
@@ -323,6 +340,7 @@ void mig__tls_conn_free(mig_tls_conn *c)
 {
 	if (c->session)
 		gnutls_deinit(c->session);
+	free(c->verify);
 	mig__tls_unref((mig_tls *)c->creds);
 	mig__buf_free(&c->in);
 	memset(c, 0, sizeof(*c));

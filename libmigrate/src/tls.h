@@ -33,6 +33,9 @@ typedef struct mig_tls_conn {
 	int done;               /* handshake finished */
 	int failed;             /* a fatal error was seen: nothing more */
 	int peer_closed;        /* close_notify received */
+	void *verify;           /* X.509: what the peer's certificate must
+				   be (gnutls_typed_vdata_st[2]); GnuTLS
+				   reads it during the handshake */
 	/* ciphertext fed and not yet consumed by GnuTLS */
 	mig_buf in;
 	size_t in_off;

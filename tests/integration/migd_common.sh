@@ -22,9 +22,10 @@
 #                             PID_NAME (PSK "": no --psk-file, ARGS say how
 #                             peers authenticate; the array MIGD_WRAP, if
 #                             set, prefixes migd's command: it must exec it)
-#   migd_pki DIR CADIR WHO SAN  a --tls-x509-dir DIR whose one certificate
-#                             (WHO, for SAN, signed by CADIR's CA: pki_ca)
-#                             is shown as server and as client
+#   migd_pki DIR CADIR WHO SAN [EXT]  a --tls-x509-dir DIR whose one
+#                             certificate (WHO, for SAN, signed by CADIR's
+#                             CA: pki_ca; EXT as pki_cert's) is shown as
+#                             server and as client
 #   fake_migvm FILE           a stand-in for migvm, no KVM needed: a VM
 #                             started runs (sleeps); an incoming one
 #                             announces port 4444 (its event) and waits,
@@ -239,9 +240,9 @@ SH
 	chmod +x "$1"
 }
 
-migd_pki() { # DIR CADIR WHO SAN
+migd_pki() { # DIR CADIR WHO SAN [EXT]
 	local d=$1 ca=$2 side
-	pki_cert "$ca" "$3" "$4"
+	pki_cert "$ca" "$3" "$4" "${5:-}"
 	mkdir -p "$d"
 	cp "$ca/ca-cert.pem" "$d/"
 	for side in server client; do

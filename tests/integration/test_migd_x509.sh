@@ -7,9 +7,10 @@
 # and gets the migration's own TLS key; one with no certificate, one from
 # another CA, and one with the pre-shared key are refused, and migd logs
 # each. As a client: B reaches A through the link (its reservation is made
-# on A), B refuses a daemon whose certificate does not name the host it
-# dialled, and one whose CA it does not know, with the reason in the VM's
-# status; the VM stays on B.
+# on A), also by a name whose first address (IPv6) answers nothing; B
+# refuses a daemon whose certificate does not name the host it dialled,
+# one whose CA it does not know, and one whose certificate is for TLS
+# clients only, with the reason in the VM's status; the VM stays on B.
 # (A VM moved between two migd with certificates: test_migd, at its end.)
 # ctest-timeout: 120
 here=$(dirname "$0")
@@ -26,6 +27,8 @@ migd_pki "$WORK/x-a" "$WORK/ca" a IP:127.0.0.1,DNS:a.test
 migd_pki "$WORK/x-b" "$WORK/ca" b IP:127.0.0.1,DNS:b.test
 migd_pki "$WORK/x-d" "$WORK/ca" d DNS:d.test
 migd_pki "$WORK/x-r" "$WORK/rogue" r IP:127.0.0.1
+# P's certificate is the CA's, for TLS clients only (extended key usage)
+migd_pki "$WORK/x-p" "$WORK/ca" p IP:127.0.0.1 extendedKeyUsage=clientAuth
 ok "a CA, a rogue CA and their certificates"
 
 # ---- refused at the start
@@ -55,7 +58,7 @@ fake_migvm "$WORK/fake-migvm"
 # a mount namespace): A listens on 127.0.0.1 only, as a daemon on an IPv4
 # address whose name also has an IPv6 one.
 printf '127.0.0.1 localhost\n::1 a.test\n127.0.0.1 a.test\n' >"$WORK/hosts"
-for d in a b d r; do
+for d in a b d r p; do
 	MIGD_WRAP=()
 	# (not root: a user namespace of its own lets it mount)
 	[ "$d" = b ] && MIGD_WRAP=(unshare $([ "$(id -u)" = 0 ] || echo -r) -m sh -c \
@@ -122,7 +125,8 @@ poll_until 20 three_failed ||
 	fail "A did not log 3 failed handshakes: $(grep peer "$WORK/migd-a.err")"
 grep -q "peer 127.0.0.1 authenticated (TLS 1.3, certificate CN=b)" "$WORK/migd-a.err" ||
 	fail "A did not log who B is: $(grep peer "$WORK/migd-a.err")"
-grep -q "peer 127.0.0.1: authentication failed: .*certificate" "$WORK/migd-a.err" ||
+grep -q "peer 127.0.0.1: authentication failed: TLS handshake failed: the peer showed no certificate" "$WORK/migd-a.err" &&
+	grep -q "peer 127.0.0.1: authentication failed: the peer's certificate was refused: .*issuer is unknown" "$WORK/migd-a.err" ||
 	fail "A does not say a certificate was missing or refused: $(grep peer "$WORK/migd-a.err")"
 ok "A logged the refusals"
 
@@ -154,8 +158,9 @@ grep -q "reserved on a.test:$PORT_a" "$WORK/migd-b.err" ||
 wait_vm_state b vm1 60 running
 ok "B reached A as a.test (::1 refused, then 127.0.0.1), its certificate checked for that name"
 
-# D's certificate names d.test, not 127.0.0.1; R's CA is not B's.
-for t in "d:expected name 127.0.0.1" "r:issuer is unknown"; do
+# D's certificate names d.test, not 127.0.0.1; R's CA is not B's; P's is
+# for clients, not servers.
+for t in "d:expected name 127.0.0.1" "r:issuer is unknown" "p:intended purpose"; do
 	h=${t%%:*} want=${t#*:}
 	port=PORT_$h
 	out=$(mc b migrate vm1 --to "127.0.0.1:${!port}" 2>&1) && fail "B migrated to $h"
@@ -165,5 +170,6 @@ for t in "d:expected name 127.0.0.1" "r:issuer is unknown"; do
 	grep -q "$want" <<<"$(jfield "$S" last_error)" || fail "status does not say why: $S"
 	ok "$h refused by B: $out"
 done
-grep -q "vm1" "$WORK/migd-d.err" "$WORK/migd-r.err" && fail "D or R reserved vm1"
-ok "nothing reserved on D or R"
+grep -q "vm1" "$WORK/migd-d.err" "$WORK/migd-r.err" "$WORK/migd-p.err" &&
+	fail "D, R or P reserved vm1"
+ok "nothing reserved on D, R or P"

@@ -40,8 +40,9 @@
 #                               or nothing on a kernel without THP
 #   pki_ca DIR                  a CA of the test's own: DIR/ca-cert.pem and
 #                               DIR/ca-key.pem (openssl, ECDSA P-256, a day)
-#   pki_cert DIR WHO SAN        DIR/WHO-cert.pem and DIR/WHO-key.pem, signed
-#                               by DIR's CA, for SAN (DNS:a.test,IP:127.0.0.1)
+#   pki_cert DIR WHO SAN [EXT]  DIR/WHO-cert.pem and DIR/WHO-key.pem, signed
+#                               by DIR's CA, for SAN (DNS:a.test,IP:127.0.0.1),
+#                               EXT one more extension line (openssl's)
 #   fail MSG / ok MSG           end the test / report progress
 #
 # The machine's speed is not known (the tests also run in a nested KVM host
@@ -290,11 +291,6 @@ field() { # KEY: its value in $STATUS (a flat JSON object), not empty
 	echo "${BASH_REMATCH[1]}"
 }
 
-# PID has ended: no such process, or a zombie. A zombie must count: bash
-# 5.2's `read -t` (nap) whose timer fires while bash handles a SIGCHLD leaves
-# SIGCHLD blocked for good, and bash then reaps a child only when it waits
-# for it, so a loop of builtins sees its ended child "alive" for as long as
-# it loops (test_vm_boot's 64-vCPU wait did, for all of its 230 s).
 pki_ca() { # DIR
 	command -v openssl >/dev/null ||
 		fail "openssl is needed to make the test's certificates"
@@ -307,13 +303,13 @@ pki_ca() { # DIR
 		>>"$WORK/pki.log" 2>&1 || fail "openssl: $(tail -n 5 "$WORK/pki.log")"
 }
 
-pki_cert() { # DIR WHO SAN
+pki_cert() { # DIR WHO SAN [EXT]: EXT, one more extension line
 	local d=$1 who=$2
 	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-keyout "$d/$who-key.pem" -out "$d/$who.csr" -subj "/CN=$who" \
 		>>"$WORK/pki.log" 2>&1 &&
-		printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$3" \
-			>"$d/$who.ext" &&
+		printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n%s\n' "$3" \
+			"${4:-}" >"$d/$who.ext" &&
 		openssl x509 -req -in "$d/$who.csr" -CA "$d/ca-cert.pem" \
 			-CAkey "$d/ca-key.pem" -CAcreateserial -days 1 \
 			-out "$d/$who-cert.pem" -extfile "$d/$who.ext" \
@@ -321,6 +317,11 @@ pki_cert() { # DIR WHO SAN
 		fail "openssl: $(tail -n 5 "$WORK/pki.log")"
 }
 
+# PID has ended: no such process, or a zombie. A zombie must count: bash
+# 5.2's `read -t` (nap) whose timer fires while bash handles a SIGCHLD leaves
+# SIGCHLD blocked for good, and bash then reaps a child only when it waits
+# for it, so a loop of builtins sees its ended child "alive" for as long as
+# it loops (test_vm_boot's 64-vCPU wait did, for all of its 230 s).
 pid_gone() { # PID
 	local st
 	[[ $1 =~ ^[0-9]+$ ]] || return 0

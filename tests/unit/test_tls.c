@@ -58,6 +58,8 @@ static struct {
 	char *cli_cert, *cli_key;       /* source.example */
 	char *old_cert, *old_key;       /* dest.example, expired an hour ago */
 	char *alien_cert, *alien_key;   /* source.example, signed by other */
+	char *wp_srv_cert, *wp_srv_key; /* dest.example, for TLS clients only */
+	char *wp_cli_cert, *wp_cli_key; /* source.example, for servers only */
 } K;
 
 static const uint8_t key_a[32] = "0123456789abcdef0123456789abcdef";
@@ -893,6 +895,35 @@ static void test_x509_expired(void **state)
 	pair_free(&c, &s);
 }
 
+/* A certificate the CA signed for the other role (its extended key usage
+ * says TLS client where a server's is needed, or the reverse) is refused,
+ * on either side: MIG_E_AUTH. A CA shared with other services (QEMU's,
+ * libvirt's) signs both kinds. */
+static void test_x509_wrong_purpose(void **state)
+{
+	side c, s;
+	(void)state;
+	pair_init(&c, x509(K.ca.pem, K.cli_cert, K.cli_key, "dest.example"),
+		  &s, x509(K.ca.pem, K.wp_srv_cert, K.wp_srv_key, "source.example"));
+	assert_false(pump_handshake(&c, &s));
+	assert_no_session(&c, &s);
+	assert_int_equal(c.rc, MIG_E_AUTH);
+	if (!strstr(c.err.msg, "purpose"))
+		fail_msg("message does not say purpose: \"%s\"", c.err.msg);
+	pair_free(&c, &s);
+	/* the client, in TLS 1.3, is done before the server has checked its
+	 * certificate: the refusal is the server's, and nothing gets in */
+	pair_init(&c, x509(K.ca.pem, K.wp_cli_cert, K.wp_cli_key, "dest.example"),
+		  &s, x509(K.ca.pem, K.srv_cert, K.srv_key, "source.example"));
+	assert_false(pump_handshake(&c, &s));
+	assert_int_equal(s.rc, MIG_E_AUTH);
+	if (!strstr(s.err.msg, "purpose"))
+		fail_msg("message does not say purpose: \"%s\"", s.err.msg);
+	assert_takes_nothing(&c, &s);
+	assert_told(&c);
+	pair_free(&c, &s);
+}
+
 /* The source trusts another CA than the one that signed the destination's
  * certificate: MIG_E_AUTH. */
 static void test_x509_unknown_ca(void **state)
@@ -1056,6 +1087,10 @@ static int certs_make(void **state)
 		     &K.old_cert, &K.old_key);
 	tc_leaf_make(&K.other, "source.example", TC_CLIENT, now - 3600,
 		     now + 3600, &K.alien_cert, &K.alien_key);
+	tc_leaf_make(&K.ca, "dest.example", TC_CLIENT, now - 3600, now + 3600,
+		     &K.wp_srv_cert, &K.wp_srv_key);
+	tc_leaf_make(&K.ca, "source.example", TC_SERVER, now - 3600,
+		     now + 3600, &K.wp_cli_cert, &K.wp_cli_key);
 	return 0;
 }
 
@@ -1072,6 +1107,10 @@ static int certs_free(void **state)
 	free(K.old_key);
 	free(K.alien_cert);
 	free(K.alien_key);
+	free(K.wp_srv_cert);
+	free(K.wp_srv_key);
+	free(K.wp_cli_cert);
+	free(K.wp_cli_key);
 	return 0;
 }
 
@@ -1136,6 +1175,7 @@ int main(void)
 		cmocka_unit_test(test_x509_wrong_client_name),
 		cmocka_unit_test(test_x509_expired),
 		cmocka_unit_test(test_x509_unknown_ca),
+		cmocka_unit_test(test_x509_wrong_purpose),
 		cmocka_unit_test(test_x509_client_unknown_ca),
 		cmocka_unit_test(test_x509_bad_creds),
 		cmocka_unit_test(test_kind_mismatch),

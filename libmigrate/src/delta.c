@@ -49,8 +49,12 @@ long mig__delta_encode(const uint8_t *old, const uint8_t *cur, uint8_t *out,
 			i++;
 		if (i == MIG_PAGE_SIZE)
 			break;
+		/* Each byte is read again below, and a running guest may have
+		 * changed it since: whatever a byte reads as, the run starts
+		 * here and every step moves on, so a run is never empty and
+		 * the loop always ends. */
 		start = i;
-		end = i;
+		end = ++i;
 		while (i < MIG_PAGE_SIZE) {
 			size_t g = i;
 
@@ -63,6 +67,10 @@ long mig__delta_encode(const uint8_t *old, const uint8_t *cur, uint8_t *out,
 				g++;
 			if (g == MIG_PAGE_SIZE || g - i > GAP_MERGE)
 				break;
+			if (g == i) { /* changed between the two reads */
+				end = ++i;
+				continue;
+			}
 			i = g; /* a short gap, then a changed byte: go on */
 		}
 		need = varint_len(start - done) + varint_len(end - start) +

@@ -31,9 +31,10 @@
 /*
  * The delta that turns `old` into `cur` (MIG_PAGE_SIZE bytes each) into
  * out[0..cap). `cur` may be a running guest's page: the delta is well
- * formed however it changes meanwhile, but its bytes are read twice (to
- * compare, to copy), so a caller that must know what the delta holds (a
- * cache of what the destination will have) passes a copy. Returns the delta's length (0: the
+ * formed and the call ends however it changes meanwhile, but its bytes
+ * are read more than once (to compare, to copy), so a caller that must
+ * know what the delta holds (a cache of what the destination will have)
+ * passes a copy. Returns the delta's length (0: the
  * pages are equal), or -ENOSPC when it would not fit in cap bytes: then
  * the page is better sent whole.
  */

@@ -10,6 +10,7 @@
  * through zstd, and zstd with the old page as its prefix.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,10 @@ static void fill_random(uint8_t *p, size_t n)
 static long roundtrip(const uint8_t *old, const uint8_t *cur, size_t cap)
 {
 	uint8_t *out = malloc(cap ? cap : 1), page[PG];
-	long n = mig__delta_encode(old, cur, out, cap);
+	long n;
+
+	assert_non_null(out);
+	n = mig__delta_encode(old, cur, out, cap);
 
 	assert_true(n >= 0);
 	assert_true((size_t)n <= cap);
@@ -210,6 +214,44 @@ static void test_gap_merge(void **st)
 	assert_int_equal(out[1], 4000 >> 7);
 }
 
+/* A running guest writes the page while it is encoded: a thread flips a
+ * byte all the time. Every delta must still be well formed (no empty
+ * run) and every call end. */
+static uint8_t race_page[PG];
+static volatile int race_stop;
+
+static void *flipper(void *arg)
+{
+	(void)arg;
+	while (!race_stop)
+		__atomic_fetch_xor(&race_page[100], 0xff, __ATOMIC_RELAXED);
+	return NULL;
+}
+
+static void test_racing_page(void **st)
+{
+	uint8_t old[PG], out[2 * PG];
+	pthread_t t;
+
+	(void)st;
+	memset(old, 0, PG);
+	memset(race_page, 0, PG);
+	race_stop = 0;
+	assert_int_equal(pthread_create(&t, NULL, flipper, NULL), 0);
+	for (int it = 0; it < 1000000; it++) {
+		long n = mig__delta_encode(old, race_page, out, sizeof(out));
+
+		assert_true(n >= 0);
+		if (mig__delta_check(out, (size_t)n) != 0) {
+			race_stop = 1;
+			pthread_join(t, NULL);
+			fail_msg("malformed delta at try %d (%ld bytes)", it, n);
+		}
+	}
+	race_stop = 1;
+	pthread_join(t, NULL);
+}
+
 /* Hostile deltas: each refused, the page untouched. */
 static void test_refused(void **st)
 {
@@ -249,6 +291,7 @@ static void test_limits(void **st)
 	uint8_t *d = malloc(PG + 4), page[PG], want[PG];
 
 	(void)st;
+	assert_non_null(d);
 	rng = 15;
 	d[0] = 0;
 	d[1] = (PG & 0x7f) | 0x80;
@@ -357,6 +400,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_roundtrip_patterns),
 		cmocka_unit_test(test_room),
 		cmocka_unit_test(test_gap_merge),
+		cmocka_unit_test(test_racing_page),
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_limits),
 	};

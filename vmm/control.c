@@ -370,6 +370,16 @@ static bool handle(struct control *c, struct client *cl,
 		}
 		exit_after = saved = true; /* stays paused until it exits */
 		break;
+	case MIG__CTL__REQUEST__REQ_SET_PARAM:
+		if (!req->set_param || !req->set_param->key ||
+		    !req->set_param->value) {
+			vmm_err(&e, -EINVAL, "set: a parameter's name and value");
+			fail(&resp, &e);
+		} else if (migrate_set_param(vm, req->set_param->key,
+					     req->set_param->value, &e) < 0) {
+			fail(&resp, &e);
+		}
+		break;
 	case MIG__CTL__REQUEST__REQ_THROTTLE:
 		if (vm_set_throttle(vm, req->throttle ? req->throttle->pct : 0,
 				    &e) < 0)

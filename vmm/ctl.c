@@ -118,6 +118,7 @@ int ctl_main(int argc, char **argv)
 	Mig__Ctl__Empty empty = MIG__CTL__EMPTY__INIT;
 	Mig__Ctl__SaveState save = MIG__CTL__SAVE_STATE__INIT;
 	Mig__Ctl__Throttle thr = MIG__CTL__THROTTLE__INIT;
+	Mig__Ctl__Param setp = MIG__CTL__PARAM__INIT;
 	Mig__Ctl__ConsoleInput input = MIG__CTL__CONSOLE_INPUT__INIT;
 	Mig__Ctl__Migrate mig = MIG__CTL__MIGRATE__INIT;
 	Mig__Ctl__Param params[32], *pp[32];
@@ -175,6 +176,18 @@ int ctl_main(int argc, char **argv)
 		thr.pct = (uint32_t)v;
 		req.req_case = MIG__CTL__REQUEST__REQ_THROTTLE;
 		req.throttle = &thr;
+	} else if (!strcmp(cmd, "set") && argc == 4) {
+		char *eq = strchr(argv[3], '=');
+		if (!eq || eq == argv[3]) {
+			fprintf(stderr, "migvm ctl: set %s: expected KEY=VALUE "
+				"(max_bandwidth=1G, downtime_ms=100)\n", argv[3]);
+			return MIGVM_EXIT_USAGE;
+		}
+		*eq = '\0';
+		setp.key = argv[3];
+		setp.value = eq + 1;
+		req.req_case = MIG__CTL__REQUEST__REQ_SET_PARAM;
+		req.set_param = &setp;
 	} else if (!strcmp(cmd, "cancel") && argc == 3) {
 		req.req_case = MIG__CTL__REQUEST__REQ_CANCEL;
 		req.cancel = &empty;

@@ -50,7 +50,7 @@ static void usage(FILE *f)
 "usage: migvm [options]\n"
 "       migvm --restore FILE [--console FILE] [--control PATH]\n"
 "       migvm ctl SOCKET pause|resume|status|save FILE|quit|throttle PCT|\n"
-"                 migrate URI TOKEN [K=V ...]|cancel|input TEXT\n"
+"                 migrate URI TOKEN [K=V ...]|set K=V|cancel|input TEXT\n"
 "\n"
 "  --mem MIB              guest RAM in MiB (default %d)\n"
 "  --cpus N               vCPUs, 1..%d (default 1)\n"

@@ -309,6 +309,17 @@ int migrate_cancel(struct vm *vm)
 	return m->incoming ? mig_dest_cancel(m->dst) : mig_source_cancel(m->src);
 }
 
+int migrate_set_param(struct vm *vm, const char *key, const char *value,
+		      mig_error *e)
+{
+	struct migration *m = vm->migration;
+
+	if (!m || m->incoming)
+		return vmm_err(e, -ENOENT, "set %s: no outgoing migration in "
+			       "progress", key ? key : "");
+	return mig_source_set_param(m->src, key, value, e);
+}
+
 int migrate_stats(struct vm *vm, mig_stats *out)
 {
 	struct migration *m = vm->migration;

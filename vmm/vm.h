@@ -454,6 +454,10 @@ int migrate_fd(struct vm *vm);
 /* Is the migration in progress the one that brings this VM here? */
 bool migrate_is_incoming(struct vm *vm);
 int migrate_cancel(struct vm *vm);
+/* A parameter of the outgoing migration in progress, by name, while it
+ * runs (mig_source_set_param: max_bandwidth, downtime_ms). */
+int migrate_set_param(struct vm *vm, const char *key, const char *value,
+		      mig_error *e);
 int migrate_stats(struct vm *vm, mig_stats *out);
 /* Returns 0 or the migration's error; *committed is true when the source
  * handed the VM over (it must then never run here again). */

@@ -63,6 +63,13 @@ void mig__thread_name(const char *name);
  * SIGPIPE it did not ignore. Returns 0 or a positive errno. */
 int mig__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 
+/* When a source's parameter `name` (as mig_params_set() takes it) may
+ * still change: MIG__PARAM_CREATE only in mig_source_config (connections:
+ * they are made with the source), MIG__PARAM_START until
+ * mig_source_start(), MIG__PARAM_LIVE while it runs too (max_bandwidth,
+ * downtime_ms). */
+enum { MIG__PARAM_CREATE, MIG__PARAM_START, MIG__PARAM_LIVE };
+int mig__param_when(const char *name);
 /* Parse "123", "64K", "1M", "2G" (powers of 1024) into *out. */
 int mig__parse_size(const char *s, uint64_t *out);
 

@@ -127,6 +127,16 @@ static int name_eq(const char *a, const char *b)
 	return *a == *b;
 }
 
+int mig__param_when(const char *name)
+{
+	if (name && (name_eq(name, "max_bandwidth") ||
+		     name_eq(name, "downtime_ms")))
+		return MIG__PARAM_LIVE;
+	if (name && name_eq(name, "connections"))
+		return MIG__PARAM_CREATE;
+	return MIG__PARAM_START;
+}
+
 MIG_API int mig_params_set(mig_params *p, const char *name, const char *value,
 			   mig_error *err)
 {

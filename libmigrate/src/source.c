@@ -337,15 +337,65 @@ MIG_API int mig_source_set_tls(mig_source *s, mig_tls *tls, mig_error *err)
 	return 0;
 }
 
+MIG_API int mig_source_set_param(mig_source *s, const char *name,
+				 const char *value, mig_error *err)
+{
+	mig_params p;
+	int r, when;
+
+	if (!s)
+		return mig__err(err, -EINVAL, "source: NULL");
+	pthread_mutex_lock(&s->lock);
+	p = s->params;
+	r = mig_params_set(&p, name, value, err);
+	if (r < 0) {
+		pthread_mutex_unlock(&s->lock);
+		return r;
+	}
+	when = mig__param_when(name);
+	if (when == MIG__PARAM_CREATE ||
+	    (s->started && when != MIG__PARAM_LIVE)) {
+		pthread_mutex_unlock(&s->lock);
+		if (when == MIG__PARAM_CREATE)
+			return mig__err(err, -EBUSY, "parameter '%s' is fixed "
+					"when the source is made (in "
+					"mig_source_config.params)", name);
+		return mig__err(err, -EBUSY, "parameter '%s' cannot change once "
+				"the migration runs (max_bandwidth and "
+				"downtime_ms can)", name);
+	}
+	if (!s->started) {
+		s->params = p; /* the engine reads none yet */
+	} else {
+		/* read atomically by the connections and before each
+		 * round's decision */
+		__atomic_store_n(&s->params.max_bandwidth, p.max_bandwidth,
+				 __ATOMIC_RELAXED);
+		__atomic_store_n(&s->params.downtime_ms, p.downtime_ms,
+				 __ATOMIC_RELAXED);
+		mig__src_kick_conns_locked(s);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
 MIG_API int mig_source_start(mig_source *s, mig_error *err)
 {
 	if (!s)
 		return mig__err(err, -EINVAL, "source: NULL");
 	if (s->started)
 		return mig__err(err, -EALREADY, "source: already started");
-	if (mig__thread_start(&s->thread, engine_main, s) != 0)
-		return mig__err(err, -EAGAIN, "source: cannot create thread");
+	/* Started before the engine runs: mig_source_set_param() on another
+	 * thread must not change what the engine reads. */
+	pthread_mutex_lock(&s->lock);
 	s->started = 1;
+	pthread_mutex_unlock(&s->lock);
+	if (mig__thread_start(&s->thread, engine_main, s) != 0) {
+		pthread_mutex_lock(&s->lock);
+		s->started = 0;
+		pthread_mutex_unlock(&s->lock);
+		return mig__err(err, -EAGAIN, "source: cannot create thread");
+	}
 	return 0;
 }
 

@@ -274,6 +274,9 @@ int mig__src_link_moved_locked(mig_source *s);
 void mig__src_counters(mig_source *s, uint64_t *bytes, uint64_t *pages,
 		       uint64_t *zero, uint64_t *raw);
 void mig__src_drop_queued(mig_source *s, struct src_conn *c, int all);
+/* Wake every connection that is up to look at its queue and its rate cap
+ * again (a parameter changed); s->lock held. */
+void mig__src_kick_conns_locked(mig_source *s);
 void mig__src_close_conns(mig_source *s);
 
 /* ---- source_wait.c ---- */

@@ -174,7 +174,9 @@ static void on_timer(uv_timer_t *t)
 /* Bandwidth cap: microseconds to wait before `bytes` more may go out. */
 static uint64_t bw_delay_us(struct src_conn *c)
 {
-	uint64_t cap = c->s->params.max_bandwidth / c->s->nconns;
+	/* as it is now: mig_source_set_param() may change it */
+	uint64_t cap = __atomic_load_n(&c->s->params.max_bandwidth,
+				       __ATOMIC_RELAXED) / c->s->nconns;
 	uint64_t now = mig__now_us(), allowed;
 
 	if (!cap)
@@ -292,6 +294,12 @@ static void pump(struct src_conn *c)
 					       (wait + 999) / 1000, 0);
 			}
 			return;
+		}
+		/* A cap raised meanwhile (mig_source_set_param): the wait
+		 * armed under the old one is over. */
+		if (c->timer_armed) {
+			uv_timer_stop(&c->timer);
+			c->timer_armed = 0;
 		}
 		/* Small frames queued together go out in one write: in the
 		 * stop-and-copy (switchover, state, round end, complete) every
@@ -733,6 +741,18 @@ int mig__src_link_moved_locked(mig_source *s)
 		}
 	}
 	return moved;
+}
+
+void mig__src_kick_conns_locked(mig_source *s)
+{
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct src_conn *c = &s->conns[i];
+
+		/* up and not closing: its async handle is open until a
+		 * closing (set under the lock) has reached its thread */
+		if (c->connected && !c->closing)
+			uv_async_send(&c->async);
+	}
 }
 
 void mig__src_close_conns(mig_source *s)

@@ -244,7 +244,6 @@ int mig__src_precopy(mig_source *s)
 	mig_policy pol = { 0 };
 	int r;
 
-	pol.target_us = (uint64_t)s->params.downtime_ms * 1000;
 	pol.max_rounds = s->params.max_rounds;
 	pol.can_throttle = s->params.throttle && s->vm.vm.ops->throttle;
 	r = mig__dirty_create(&s->dirty, s->params.dirty_log, s->vm.vm.vm_fd,
@@ -304,6 +303,10 @@ int mig__src_precopy(mig_source *s)
 		obs.dirty_bps = last.dirty_rate * obs.bytes_per_page;
 		/* State and the commit handshake: a few round trips. */
 		pol.fixed_us = 3 * s->rtt_us + 2000;
+		/* The target as it is now: mig_source_set_param() may change
+		 * it while the migration runs. */
+		pol.target_us = (uint64_t)__atomic_load_n(&s->params.downtime_ms,
+							  __ATOMIC_RELAXED) * 1000;
 		enum mig_decision dec = mig__policy_decide(&pol, &obs, &expect_us);
 		pthread_mutex_lock(&s->lock);
 		s->stats->expected_downtime_us = expect_us;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # migvm's control channel drives a live migration (what migd uses):
 # `migvm ctl SOCK migrate URI TOKEN k=v...` starts it, `status` shows live
-# progress and then the result as a JSON string, `cancel` stops one (the VM
-# keeps running), and a committed migration ends the source with 0.
+# progress and then the result as a JSON string, `set K=V` changes the rate
+# cap or the downtime target of the migration that runs (and nothing
+# else), `cancel` stops one (the VM keeps running), and a committed
+# migration ends the source with 0.
 here=$(dirname "$0")
 source "$here/migrate_common.sh"
 vm_init "$1" "$2"
@@ -21,7 +23,9 @@ ctl "$S" migrate tcp:127.0.0.1:1 tok bogus_param=1 2>"$WORK/e1" &&
 	fail "an unknown parameter was accepted"
 grep -q bogus "$WORK/e1" || fail "no reason for the bad parameter: $(cat "$WORK/e1")"
 ctl "$S" cancel 2>/dev/null && fail "cancel without a migration succeeded"
-ok "bad migrate and cancel refused"
+ctl "$S" set max_bandwidth=1G 2>"$WORK/e2" && fail "set without a migration succeeded"
+grep -q "no outgoing migration in progress" "$WORK/e2" || fail "unclear: $(cat "$WORK/e2")"
+ok "bad migrate, cancel and set refused"
 
 status_has() { # SOCK PATTERN: `status` matches the (bash) PATTERN, or
 	# the socket is gone (the VM ended: what follows says what that means)
@@ -37,6 +41,12 @@ ctl "$S" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" max_bandwidth=1M >/dev/null
 	fail "migrate did not start"
 poll_until 120 status_has "$S" '*"progress":{"phase":"precopy"*' ||
 	fail "no live progress in status: $STATUS"
+ctl "$S" set compress=on 2>"$WORK/e3" && fail "compress changed while migrating"
+grep -q "cannot change once the migration runs" "$WORK/e3" || fail "unclear: $(cat "$WORK/e3")"
+ctl "$S" set max_bandwidth=0.5M 2>"$WORK/e4" && fail "a bad cap was taken"
+grep -q "max_bandwidth" "$WORK/e4" || fail "unclear: $(cat "$WORK/e4")"
+ctl "$S" set max-bandwidth=2M >/dev/null || fail "set max-bandwidth while migrating"
+ok "set while migrating: the cap taken, compress and a bad value refused"
 ctl "$S" cancel >/dev/null || fail "cancel failed"
 poll_until 120 status_has "$S" '*"migration":"{*'
 grep -q '"migration":"{.*\\"status\\":\\"' <<<"$STATUS" ||
@@ -74,9 +84,27 @@ for i in 1 2 3; do
 done
 ok "cancel during pre-copy, three times: the VM keeps running"
 
-# A migration that commits: the source exits 0 and printed the JSON.
+# A migration that commits: the source exits 0 and printed the JSON. It
+# starts at 1 MiB/s, which alone would take 64 s and more for the 64 MiB
+# the guest touched; once it runs, the cap is lifted: it ends sooner.
 start_dest dst2 --mem 512 --cpus 1
-migrate_committed src "$S" "$SRC_PID" downtime_ms=300
+ctl "$S" migrate "tcp:127.0.0.1:$DEST_PORT" "$TOKEN" downtime_ms=300 \
+	max_bandwidth=1M >/dev/null || fail "migrate did not start"
+poll_until 120 status_has "$S" '*"progress":{"phase":"precopy"*' ||
+	fail "no live progress in status: $STATUS"
+ctl "$S" set max_bandwidth=0 >/dev/null 2>&1 ||
+	pid_gone "$SRC_PID" || fail "lifting the cap failed"
+wait_exit "$SRC_PID" 120
+[ "$RC" = 0 ] || fail "src: the source exited $RC after the migration"
+grep '^{' "$WORK/src.out" | tail -n1 >"$WORK/src.json"
+check_json "$WORK/src.json"
+python3 - "$WORK/src.json" <<'PY' || fail "the lifted cap did not take: $(cat "$WORK/src.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+# 64 MiB at 1 MiB/s: 64 s at least with the cap kept
+assert j["total_time_ms"] < 60000, j["total_time_ms"]
+print("ok: cap lifted: %d ms in all (64 s and more at 1 MiB/s)" % j["total_time_ms"])
+PY
 # Two heartbeats on the destination (check_continues needs them).
 hb_on_dest() { [ "$(grep -c '^hb ' "$WORK/dst2.con")" -ge 2 ]; }
 poll_until 120 hb_on_dest || fail "fewer than 2 heartbeats on the destination after 120 s"

@@ -396,6 +396,18 @@ MIG_API void mig_source_destroy(mig_source *src);
  * with MIG_E_TLS or MIG_E_AUTH and the VM runs on here.
  */
 MIG_API int mig_source_set_tls(mig_source *src, mig_tls *tls, mig_error *err);
+/*
+ * Set one parameter by name, as mig_params_set() takes them, on a source
+ * that exists: until mig_source_start() any of them but "connections"
+ * (fixed in mig_source_config); while the migration runs, "max_bandwidth"
+ * (from the connections' next write) and "downtime_ms" (from the next
+ * round's decision), as QEMU's migrate-set-parameters and libvirt's
+ * migrate-setspeed and migrate-setmaxdowntime do. Safe from any thread.
+ * Returns 0, -ENOENT (unknown name), -EINVAL (bad value) or -EBUSY (not
+ * now), with err saying which; on failure nothing changed.
+ */
+MIG_API int mig_source_set_param(mig_source *src, const char *name,
+				 const char *value, mig_error *err);
 
 /* Destination side. */
 typedef struct mig_dest mig_dest;

@@ -2,7 +2,8 @@
  * A dirty log for tests that run a real source without KVM: the pages
  * test_dirty_mark() marked since the last sync, handed to the source
  * through mig__dirty_set_test_backend(&test_dirty). The including file
- * defines PAGES (a multiple of 64), the guest's size in pages.
+ * defines PAGES (a multiple of 64), the guest's size in pages, which may
+ * be a variable; TEST_DIRTY_MAX_PAGES, if it defines it, bounds that.
  */
 #ifndef MIG_TEST_DIRTY_LOG_H
 #define MIG_TEST_DIRTY_LOG_H
@@ -14,7 +15,10 @@
 #include "dirty.h"
 
 static pthread_mutex_t dirty_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t dirty_bits[PAGES / 64];
+#ifndef TEST_DIRTY_MAX_PAGES
+#define TEST_DIRTY_MAX_PAGES PAGES
+#endif
+static uint64_t dirty_bits[TEST_DIRTY_MAX_PAGES / 64];
 
 static int td_probe(int vm_fd, bool explicit_mode, mig_error *err)
 {
@@ -36,7 +40,7 @@ static long td_sync(mig_dirty *d, uint64_t *const *bitmaps, bool final,
 	(void)d; (void)final; (void)err;
 	pthread_mutex_lock(&dirty_lock);
 	n = (long)mig__bitmap_or(bitmaps[0], dirty_bits, PAGES / 64);
-	memset(dirty_bits, 0, sizeof(dirty_bits));
+	memset(dirty_bits, 0, PAGES / 64 * sizeof(dirty_bits[0]));
 	pthread_mutex_unlock(&dirty_lock);
 	return n;
 }
@@ -62,7 +66,7 @@ static inline void test_dirty_mark(uint32_t p)
 static inline void test_dirty_reset(void)
 {
 	pthread_mutex_lock(&dirty_lock);
-	memset(dirty_bits, 0, sizeof(dirty_bits));
+	memset(dirty_bits, 0, PAGES / 64 * sizeof(dirty_bits[0]));
 	pthread_mutex_unlock(&dirty_lock);
 }
 

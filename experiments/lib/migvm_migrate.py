@@ -49,6 +49,9 @@ MODES = {
     "clear": {"dirty-log": "clear"},
     "ring": {"dirty-log": "ring"},
     "verify": {"verify": "1"},
+    # TLS 1.3 with a pre-shared key on every connection (--tls-psk-file on
+    # both migvm; no parameter of the migration itself)
+    "tls": {},
 }
 
 
@@ -165,6 +168,12 @@ def migrate(a, wd, result):
     dst_con_path = os.path.join(wd, "dst.console")
     ctl_path = os.path.join(wd, "src.ctl")
     mem = ["--mem", str(a.mem), "--cpus", str(a.cpus)] + a.migvm_extra
+    if "tls" in a.mode.split("+"):
+        key = os.path.join(wd, "tls.psk")
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32))
+        os.close(fd)
+        mem += ["--tls-psk-file", key]
 
     dst = Proc("dst", [a.migvm] + mem + a.dest_extra
                + ["--incoming", "tcp:127.0.0.1:0", "--token", token,
@@ -327,7 +336,8 @@ def parse_args(argv):
     m = ap.add_argument_group("migration")
     m.add_argument("--mode", default="default",
                    help="default (compress auto) | zstd (compress on) | raw (compress off) | "
-                        "conn1 | conn2 (connections; default 2) | bitmap | clear | ring (dirty log), joined "
+                        "conn1 | conn2 (connections; default 2) | bitmap | clear | ring (dirty log) | "
+                        "verify | tls (TLS 1.3, a pre-shared key), joined "
                         "with '+', e.g. zstd+conn2 (default: default)")
     m.add_argument("--downtime-ms", type=int, default=300, help="target downtime (default 300)")
     m.add_argument("--max-bandwidth", default=None, help="cap, bytes/s (default none)")

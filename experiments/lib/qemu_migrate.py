@@ -163,7 +163,8 @@ class Qemu:
 # --------------------------------------------------------------------------
 # Modes
 
-COMPONENTS = ("plain", "multifd", "multifd-zstd", "xbzrle", "auto-converge", "return-path")
+COMPONENTS = ("plain", "multifd", "multifd-zstd", "xbzrle", "auto-converge", "return-path",
+              "tls")
 
 
 def mode_config(a):
@@ -190,6 +191,9 @@ def mode_config(a):
             params["cpu-throttle-increment"] = a.throttle_increment
         elif p == "return-path":
             caps["return-path"] = True
+        elif p == "tls":
+            # tls-creds-psk objects of qemu_argv, the same key on both
+            params["tls-creds"] = "tls0"
     if caps.get("multifd") and caps.get("xbzrle"):
         raise ValueError("QEMU's multifd sends whole pages and never uses xbzrle: "
                          "combine xbzrle with plain migration only")
@@ -253,6 +257,9 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
              "-msg", "timestamp=on", "-D", os.path.join(workdir, name + ".trace")]
     for ev in TRACE_EVENTS:
         argv += ["-trace", ev]
+    if getattr(a, "tls_dir", None):
+        argv += ["-object", "tls-creds-psk,id=tls0,endpoint=%s,dir=%s,username=qemu"
+                 % ("server" if incoming else "client", a.tls_dir)]
     if incoming:
         argv += ["-incoming", "defer"] + a.dest_extra
     else:
@@ -271,6 +278,15 @@ def migrate(a, wd, result):
 
     src_con_path = os.path.join(wd, "src.console")
     dst_con_path = os.path.join(wd, "dst.console")
+    a.tls_dir = None
+    if "tls" in a.mode.split("+"):
+        # QEMU's PSK file: "username:key in hex" in DIR/keys.psk
+        a.tls_dir = os.path.join(wd, "tls")
+        os.mkdir(a.tls_dir, 0o700)
+        fd = os.open(os.path.join(a.tls_dir, "keys.psk"),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, ("qemu:%s\n" % os.urandom(32).hex()).encode())
+        os.close(fd)
     dst = Qemu("dst", qemu_argv(a, "dst", wd, dst_con_path, os.path.join(wd, "dst.qmp"), True), wd)
     src = Qemu("src", qemu_argv(a, "src", wd, src_con_path, os.path.join(wd, "src.qmp"), False), wd)
     result["_procs"] = [src, dst]
@@ -501,7 +517,7 @@ def parse_args(argv):
     mb.add_kernel_args(g, default_kernel=DEFAULT_KERNEL)
     m = ap.add_argument_group("migration")
     m.add_argument("--mode", default="plain",
-                   help="plain | multifd | multifd-zstd | xbzrle | auto-converge | return-path, "
+                   help="plain | multifd | multifd-zstd | xbzrle | auto-converge | return-path | tls, "
                         "combined with '+', e.g. xbzrle+auto-converge (default plain)")
     m.add_argument("--downtime-ms", type=int, default=300, help="downtime-limit (QEMU default 300)")
     m.add_argument("--max-bandwidth", default="100G",

@@ -258,8 +258,10 @@ def qemu_argv(a, name, workdir, console, qmp_path, incoming):
     for ev in TRACE_EVENTS:
         argv += ["-trace", ev]
     if getattr(a, "tls_dir", None):
-        argv += ["-object", "tls-creds-psk,id=tls0,endpoint=%s,dir=%s,username=qemu"
-                 % ("server" if incoming else "client", a.tls_dir)]
+        # the client names its key ("username"); QEMU refuses one on the server
+        argv += ["-object", "tls-creds-psk,id=tls0,dir=%s,%s"
+                 % (a.tls_dir, "endpoint=server" if incoming
+                    else "endpoint=client,username=qemu")]
     if incoming:
         argv += ["-incoming", "defer"] + a.dest_extra
     else:
